@@ -1,0 +1,12 @@
+"""kiln: a Python ML compiler and runtime.
+
+Build or load a static typed graph, optimize it with equality saturation, plan its
+memory and run it as fused kernels on the CPU (NumPy) or an NVIDIA GPU (Triton).
+"""
+
+from kiln.api import compile
+from kiln.ir import DType, Graph, GraphError, TensorType, as_dtype, load_graph, save_graph
+
+__version__ = "0.1.0"
+
+__all__ = ["compile", "DType", "Graph", "GraphError", "TensorType", "as_dtype", "load_graph", "save_graph"]

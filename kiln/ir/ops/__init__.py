@@ -1,0 +1,4 @@
+"""Importing this package registers every op spec, one module per category."""
+
+from . import elementwise, reduction, matmul, layout, norm, attention  # noqa: F401
+from . import conv  # noqa: F401

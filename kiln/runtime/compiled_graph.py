@@ -1,0 +1,76 @@
+"""A compiled graph: validated inputs and parameters in, NumPy arrays out."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from kiln.compile.plan import Plan
+from kiln.ir import TensorType, as_dtype
+
+
+class InputError(ValueError):
+    """A run input or parameter is missing, unexpected, or of the wrong shape or dtype."""
+
+
+class CompiledGraph:
+    def __init__(self, plan: Plan, executor, device: str):
+        self.plan, self.executor, self.device = plan, executor, device
+        self._params: dict[int, np.ndarray] = {}
+
+    @property
+    def graph(self):
+        return self.plan.graph
+
+    @property
+    def input_types(self) -> dict[str, TensorType]:
+        return {k: t for k, (_, t) in self.plan.inputs.items()}
+
+    @property
+    def param_types(self) -> dict[str, TensorType]:
+        return {k: t for k, (_, t) in self.plan.params.items()}
+
+    def load_params(self, params: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Bind parameter arrays by name; with strict, every parameter must be given and no other."""
+        _check_names("parameter", params, self.plan.params, require_all=strict)
+        for name, arr in params.items():
+            vid, t = self.plan.params[name]
+            self._params[vid] = _checked("parameter", name, arr, t)
+        if hasattr(self.executor, "params_changed"):
+            self.executor.params_changed(self._params)
+
+    def run(self, **inputs) -> dict[str, np.ndarray]:
+        _check_names("input", inputs, self.plan.inputs, require_all=True)
+        missing = [n for n, (vid, _) in self.plan.params.items() if vid not in self._params]
+        if missing:
+            raise InputError(f"parameters not loaded: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
+                             f"call load_params first")
+        bound = {self.plan.inputs[n][0]: _checked("input", n, a, self.plan.inputs[n][1])
+                 for n, a in inputs.items()}
+        return self.executor.run(bound, self._params)
+
+    __call__ = run
+
+
+def _check_names(kind: str, given: Mapping, expected: Mapping, require_all: bool) -> None:
+    extra = sorted(set(given) - set(expected))
+    if extra:
+        raise InputError(f"unexpected {kind}(s) {extra}; expected {sorted(expected)}")
+    if require_all:
+        missing = sorted(set(expected) - set(given))
+        if missing:
+            raise InputError(f"missing {kind}(s) {missing}")
+
+
+def _checked(kind: str, name: str, arr, t: TensorType) -> np.ndarray:
+    a = np.asarray(arr)
+    if tuple(a.shape) != t.shape:
+        raise InputError(f"{kind} {name!r}: expected shape {t.shape}, got {tuple(a.shape)}")
+    try:
+        dt = as_dtype(a.dtype)
+    except TypeError:
+        raise InputError(f"{kind} {name!r}: expected dtype {t.dtype}, got unsupported {a.dtype}") from None
+    if dt != t.dtype:
+        raise InputError(f"{kind} {name!r}: expected dtype {t.dtype}, got {dt} (cast explicitly)")
+    return a
