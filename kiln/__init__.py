@@ -4,6 +4,7 @@ Build or load a static typed graph, optimize it with equality saturation, plan i
 memory and run it as fused kernels on the CPU (NumPy) or an NVIDIA GPU (Triton).
 """
 
+import kiln.compile as _compile_package  # noqa: F401  (bind the package first: `kiln.compile` is the function)
 from kiln.api import compile
 from kiln.ir import DType, Graph, GraphError, TensorType, as_dtype, load_graph, save_graph
 

@@ -133,7 +133,11 @@ class Graph:
         full_attrs = self._resolve_attrs(spec, attrs, opname)
         ins = self._bind_inputs(spec, list(inputs))
         node = self._new_node(opname, ins, full_attrs, name)
-        types = self._infer(node)
+        try:
+            types = self._infer(node)
+        except Exception:
+            self.nodes.pop()  # a failed op leaves the graph as it was
+            raise
         outs = self._add_outputs(node, types)
         return outs[0] if len(outs) == 1 and spec.outputs_for(full_attrs) == 1 else tuple(outs)
 

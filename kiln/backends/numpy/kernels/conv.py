@@ -1,1 +1,241 @@
-"""Convolution, pooling and resampling kernels."""
+"""Convolution, pooling and resampling kernels (channels-first, PyTorch semantics).
+
+Convolution is im2col: a strided `sliding_window_view` of the padded input, copied
+once into a [groups, N*P, C/groups*K] matrix and multiplied by the weight in one
+batched matmul. Transposed convolution is the same conv on a zero-dilated input
+with the flipped kernel. Geometry (pads, output sizes) comes from the op specs in
+kiln.ir.ops.conv, so shapes here always agree with shape inference. Half inputs
+compute in float32 and round once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from kiln.ir.ops.conv import (adaptive_bins, adaptive_output_size, conv_geometry, conv_transpose_geometry,
+                              interp_geometry, pool_geometry)
+
+from ._registry import compute_dtype, kernel, up
+
+
+def _pad_spatial(x: np.ndarray, pads, value=0.0) -> np.ndarray:
+    """Pad (or crop, for negative pads) the trailing spatial dims of x by (lo, hi) per dim."""
+    nd = len(pads)
+    crop = tuple(slice(max(-lo, 0), x.shape[2 + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pads))
+    x = x[(slice(None), slice(None)) + crop]
+    widths = [(0, 0), (0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
+    if all(w == (0, 0) for w in widths):
+        return x
+    assert x.ndim == nd + 2
+    return np.pad(x, widths, mode="constant", constant_values=np.asarray(value, x.dtype))
+
+
+def _windows(xp: np.ndarray, kernel, stride, dilation) -> np.ndarray:
+    """View [N, C, *S] as [N, C, *O, *K]: every (strided) output position's (dilated) window."""
+    nd = len(kernel)
+    axes = tuple(range(2, 2 + nd))
+    eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    v = sliding_window_view(xp, eff, axis=axes)
+    idx = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) \
+        + tuple(slice(None, None, d) for d in dilation)
+    return v[idx]
+
+
+def _conv_nd(x, w, b, stride, dilation, pads, groups):
+    """Grouped N-d convolution of float arrays (already in the compute dtype)."""
+    nd = x.ndim - 2
+    n, c = x.shape[:2]
+    o, kernel = w.shape[0], w.shape[2:]
+    win = _windows(_pad_spatial(x, pads), kernel, stride, dilation)  # [N, C, *O, *K]
+    out_sp = win.shape[2:2 + nd]
+    p, kk, cg, og = int(np.prod(out_sp)), int(np.prod(kernel)), c // groups, o // groups
+    # im2col: [N, G, Cg, *O, *K] -> [G, N, *O, Cg, *K] -> [G, N*P, Cg*K] (one copy)
+    win = win.reshape((n, groups, cg) + out_sp + tuple(kernel))
+    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+    cols = win.transpose(perm).reshape(groups, n * p, cg * kk)
+    wmat = w.reshape(groups, og, cg * kk).transpose(0, 2, 1)  # [G, Cg*K, Og]
+    y = np.matmul(cols, wmat)  # [G, N*P, Og]
+    y = y.reshape((groups, n, p, og)).transpose(1, 0, 3, 2).reshape((n, o) + out_sp)
+    if b is not None:
+        y = y + b.reshape((1, o) + (1,) * nd)
+    return y
+
+
+def _make_conv(nd: int):
+    def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        geo = conv_geometry(f"conv{nd}d", nd, x.shape, weight.shape, stride, padding, dilation, groups)
+        y = _conv_nd(up(x), up(weight), up(bias), geo.stride, geo.dilation, geo.pads, groups)
+        return y.astype(x.dtype, copy=False)
+    return conv
+
+
+def _make_conv_transpose(nd: int):
+    def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+        geo = conv_transpose_geometry(f"conv_transpose{nd}d", nd, x.shape, weight.shape, stride, padding,
+                                      output_padding, dilation, groups)
+        xf, wf = up(x), up(weight)
+        n, c = xf.shape[:2]
+        # zero-dilate the input by the stride ...
+        dil_shape = (n, c) + tuple((s - 1) * st + 1 for s, st in zip(xf.shape[2:], geo.stride))
+        xd = np.zeros(dil_shape, xf.dtype)
+        xd[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in geo.stride)] = xf
+        # ... and convolve with the flipped kernel, weight [C, O/g, *K] regrouped to [O, C/g, *K]
+        kernel = wf.shape[2:]
+        og = wf.shape[1]
+        wg = wf.reshape((groups, c // groups, og) + kernel).swapaxes(1, 2).reshape((groups * og, c // groups) + kernel)
+        wg = np.flip(wg, axis=tuple(range(2, 2 + nd)))
+        pads = tuple((d * (k - 1) - p, d * (k - 1) - p + op)
+                     for k, p, op, d in zip(kernel, geo.padding, geo.output_padding, geo.dilation))
+        y = _conv_nd(xd, wg, up(bias), (1,) * nd, geo.dilation, pads, groups)
+        return y.astype(x.dtype, copy=False)
+    return conv_transpose
+
+
+def _pool_pads(x_shape, geo):
+    """(lo, hi) pads so that every (ceil_mode) window lies inside the padded input."""
+    pads = []
+    for s, k, st, p, d, o in zip(x_shape[2:], geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_spatial):
+        need = (o - 1) * st + d * (k - 1) + 1
+        pads.append((p, max(need - s - p, p)))
+    return pads
+
+
+def _make_max_pool(nd: int):
+    def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        geo = pool_geometry(f"max_pool{nd}d", nd, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+        xf = up(x)
+        win = _windows(_pad_spatial(xf, _pool_pads(x.shape, geo), -np.inf), geo.kernel, geo.stride, geo.dilation)
+        win = win[(Ellipsis,) + tuple(slice(0, o) for o in geo.out_spatial) + (slice(None),) * nd]
+        return win.max(axis=tuple(range(-nd, 0))).astype(x.dtype, copy=False)
+    return max_pool
+
+
+def _avg_divisors(size: int, k: int, st: int, p: int, out: int, count_include_pad: bool) -> np.ndarray:
+    """Per output position along one dim, torch's window element count (clipped to input or padded input)."""
+    start = np.arange(out) * st - p
+    end = np.minimum(start + k, size + p)
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
+
+
+def _make_avg_pool(nd: int):
+    def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        geo = pool_geometry(f"avg_pool{nd}d", nd, x.shape, kernel_size, stride, padding, 1, ceil_mode)
+        xf = up(x)
+        win = _windows(_pad_spatial(xf, _pool_pads(x.shape, geo)), geo.kernel, geo.stride, geo.dilation)
+        win = win[(Ellipsis,) + tuple(slice(0, o) for o in geo.out_spatial) + (slice(None),) * nd]
+        total = win.sum(axis=tuple(range(-nd, 0)))
+        if divisor_override is not None:
+            return (total / np.asarray(divisor_override, xf.dtype)).astype(x.dtype, copy=False)
+        div = np.ones((), xf.dtype)
+        for i, (s, k, st, p, o) in enumerate(zip(x.shape[2:], geo.kernel, geo.stride, geo.padding,
+                                                   geo.out_spatial)):
+            shape = [1] * nd
+            shape[i] = o
+            div = div * _avg_divisors(s, k, st, p, o, count_include_pad).astype(xf.dtype).reshape(shape)
+        return (total / div).astype(x.dtype, copy=False)
+    return avg_pool
+
+
+def _make_adaptive_avg_pool(nd: int):
+    def adaptive_avg_pool(x, output_size):
+        out = adaptive_output_size(f"adaptive_avg_pool{nd}d", nd, x.shape, output_size)
+        y = up(x)
+        for axis, (s, o) in enumerate(zip(x.shape[2:], out)):
+            # one [out, in] averaging matrix per spatial dim, applied along that dim
+            m = np.zeros((o, s), y.dtype)
+            for i, (lo, hi) in enumerate(adaptive_bins(s, o)):
+                m[i, lo:hi] = 1.0 / (hi - lo)
+            y = np.moveaxis(np.tensordot(y, m, axes=([2 + axis], [1])), -1, 2 + axis)
+        return y.astype(x.dtype, copy=False)
+    return adaptive_avg_pool
+
+
+for _nd in (1, 2, 3):
+    kernel(f"conv{_nd}d")(_make_conv(_nd))
+    kernel(f"conv_transpose{_nd}d")(_make_conv_transpose(_nd))
+    kernel(f"max_pool{_nd}d")(_make_max_pool(_nd))
+    kernel(f"avg_pool{_nd}d")(_make_avg_pool(_nd))
+    kernel(f"adaptive_avg_pool{_nd}d")(_make_adaptive_avg_pool(_nd))
+
+
+# ---- interpolate: source indices exactly as ATen's CPU upsample kernels compute them ----
+
+def _inv_scale(scale, in_size: int, out_size: int, dt) -> np.generic:
+    """ATen compute_scales_value: 1/scale_factor when one was given, else in/out, in dtype dt."""
+    if scale is not None and scale > 0:
+        return dt.type(1.0 / scale)
+    return dt.type(in_size) / dt.type(out_size)
+
+
+def _nearest_index(in_size: int, out_size: int, scale, exact: bool) -> np.ndarray:
+    i = np.arange(out_size)
+    if not exact and out_size == in_size:
+        return i
+    if not exact and out_size == 2 * in_size:
+        return i >> 1
+    f32 = np.dtype(np.float32)
+    s = _inv_scale(scale, in_size, out_size, f32)
+    if exact:  # floorf((i + 0.5) * scale): the product in double, rounded to float
+        src = ((i + 0.5) * np.float64(s)).astype(np.float32)
+    else:
+        src = i.astype(np.float32) * s
+    return np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+
+
+def _linear_taps(in_size: int, out_size: int, scale, align_corners: bool, dt):
+    """Left/right source indices and their weights along one dim (area_pixel_compute_source_index)."""
+    i = np.arange(out_size).astype(dt)
+    if align_corners:
+        s = dt.type(in_size - 1) / dt.type(out_size - 1) if out_size > 1 else dt.type(0)
+        src = s * i
+    else:
+        s = _inv_scale(scale, in_size, out_size, dt)
+        src = np.maximum(s * (i + dt.type(0.5)) - dt.type(0.5), dt.type(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    lam1 = np.clip(src - i0.astype(dt), 0, 1).astype(dt)
+    i1 = i0 + (i0 < in_size - 1)
+    return i0, i1, (dt.type(1) - lam1), lam1
+
+
+@kernel("interpolate")
+def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+    geo = interp_geometry("interpolate", x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
+    nd = x.ndim - 2
+    if mode in ("nearest", "nearest-exact"):
+        y = x
+        for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):
+            y = np.take(y, _nearest_index(s, o, sc, mode == "nearest-exact"), axis=2 + a)
+        return np.ascontiguousarray(y)
+    y = up(x)
+    dt = compute_dtype(x)
+    for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):
+        i0, i1, l0, l1 = _linear_taps(s, o, sc, bool(align_corners), dt)
+        shape = [1] * nd
+        shape[a] = o
+        y = np.take(y, i0, axis=2 + a) * l0.reshape(shape) + np.take(y, i1, axis=2 + a) * l1.reshape(shape)
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("pixel_shuffle")
+def _pixel_shuffle(x, upscale_factor):
+    r = upscale_factor
+    *lead, c, h, w = x.shape
+    y = x.reshape(tuple(lead) + (c // (r * r), r, r, h, w))
+    k = len(lead)
+    y = y.transpose(tuple(range(k)) + (k, k + 3, k + 1, k + 4, k + 2))
+    return y.reshape(tuple(lead) + (c // (r * r), h * r, w * r))
+
+
+@kernel("pixel_unshuffle")
+def _pixel_unshuffle(x, downscale_factor):
+    r = downscale_factor
+    *lead, c, h, w = x.shape
+    y = x.reshape(tuple(lead) + (c, h // r, r, w // r, r))
+    k = len(lead)
+    y = y.transpose(tuple(range(k)) + (k, k + 2, k + 4, k + 1, k + 3))
+    return y.reshape(tuple(lead) + (c * r * r, h // r, w // r))
