@@ -24,16 +24,19 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+def _expand(p: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(p)))
+
+
 def hf_cache_dir() -> Path:
-    """The HF hub cache directory from the environment (it may not exist)."""
+    """The HF hub cache directory from the environment, as huggingface_hub computes it (it may not exist)."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
+            return _expand(os.environ[var])
     if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+        return _expand(os.environ["HF_HOME"]) / "hub"
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
+    return _expand(xdg or "~/.cache") / "huggingface" / "hub"
 
 
 def resolve_model_path(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:

@@ -290,7 +290,9 @@ def _prepare(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
                 f"tensor '{name}': dtype {arr.dtype} cannot be stored in safetensors; "
                 f"supported: {sorted(str(d) for d in _TAG_OF_DTYPE)}"
             )
-        out[name] = np.ascontiguousarray(arr.astype(dt, copy=False))  # byte order only, never the value type
+        arr = arr.astype(dt, copy=False)  # byte order only, never the value type
+        # (not np.ascontiguousarray: it turns a 0-d array into shape (1,))
+        out[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
     return out
 
 

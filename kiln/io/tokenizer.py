@@ -119,7 +119,10 @@ class Tokenizer:
             raise TokenizerError(f"{cfg_path}: expected a JSON object")
 
         raw_special: dict[str, Any] = {k: cfg.get(k) for k in SPECIAL_TOKEN_NAMES if cfg.get(k) is not None}
-        extra = list(cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or [])
+        extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
+        if isinstance(extra, dict):  # model-specific named extras: {"image_token": "<img>"}
+            extra = list(extra.values())
+        extra = list(extra)
         # As HF: special_tokens_map.json (legacy) overrides the config unless the config
         # carries the modern added_tokens_decoder.
         stm_path = d / "special_tokens_map.json"
@@ -132,8 +135,6 @@ class Tokenizer:
                     raw_special[k] = v
                 elif k in ("additional_special_tokens", "extra_special_tokens") and isinstance(v, list):
                     extra += [t for t in v if t not in extra]
-        if isinstance(extra, dict):  # model-specific named extras: {"image_token": "<img>"}
-            extra = list(extra.values())
 
         cls._add_declared_tokens(backend, cfg.get("added_tokens_decoder") or {}, raw_special, extra)
 

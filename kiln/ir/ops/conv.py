@@ -218,11 +218,12 @@ def pool_geometry(op: str, nd: int, x_shape, kernel_size, stride, padding, dilat
     out = []
     for i, (s, k, st, p, d) in enumerate(zip(x_shape[2:], kernel, stride, pad, dilation)):
         eff = d * (k - 1) + 1
-        n = window_out_size(op, s, p, p, eff, st, i)
-        if ceil_mode and (s + 2 * p - eff) % st:
-            n += 1
-            if (n - 1) * st >= s + p:  # the last window would start in the right padding
-                n -= 1
+        n = (s + 2 * p - eff + (st - 1 if ceil_mode else 0)) // st + 1
+        if ceil_mode and (n - 1) * st >= s + p:  # the last window would start in the right padding
+            n -= 1
+        if n < 1:
+            raise GraphError(f"op {op!r}: kernel of (dilated) size {eff} in spatial dim {i} is larger than "
+                             f"the padded input size {s + 2 * p} ({s} + padding {p} + {p})")
         out.append(n)
     return PoolGeometry(kernel, stride, pad, dilation, tuple(out))
 

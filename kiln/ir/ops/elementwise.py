@@ -87,6 +87,11 @@ def _clamp(types, attrs):
         raise GraphError(f"op 'clamp': input 'x' must be numeric, got {x}")
     if attrs["min"] is None and attrs["max"] is None:
         raise GraphError("op 'clamp': give at least one of 'min' and 'max'")
+    if not x.dtype.is_float:
+        for k in ("min", "max"):
+            if attrs[k] is not None and attrs[k] != int(attrs[k]):
+                raise GraphError(f"op 'clamp': {k}={attrs[k]!r} is not an integer, but input 'x' is {x}; "
+                                 f"clamping would truncate it (cast x to a float type first)")
     return x
 
 

@@ -122,6 +122,12 @@ def _pad(types, attrs):
         raise GraphError(f"op 'pad': mode {attrs['mode']!r} is not one of {PAD_MODES}")
     if attrs["mode"] == "reflect" and any(max(p) >= d and max(p) > 0 for p, d in zip(pads, x.shape)):
         raise GraphError(f"op 'pad': reflect padding {pads} must be smaller than each dim of {x}")
+    value = attrs["value"]
+    if attrs["mode"] == "constant" and not x.dtype.is_float and value != int(value):
+        raise GraphError(f"op 'pad': value {value!r} is not an integer, but input 'x' is {x}; "
+                         f"padding would truncate it")
+    if attrs["mode"] == "constant" and x.dtype.name == "bool" and value not in (0, 1):
+        raise GraphError(f"op 'pad': value {value!r} must be 0 or 1 for bool input {x}")
     return tt([d + p[0] + p[1] for d, p in zip(x.shape, pads)], x.dtype)
 
 

@@ -171,30 +171,39 @@ def _inv_scale(scale, in_size: int, out_size: int, dt) -> np.generic:
     return dt.type(in_size) / dt.type(out_size)
 
 
-def _nearest_index(in_size: int, out_size: int, scale, exact: bool) -> np.ndarray:
+def _nearest_index(in_size: int, out_size: int, scale, exact: bool, dt, two_d: bool) -> np.ndarray:
+    """floorf(i * s) ("nearest") or floorf((i + 0.5) * s) ("nearest-exact"), s = 1/scale or in/out.
+
+    ATen's 2-D nearest kernel maps with a float32 s and copies when out == in, halves the index when
+    out == 2 * in; its 1-D and 3-D kernels map with s in the opmath type (float64 for float64 input)
+    and have no such special cases. Both are kept, so results match torch in every rank.
+    """
     i = np.arange(out_size)
-    if not exact and out_size == in_size:
-        return i
-    if not exact and out_size == 2 * in_size:
-        return i >> 1
-    f32 = np.dtype(np.float32)
-    s = _inv_scale(scale, in_size, out_size, f32)
-    if exact:  # floorf((i + 0.5) * scale): the product in double, rounded to float
-        src = ((i + 0.5) * np.float64(s)).astype(np.float32)
-    else:
-        src = i.astype(np.float32) * s
-    return np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    if two_d:
+        if not exact and out_size == in_size:
+            return i
+        if not exact and out_size == 2 * in_size:
+            return i >> 1
+        pass
+    s = _inv_scale(scale, in_size, out_size, dt)
+    src = (i.astype(dt) + dt.type(0.5 if exact else 0.0)) * s
+    return np.minimum(np.floor(src.astype(np.float32)).astype(np.int64), in_size - 1)
 
 
 def _linear_taps(in_size: int, out_size: int, scale, align_corners: bool, dt):
     """Left/right source indices and their weights along one dim (area_pixel_compute_source_index)."""
     i = np.arange(out_size).astype(dt)
+    if out_size == in_size and not align_corners:  # ATen copies, whatever the scale factor
+        return np.arange(in_size), np.arange(in_size), np.ones(in_size, dt), np.zeros(in_size, dt)
     if align_corners:
         s = dt.type(in_size - 1) / dt.type(out_size - 1) if out_size > 1 else dt.type(0)
         src = s * i
     else:
         s = _inv_scale(scale, in_size, out_size, dt)
-        src = np.maximum(s * (i + dt.type(0.5)) - dt.type(0.5), dt.type(0))
+        # s * (i + 0.5) - 0.5 rounded once, as ATen's build computes it (a fused multiply-add);
+        # exact in float64 for float32 operands
+        src = (np.float64(s) * (i.astype(np.float64) + 0.5) - 0.5).astype(dt)
+        src = np.maximum(src, dt.type(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     lam1 = np.clip(src - i0.astype(dt), 0, 1).astype(dt)
     i1 = i0 + (i0 < in_size - 1)
@@ -206,13 +215,13 @@ def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=
                  recompute_scale_factor=None):
     geo = interp_geometry("interpolate", x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
     nd = x.ndim - 2
+    dt = compute_dtype(x)  # ATen's opmath type: coordinates in float32, or float64 for float64 input
     if mode in ("nearest", "nearest-exact"):
         y = x
         for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):
-            y = np.take(y, _nearest_index(s, o, sc, mode == "nearest-exact"), axis=2 + a)
+            y = np.take(y, _nearest_index(s, o, sc, mode == "nearest-exact", dt, nd == 2), axis=2 + a)
         return np.ascontiguousarray(y)
     y = up(x)
-    dt = compute_dtype(x)
     for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):
         i0, i1, l0, l1 = _linear_taps(s, o, sc, bool(align_corners), dt)
         shape = [1] * nd
