@@ -129,7 +129,10 @@ class Graph:
     # ---- ops -------------------------------------------------------------
     def op(self, opname: str, *inputs, name: str | None = None, **attrs):
         """Add a node for a registered op; returns its Value, or a tuple for multi-output ops."""
-        spec = get_op(opname)
+        try:
+            spec = get_op(opname)
+        except KeyError as e:
+            raise GraphError(e.args[0]) from None
         full_attrs = self._resolve_attrs(spec, attrs, opname)
         ins = self._bind_inputs(spec, list(inputs))
         node = self._new_node(opname, ins, full_attrs, name)
@@ -200,7 +203,10 @@ class Graph:
                         raise GraphError(f"{node.describe()}: name {node.name!r} already used by {names[node.name].describe()}")
                     names[node.name] = node
             else:
-                spec = get_op(node.op)
+                try:
+                    spec = get_op(node.op)
+                except KeyError as e:
+                    raise GraphError(f"{node.describe()}: {e.args[0]}") from None
                 for v in node.flat_inputs():
                     if v.id not in defined or v.graph is not self:
                         raise GraphError(f"{node.describe()}: input {v!r} is not defined before this node")

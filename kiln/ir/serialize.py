@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 
 import numpy as np
@@ -18,11 +19,12 @@ FORMAT_VERSION = 1
 def graph_to_dict(graph: Graph) -> dict:
     nodes = []
     for n in graph.nodes:
-        attrs = dict(n.attrs)
         if n.op == "constant":
-            arr = np.asarray(attrs.pop("value"))
+            arr = np.asarray(n.attrs["value"])
             attrs = {"dtype": as_dtype(arr.dtype).name, "shape": list(arr.shape),
                      "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+        else:
+            attrs = copy.deepcopy(n.attrs)  # nested lists (pads, shapes) must not alias the graph
         nodes.append({
             "id": n.id, "op": n.op, "name": n.name, "attrs": attrs,
             "inputs": [_ref(x) for x in n.inputs],

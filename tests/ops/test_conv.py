@@ -101,6 +101,7 @@ def _torch_conv(nd):
     return conv
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's own note
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"conv{c[0]}d-{c[1]}-{c[2]}-{c[4]}")
 def test_conv_matches_torch(case, dtype):
@@ -118,7 +119,8 @@ CONV_T_CASES = [
     (2, (1, 4, 3, 5), (4, 1, 2, 3), True, {"stride": [1, 2], "padding": [0, 1], "dilation": [2, 1], "groups": 4}),
     (2, (1, 2, 1, 1), (2, 3, 4, 4), False, {"stride": 2, "padding": 1}),
     (2, (1, 2, 5, 5), (2, 2, 1, 1), True, {"stride": 3, "output_padding": [2, 0]}),
-    (3, (1, 2, 3, 2, 3), (2, 3, 2, 3, 2), True, {"stride": [2, 1, 2], "padding": [0, 1, 1], "output_padding": [1, 0, 1]}),
+    (3, (1, 2, 3, 2, 3), (2, 3, 2, 3, 2), True,
+     {"stride": [2, 1, 2], "padding": [0, 1, 1], "output_padding": [1, 0, 1]}),
 ]
 
 
@@ -246,7 +248,7 @@ INTERP_CASES = [
     ((2, 3, 5, 7), {"size": [9, 4], "mode": "nearest"}),
     ((1, 2, 5, 7), {"scale_factor": 2.0, "mode": "nearest"}),
     ((1, 2, 5, 7), {"scale_factor": [1.7, 0.6], "mode": "nearest"}),
-    ((1, 2, 3, 5), {"scale_factor": 1.3, "mode": "nearest"}),  # out == in, yet torch maps with 1/1.3
+    ((2, 2, 3), {"scale_factor": 1.3, "mode": "nearest"}),  # out == in, yet torch maps with 1/1.3
     ((1, 2, 7, 5), {"scale_factor": 2.1, "mode": "nearest-exact"}),
     ((1, 2, 7, 5), {"size": [3, 11], "mode": "nearest-exact"}),
     ((2, 3, 5, 7), {"size": [9, 4], "mode": "bilinear", "align_corners": False}),

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import GraphError
 from ..op_spec import REQUIRED, OpSpec, register_op
-from ._rules import expect_float, expect_rank, expect_same_dtype, tt
+from ._rules import expect_float, expect_same_dtype, tt
 
 SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
@@ -58,6 +60,12 @@ def conv_padding(op: str, padding, kernel, dilation, stride) -> tuple[tuple[int,
     return tuple((p, p) for p in int_tuple(op, "padding", padding, n, 0))
 
 
+def expect_channels_first(op: str, nd: int, x_shape) -> None:
+    if len(x_shape) != nd + 2:
+        raise GraphError(f"op {op!r}: x must have rank {nd + 2} [N, C, {SPATIAL_NAMES[nd]}], "
+                         f"got shape {tuple(x_shape)}")
+
+
 def window_out_size(op: str, size: int, lo: int, hi: int, eff_kernel: int, stride: int, dim: int) -> int:
     """floor((size + lo + hi - eff_kernel) / stride) + 1, or a GraphError if the window does not fit."""
     padded = size + lo + hi
@@ -79,8 +87,7 @@ class ConvGeometry:
 
 def conv_geometry(op: str, nd: int, x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
     """Check x [N, C, *S] against weight [O, C/groups, *K] and return pads and output size."""
-    if len(x_shape) != nd + 2:
-        raise GraphError(f"op {op!r}: x must have rank {nd + 2} [N, C, {SPATIAL_NAMES[nd]}], got shape {tuple(x_shape)}")
+    expect_channels_first(op, nd, x_shape)
     if len(w_shape) != nd + 2:
         raise GraphError(f"op {op!r}: weight must have rank {nd + 2} [O, C/groups, {SPATIAL_NAMES[nd]}], "
                          f"got shape {tuple(w_shape)}")
@@ -131,8 +138,7 @@ class ConvTransposeGeometry:
 def conv_transpose_geometry(op: str, nd: int, x_shape, w_shape, stride, padding, output_padding,
                             dilation, groups) -> ConvTransposeGeometry:
     """Check x [N, C, *S] against weight [C, O/groups, *K]; out = (S-1)*stride - 2*pad + dil*(K-1) + out_pad + 1."""
-    if len(x_shape) != nd + 2:
-        raise GraphError(f"op {op!r}: x must have rank {nd + 2} [N, C, {SPATIAL_NAMES[nd]}], got shape {tuple(x_shape)}")
+    expect_channels_first(op, nd, x_shape)
     if len(w_shape) != nd + 2:
         raise GraphError(f"op {op!r}: weight must have rank {nd + 2} [C, O/groups, {SPATIAL_NAMES[nd]}], "
                          f"got shape {tuple(w_shape)}")
@@ -205,8 +211,7 @@ class PoolGeometry:
 
 def pool_geometry(op: str, nd: int, x_shape, kernel_size, stride, padding, dilation, ceil_mode) -> PoolGeometry:
     """PyTorch's pooling_output_shape: with ceil_mode the last window may overhang but must start inside."""
-    if len(x_shape) != nd + 2:
-        raise GraphError(f"op {op!r}: x must have rank {nd + 2} [N, C, {SPATIAL_NAMES[nd]}], got shape {tuple(x_shape)}")
+    expect_channels_first(op, nd, x_shape)
     kernel = int_tuple(op, "kernel_size", kernel_size, nd, 1)
     stride = kernel if stride is None else int_tuple(op, "stride", stride, nd, 1)
     pad = int_tuple(op, "padding", padding, nd, 0)
@@ -246,8 +251,7 @@ def _pool_infer(name: str, nd: int, with_dilation: bool):
 
 def adaptive_output_size(op: str, nd: int, x_shape, output_size) -> tuple[int, ...]:
     """An int or n entries (None keeps that input dim), each >= 1."""
-    if len(x_shape) != nd + 2:
-        raise GraphError(f"op {op!r}: x must have rank {nd + 2} [N, C, {SPATIAL_NAMES[nd]}], got shape {tuple(x_shape)}")
+    expect_channels_first(op, nd, x_shape)
     if isinstance(output_size, (list, tuple)) and len(output_size) == nd:
         sizes = [s_in if s is None else s for s, s_in in zip(output_size, x_shape[2:])]
     else:
@@ -258,9 +262,10 @@ def adaptive_output_size(op: str, nd: int, x_shape, output_size) -> tuple[int, .
     return out
 
 
-def adaptive_bins(in_size: int, out_size: int) -> list[tuple[int, int]]:
-    """PyTorch's adaptive bins: [floor(i*in/out), ceil((i+1)*in/out)) for output i."""
-    return [((i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)) for i in range(out_size)]
+def adaptive_bins(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive bins: output i averages [floor(i*in/out), ceil((i+1)*in/out))."""
+    i = np.arange(out_size)
+    return (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
 
 
 def _adaptive_infer(name: str, nd: int):

@@ -8,3 +8,5 @@ rounded once at the end, the precision policy every backend follows.
 
 from ._registry import KERNELS, kernel  # noqa: F401
 from . import elementwise, reduction, matmul, layout, norm, attention, conv  # noqa: F401
+from . import fused  # noqa: F401
+from . import grad  # noqa: F401  (backward-pass ops)

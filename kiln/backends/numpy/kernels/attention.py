@@ -45,8 +45,9 @@ def attention_scores(q, k, mask=None, causal=False, scale=None, window=None, sof
 @kernel("attention")
 def _attention(q, k, v, mask=None, causal=False, scale=None, window=None, softcap=None):
     s = attention_scores(q, k, mask, causal, scale, window, softcap)
-    p = softmax(s, -1)
-    p = np.nan_to_num(p, nan=0.0)  # fully masked rows attend to nothing
+    with np.errstate(invalid="ignore"):  # fully masked rows give 0/0 here ...
+        p = softmax(s, -1)
+    p = np.nan_to_num(p, nan=0.0)  # ... and attend to nothing
     vf = up(v)
     if v.shape[1] != q.shape[1]:
         vf = np.repeat(vf, q.shape[1] // v.shape[1], axis=1)

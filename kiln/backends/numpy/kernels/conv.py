@@ -2,10 +2,12 @@
 
 Convolution is im2col: a strided `sliding_window_view` of the padded input, copied
 once into a [groups, N*P, C/groups*K] matrix and multiplied by the weight in one
-batched matmul. Transposed convolution is the same conv on a zero-dilated input
-with the flipped kernel. Geometry (pads, output sizes) comes from the op specs in
-kiln.ir.ops.conv, so shapes here always agree with shape inference. Half inputs
-compute in float32 and round once.
+batched matmul (depthwise convs accumulate over kernel taps instead). Transposed
+convolution multiplies every input pixel by the kernel in one matmul and
+scatter-adds the result tap by tap; pooling combines one strided slice per tap.
+No loop runs over output positions. Geometry (pads, output sizes) comes from the
+op specs in kiln.ir.ops.conv, so shapes here always agree with shape inference.
+Half inputs compute in float32 and round once.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from ._registry import compute_dtype, kernel, up
 
 def _pad_spatial(x: np.ndarray, pads, value=0.0) -> np.ndarray:
     """Pad (or crop, for negative pads) the trailing spatial dims of x by (lo, hi) per dim."""
-    nd = len(pads)
     crop = tuple(slice(max(-lo, 0), x.shape[2 + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pads))
     x = x[(slice(None), slice(None)) + crop]
     widths = [(0, 0), (0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
     if all(w == (0, 0) for w in widths):
         return x
-    assert x.ndim == nd + 2
     return np.pad(x, widths, mode="constant", constant_values=np.asarray(value, x.dtype))
 
 
@@ -50,13 +50,21 @@ def _conv_nd(x, w, b, stride, dilation, pads, groups):
     win = _windows(_pad_spatial(x, pads), kernel, stride, dilation)  # [N, C, *O, *K]
     out_sp = win.shape[2:2 + nd]
     p, kk, cg, og = int(np.prod(out_sp)), int(np.prod(kernel)), c // groups, o // groups
-    # im2col: [N, G, Cg, *O, *K] -> [G, N, *O, Cg, *K] -> [G, N*P, Cg*K] (one copy)
     win = win.reshape((n, groups, cg) + out_sp + tuple(kernel))
-    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
-    cols = win.transpose(perm).reshape(groups, n * p, cg * kk)
-    wmat = w.reshape(groups, og, cg * kk).transpose(0, 2, 1)  # [G, Cg*K, Og]
-    y = np.matmul(cols, wmat)  # [G, N*P, Og]
-    y = y.reshape((groups, n, p, og)).transpose(1, 0, 3, 2).reshape((n, o) + out_sp)
+    if cg == 1:
+        # depthwise: a [N*P, K] x [K, Og] matmul per group is tiny, so accumulate over taps instead
+        wt = w.reshape((1, groups, og) + (1,) * nd + (kk,))
+        y = np.zeros((n, groups, og) + out_sp, x.dtype)
+        for t, tap in enumerate(np.ndindex(*kernel)):
+            y += win[(Ellipsis,) + tap] * wt[..., t]
+        y = y.reshape((n, o) + out_sp)
+    else:
+        # im2col: [N, G, Cg, *O, *K] -> [G, N, *O, Cg, *K] -> [G, N*P, Cg*K] (one copy), one matmul
+        perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+        cols = win.transpose(perm).reshape(groups, n * p, cg * kk)
+        wmat = w.reshape(groups, og, cg * kk).transpose(0, 2, 1)  # [G, Cg*K, Og]
+        y = np.matmul(cols, wmat)  # [G, N*P, Og]
+        y = y.reshape((groups, n, p, og)).transpose(1, 0, 3, 2).reshape((n, o) + out_sp)
     if b is not None:
         y = y + b.reshape((1, o) + (1,) * nd)
     return y
@@ -70,24 +78,39 @@ def _make_conv(nd: int):
     return conv
 
 
+def _conv_transpose_nd(x, w, b, geo, groups):
+    """Every input pixel times the [C_out, *K] kernel (one matmul), scatter-added tap by tap.
+
+    The uncropped output has size (S-1)*stride + dil*(K-1) + 1 (+ output_padding) per dim; tap t
+    of input pixel i lands at i*stride + t*dil, and `padding` is cropped from both ends.
+    """
+    nd = x.ndim - 2
+    n, c = x.shape[:2]
+    sp, kernel, og = x.shape[2:], w.shape[2:], w.shape[1]
+    cg, p, kk = c // groups, int(np.prod(x.shape[2:])), int(np.prod(w.shape[2:]))
+    xm = x.reshape(n, groups, cg, p).transpose(1, 0, 3, 2)  # [G, N, P, Cg]
+    cols = np.matmul(xm, w.reshape(groups, 1, cg, og * kk))  # [G, N, P, Og*K]
+    cols = cols.reshape((groups, n) + sp + (og,) + kernel)
+    full = tuple((s - 1) * st + d * (k - 1) + 1 + op for s, st, d, k, op in
+                 zip(sp, geo.stride, geo.dilation, kernel, geo.output_padding))
+    y = np.zeros((groups, n) + full + (og,), x.dtype)
+    for tap in np.ndindex(*kernel):
+        dst = tuple(slice(t * d, t * d + (s - 1) * st + 1, st)
+                    for t, d, s, st in zip(tap, geo.dilation, sp, geo.stride))
+        y[(slice(None), slice(None)) + dst] += cols[(Ellipsis,) + tap]
+    crop = tuple(slice(p_, p_ + o) for p_, o in zip(geo.padding, geo.out_spatial))
+    y = y[(slice(None), slice(None)) + crop]  # [G, N, *out, Og]
+    y = np.moveaxis(y, -1, 2).swapaxes(0, 1).reshape((n, groups * og) + geo.out_spatial)  # [N, G*Og, *out]
+    if b is not None:
+        y = y + b.reshape((1, groups * og) + (1,) * nd)
+    return y
+
+
 def _make_conv_transpose(nd: int):
     def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
         geo = conv_transpose_geometry(f"conv_transpose{nd}d", nd, x.shape, weight.shape, stride, padding,
                                       output_padding, dilation, groups)
-        xf, wf = up(x), up(weight)
-        n, c = xf.shape[:2]
-        # zero-dilate the input by the stride ...
-        dil_shape = (n, c) + tuple((s - 1) * st + 1 for s, st in zip(xf.shape[2:], geo.stride))
-        xd = np.zeros(dil_shape, xf.dtype)
-        xd[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in geo.stride)] = xf
-        # ... and convolve with the flipped kernel, weight [C, O/g, *K] regrouped to [O, C/g, *K]
-        kernel = wf.shape[2:]
-        og = wf.shape[1]
-        wg = wf.reshape((groups, c // groups, og) + kernel).swapaxes(1, 2).reshape((groups * og, c // groups) + kernel)
-        wg = np.flip(wg, axis=tuple(range(2, 2 + nd)))
-        pads = tuple((d * (k - 1) - p, d * (k - 1) - p + op)
-                     for k, p, op, d in zip(kernel, geo.padding, geo.output_padding, geo.dilation))
-        y = _conv_nd(xd, wg, up(bias), (1,) * nd, geo.dilation, pads, groups)
+        y = _conv_transpose_nd(up(x), up(weight), up(bias), geo, groups)
         return y.astype(x.dtype, copy=False)
     return conv_transpose
 
@@ -101,13 +124,22 @@ def _pool_pads(x_shape, geo):
     return pads
 
 
+def _reduce_taps(xp: np.ndarray, geo, ufunc) -> np.ndarray:
+    """Combine the pooling windows of padded xp with ufunc, one strided slice per kernel tap."""
+    y = None
+    for tap in np.ndindex(*geo.kernel):
+        v = xp[(slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + (o - 1) * st + 1, st)
+            for t, d, o, st in zip(tap, geo.dilation, geo.out_spatial, geo.stride))]
+        y = v.copy() if y is None else ufunc(y, v, out=y)
+    return y
+
+
 def _make_max_pool(nd: int):
     def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         geo = pool_geometry(f"max_pool{nd}d", nd, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-        xf = up(x)
-        win = _windows(_pad_spatial(xf, _pool_pads(x.shape, geo), -np.inf), geo.kernel, geo.stride, geo.dilation)
-        win = win[(Ellipsis,) + tuple(slice(0, o) for o in geo.out_spatial) + (slice(None),) * nd]
-        return win.max(axis=tuple(range(-nd, 0))).astype(x.dtype, copy=False)
+        xp = _pad_spatial(up(x), _pool_pads(x.shape, geo), -np.inf)
+        return _reduce_taps(xp, geo, np.maximum).astype(x.dtype, copy=False)
     return max_pool
 
 
@@ -125,9 +157,7 @@ def _make_avg_pool(nd: int):
                  divisor_override=None):
         geo = pool_geometry(f"avg_pool{nd}d", nd, x.shape, kernel_size, stride, padding, 1, ceil_mode)
         xf = up(x)
-        win = _windows(_pad_spatial(xf, _pool_pads(x.shape, geo)), geo.kernel, geo.stride, geo.dilation)
-        win = win[(Ellipsis,) + tuple(slice(0, o) for o in geo.out_spatial) + (slice(None),) * nd]
-        total = win.sum(axis=tuple(range(-nd, 0)))
+        total = _reduce_taps(_pad_spatial(xf, _pool_pads(x.shape, geo)), geo, np.add)
         if divisor_override is not None:
             return (total / np.asarray(divisor_override, xf.dtype)).astype(x.dtype, copy=False)
         div = np.ones((), xf.dtype)
@@ -146,9 +176,9 @@ def _make_adaptive_avg_pool(nd: int):
         y = up(x)
         for axis, (s, o) in enumerate(zip(x.shape[2:], out)):
             # one [out, in] averaging matrix per spatial dim, applied along that dim
-            m = np.zeros((o, s), y.dtype)
-            for i, (lo, hi) in enumerate(adaptive_bins(s, o)):
-                m[i, lo:hi] = 1.0 / (hi - lo)
+            lo, hi = adaptive_bins(s, o)
+            j = np.arange(s)
+            m = ((j >= lo[:, None]) & (j < hi[:, None])) / (hi - lo)[:, None].astype(y.dtype)
             y = np.moveaxis(np.tensordot(y, m, axes=([2 + axis], [1])), -1, 2 + axis)
         return y.astype(x.dtype, copy=False)
     return adaptive_avg_pool
@@ -171,22 +201,15 @@ def _inv_scale(scale, in_size: int, out_size: int, dt) -> np.generic:
     return dt.type(in_size) / dt.type(out_size)
 
 
-def _nearest_index(in_size: int, out_size: int, scale, exact: bool, dt, two_d: bool) -> np.ndarray:
-    """floorf(i * s) ("nearest") or floorf((i + 0.5) * s) ("nearest-exact"), s = 1/scale or in/out.
+def _nearest_index(in_size: int, out_size: int, scale, exact: bool, dt) -> np.ndarray:
+    """floorf(i * s) ("nearest") or floorf((i + 0.5) * s) ("nearest-exact"), s = 1/scale or in/out in dt.
 
-    ATen's 2-D nearest kernel maps with a float32 s and copies when out == in, halves the index when
-    out == 2 * in; its 1-D and 3-D kernels map with s in the opmath type (float64 for float64 input)
-    and have no such special cases. Both are kept, so results match torch in every rank.
+    This is ATen's generic CPU rule (1-D, 3-D, and 2-D beyond small sizes). For small 2-D inputs
+    ATen picks another kernel that, when a scale_factor is given and out == in or out == 2*in,
+    copies or halves the index instead; kiln keeps the one documented rule.
     """
-    i = np.arange(out_size)
-    if two_d:
-        if not exact and out_size == in_size:
-            return i
-        if not exact and out_size == 2 * in_size:
-            return i >> 1
-        pass
     s = _inv_scale(scale, in_size, out_size, dt)
-    src = (i.astype(dt) + dt.type(0.5 if exact else 0.0)) * s
+    src = (np.arange(out_size).astype(dt) + dt.type(0.5 if exact else 0.0)) * s
     return np.minimum(np.floor(src.astype(np.float32)).astype(np.int64), in_size - 1)
 
 
@@ -219,7 +242,7 @@ def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=
     if mode in ("nearest", "nearest-exact"):
         y = x
         for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):
-            y = np.take(y, _nearest_index(s, o, sc, mode == "nearest-exact", dt, nd == 2), axis=2 + a)
+            y = np.take(y, _nearest_index(s, o, sc, mode == "nearest-exact", dt), axis=2 + a)
         return np.ascontiguousarray(y)
     y = up(x)
     for a, (s, o, sc) in enumerate(zip(x.shape[2:], geo.out_spatial, geo.scales)):

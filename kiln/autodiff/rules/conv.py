@@ -1,0 +1,1 @@
+"""Derivatives of convolution, pooling and resampling ops (filled in below)."""

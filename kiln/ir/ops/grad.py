@@ -1,0 +1,99 @@
+"""Ops that backward passes need and forward models do not: scatter-adds (the transposes of
+gathers) and attention with its log-sum-exp saved, plus attention's fused backward.
+
+They are ordinary ops (type rules here, kernels per backend, VJP/JVP rules in kiln.autodiff),
+so a training graph is just a graph.
+"""
+
+from __future__ import annotations
+
+from ..dtypes import accumulation_dtype
+from ..errors import GraphError
+from ..op_spec import REQUIRED, OpSpec, register_op
+from ..shapes import broadcast_shapes, norm_axis
+from ._rules import expect_int, expect_same_dtype, expect_shape, tt
+from .attention import _attention
+
+
+def _index_add(types, attrs):
+    idx, src = types
+    expect_int("index_add", "indices", idx)
+    size = attrs["size"]
+    if not isinstance(size, int) or size < 1:
+        raise GraphError(f"op 'index_add': size must be a positive int, got {size!r}")
+    rank = src.rank - idx.rank + 1
+    axis = norm_axis(attrs["axis"], max(rank, 1))
+    if src.shape[axis:axis + idx.rank] != idx.shape:
+        raise GraphError(f"op 'index_add': src {src} must have the indices' shape {idx.shape} at axis {axis}")
+    return tt(src.shape[:axis] + (size,) + src.shape[axis + idx.rank:], src.dtype)
+
+
+register_op(OpSpec(
+    "index_add", "gather", ("indices", "src"), _index_add, attrs={"axis": 0, "size": REQUIRED},
+    doc="The transpose of gather(x, indices, axis): zeros with `size` entries along `axis`, and src's "
+        "slices added at `indices` (repeated indices accumulate). Gives gather and embedding gradients."))
+
+
+def _scatter_add(types, attrs):
+    idx, src = types
+    expect_int("scatter_add", "indices", idx)
+    axis = norm_axis(attrs["axis"], src.rank)
+    size = attrs["size"]
+    if not isinstance(size, int) or size < 1:
+        raise GraphError(f"op 'scatter_add': size must be a positive int, got {size!r}")
+    if idx.rank != src.rank or broadcast_shapes(idx.shape, src.shape) != src.shape:
+        raise GraphError(f"op 'scatter_add': indices {idx} must broadcast to src {src} (same rank)")
+    if idx.shape[axis] != src.shape[axis]:
+        raise GraphError(f"op 'scatter_add': indices {idx} and src {src} must agree along axis {axis}")
+    shape = list(src.shape)
+    shape[axis] = size
+    return tt(shape, src.dtype)
+
+
+register_op(OpSpec(
+    "scatter_add", "gather", ("indices", "src"), _scatter_add, attrs={"axis": -1, "size": REQUIRED},
+    doc="The transpose of take_along_axis: zeros of src's shape with `size` along `axis`, and "
+        "out[..., indices[..., i, ...], ...] += src[..., i, ...] (torch.Tensor.scatter_add_)."))
+
+
+def _attention_lse(types, attrs):
+    out = _attention(types, attrs)
+    q = types[0]
+    return [out, tt(q.shape[:3], accumulation_dtype(q.dtype))]
+
+
+ATTENTION_ATTRS = {"causal": False, "scale": None, "window": None, "softcap": None}
+
+register_op(OpSpec(
+    "attention_lse", "attention", ("q", "k", "v", "mask?"), _attention_lse, attrs=dict(ATTENTION_ATTRS),
+    num_outputs=2,
+    doc="attention (same semantics) that also returns the log-sum-exp of each query's scores "
+        "[B, Hq, Sq] (float32 for half inputs; -inf for a fully masked row), which is all its "
+        "backward needs besides the output: no [Sq, Sk] probabilities are stored."))
+
+
+def _attention_backward(types, attrs):
+    q, k, v, mask, out, lse, dout, dlse = types
+    expected_out = _attention([q, k, v, mask], attrs)
+    expect_shape("attention_backward", "out", out, expected_out.shape)
+    expect_shape("attention_backward", "dout", dout, expected_out.shape)
+    expect_same_dtype("attention_backward", {"q": q, "out": out, "dout": dout})
+    lse_t = tt(q.shape[:3], accumulation_dtype(q.dtype))
+    for name, t in (("lse", lse), ("dlse", dlse)):
+        if t is not None and t != lse_t:
+            raise GraphError(f"op 'attention_backward': {name} must be {lse_t}, got {t}")
+    outs = [q, k, v]
+    if attrs["mask_grad"]:
+        if mask is None or not mask.dtype.is_float:
+            raise GraphError(f"op 'attention_backward': mask_grad needs a float (additive) mask, got {mask}")
+        outs.append(tt(q.shape[:3] + (k.shape[2],), q.dtype))
+    return outs
+
+
+register_op(OpSpec(
+    "attention_backward", "attention", ("q", "k", "v", "mask?", "out", "lse", "dout", "dlse?"),
+    _attention_backward, attrs=dict(ATTENTION_ATTRS, mask_grad=False),
+    num_outputs=lambda attrs: 4 if attrs["mask_grad"] else 3,
+    doc="Gradients (dq, dk, dv[, dscores]) of attention_lse from its output and saved log-sum-exp; "
+        "probabilities are recomputed from lse. dlse is the cotangent of lse (second-order use). "
+        "With mask_grad, also the gradient of the scores [B, Hq, Sq, Sk], i.e. of an additive mask."))
