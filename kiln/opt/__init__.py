@@ -1,0 +1,8 @@
+"""Graph optimization: classic passes plus equality saturation with egglog (imported lazily)."""
+
+from .optimizer import Limits, OptimizationWarning, OptimizeReport, fusion_features, optimize
+from .passes import simplify
+from .rules import RULE_NAMES
+
+__all__ = ["Limits", "OptimizationWarning", "OptimizeReport", "fusion_features", "optimize", "simplify",
+           "RULE_NAMES"]

@@ -8,7 +8,6 @@ against each other and against the flops that do not change.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from kiln.ir import TensorType, get_op
@@ -85,7 +84,3 @@ def cost_model(device: str) -> CostModel:
         return COST_MODELS[device]
     except KeyError:
         raise ValueError(f"no cost model for device {device!r}; expected one of {sorted(COST_MODELS)}") from None
-
-
-def is_finite(x: float) -> bool:
-    return not math.isinf(x)

@@ -311,3 +311,125 @@ def enode_op(ctor: str, prims: tuple, kid_is_none: tuple, enc: Encoding):
                 i += item[1]
         return d.op, dict(d.attrs), slots
     return None
+
+
+# ---- selection -> Graph ---------------------------------------------------------------
+
+def decode(source: Graph, enc: Encoding, nodes: list, sel: list[int], roots: dict[str, int],
+           types: list, none_class: int) -> Graph:
+    """Rebuild a Graph from the chosen e-node of each class reachable from the outputs.
+
+    Inputs and parameters keep their names and order (unused ones too, so callers can
+    still bind every name). Last-axis slices that tile one value become a single split.
+    """
+    g = Graph(source.name)
+    src_vals: dict[int, Value] = {}
+    for node in source.nodes:
+        if node.op in ("input", "parameter"):
+            v = node.outputs[0]
+            src_vals[node.id] = getattr(g, "input" if node.op == "input" else "parameter")(
+                node.name, v.shape, v.dtype)
+    splits = _split_groups(nodes, sel, list(roots.values()), types)
+    done: dict[int, Any] = {}
+
+    def chosen(c):
+        return nodes[sel[c]]
+
+    def deps(c) -> list[int]:
+        n = chosen(c)
+        if n.ctor == "Cat0":
+            return [k for k in _cat_leaves(c, chosen)]
+        if n.ctor == "SliceLast" and n.kids[0] in splits:
+            return [n.kids[0]]
+        return list(n.kids)
+
+    for r in roots.values():
+        stack = [(r, False)]
+        while stack:
+            c, expanded = stack.pop()
+            if c in done:
+                continue
+            if not expanded:
+                stack.append((c, True))
+                stack.extend((k, False) for k in deps(c) if k not in done)
+                continue
+            done[c] = _build(g, c, chosen(c), done, enc, src_vals, splits, none_class, chosen)
+    for name, c in roots.items():
+        g.output(name, done[c])
+    return g
+
+
+def _cat_leaves(c, chosen) -> list[int]:
+    n = chosen(c)
+    if n.ctor != "Cat0":
+        return [c]
+    return _cat_leaves(n.kids[0], chosen) + _cat_leaves(n.kids[1], chosen)
+
+
+def _split_groups(nodes, sel, roots, types) -> dict[int, list[int]]:
+    """value class -> split sizes, where the selected last-axis slices of it tile it exactly."""
+    ranges: dict[int, set] = {}
+    seen, stack = set(), list(roots)
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        n = nodes[sel[c]]
+        if n.ctor == "SliceLast":
+            ranges.setdefault(n.kids[0], set()).add((n.prims[0], n.prims[1]))
+        stack.extend(n.kids)
+    out = {}
+    for c, rs in ranges.items():
+        t = types[c]
+        if len(rs) < 2 or not isinstance(t, TensorType) or not t.rank:
+            continue
+        rs = sorted(rs)
+        if rs[0][0] == 0 and rs[-1][1] == t.shape[-1] and all(a[1] == b[0] for a, b in zip(rs, rs[1:])):
+            out[c] = [e - s for s, e in rs]
+    return out
+
+
+def _build(g: Graph, c, n, done, enc: Encoding, src_vals, splits, none_class, chosen):
+    ctor = n.ctor
+    if ctor in ("Src", "Const"):
+        key = n.prims[-1]
+        if key not in src_vals:
+            node = enc.sources[key]
+            src_vals[key] = g.constant(node.attrs["value"], name=node.name)
+        return src_vals[key]
+    if ctor == "NoneT":
+        return None
+    if ctor == "ANil":
+        return []
+    if ctor == "ACons":
+        return [done[n.kids[0]]] + done[n.kids[1]]
+    if ctor == "Out":
+        return done[n.kids[0]][n.prims[0]]
+    if ctor == "Cat0":
+        return g.concat([done[k] for k in _cat_leaves(c, chosen)], axis=0)
+    if ctor == "SliceLast" and n.kids[0] in splits:
+        base = n.kids[0]
+        key = ("split", base)
+        if key not in done:
+            sizes = splits[base]
+            parts = g.split(done[base], sizes=sizes, axis=-1)
+            done[key] = (parts if isinstance(parts, tuple) else (parts,), [sum(sizes[:i]) for i in range(len(sizes))])
+        parts, starts = done[key]
+        return parts[starts.index(n.prims[0])]
+    op, attrs, slots = enode_op(ctor, n.prims, tuple(k == none_class for k in n.kids), enc)
+    if ctor == "Op":
+        flat = done[n.kids[0]]
+    else:
+        flat = [done[k] for k in n.kids]
+    args = []
+    for s in slots:
+        if s is None:
+            args.append(None)
+        elif isinstance(s, list):
+            args.append([flat[i] for i in s])
+        else:
+            args.append(flat[s])
+    while args and args[-1] is None:
+        args.pop()
+    return g.op(op, *args, **attrs)

@@ -17,8 +17,6 @@ import kiln
 from kiln.ir import as_dtype
 
 FLOATS = ("float32", "float64", "float16", "bfloat16")
-HALVES = ("float16", "bfloat16")
-SIGNED_INTS = ("int32", "int64")
 INTS = ("int32", "int64", "uint8")
 
 TORCH_DTYPES = {

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import kiln
-from harness import FLOATS, INTS, SIGNED_INTS, TORCH_DTYPES, check, rand, run_op
+from harness import FLOATS, INTS, TORCH_DTYPES, check, rand, run_op
 
 UNARY_FLOAT = {
     "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,

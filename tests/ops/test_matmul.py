@@ -1,6 +1,5 @@
 """matmul (batched, broadcast batch dims, transpose flags) and linear against torch."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
