@@ -7,15 +7,25 @@ from kiln.ir import Graph
 DEVICES = ("cpu", "cuda")
 
 
+def reference_evaluate(op: str, inputs: list, attrs: dict):
+    """Evaluate one op with the NumPy reference kernels (constant folding uses this)."""
+    from kiln.backends.numpy.kernels import KERNELS
+    return KERNELS[op](*inputs, **attrs)
+
+
 def compile(graph: Graph, device: str = "cpu", optimize: bool = True):
-    """Optimize (unless optimize=False), plan and bind a backend for `graph`."""
-    from kiln.compile.plan import build_plan
+    """Optimize (unless optimize=False, for debugging), plan and bind a backend for `graph`.
+
+    The returned CompiledGraph carries `.report` (a CompileReport: fusions, kernels,
+    memory, time per stage).
+    """
+    from kiln.compile import compile_graph
     from kiln.runtime.compiled_graph import CompiledGraph
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
-    plan = build_plan(graph)
-    if device == "cpu":
-        from kiln.backends.numpy.executor import NumpyExecutor
-        return CompiledGraph(plan, NumpyExecutor(plan), device)
-    raise NotImplementedError("device='cuda' needs the Triton backend, which is not built yet")
+    if device == "cuda":
+        raise NotImplementedError("device='cuda' needs the Triton backend, which is not built yet")
+    plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate)
+    from kiln.backends.numpy.executor import NumpyExecutor
+    return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)

@@ -8,6 +8,7 @@ Graph that `kiln.compile` runs like any other.
 from .forward import hvp, hvp_name, jvp, tangent_name
 from .registry import DECOMPOSITIONS, GRAD_FORWARDS, JVP_RULES, VJP_RULES, has_jvp, has_vjp
 from .reverse import cotangent_name, grad, grad_name, vjp
+from .vmap import vmap
 
-__all__ = ["grad", "vjp", "jvp", "hvp", "grad_name", "cotangent_name", "tangent_name", "hvp_name",
+__all__ = ["grad", "vjp", "jvp", "hvp", "vmap", "grad_name", "cotangent_name", "tangent_name", "hvp_name",
            "VJP_RULES", "JVP_RULES", "DECOMPOSITIONS", "GRAD_FORWARDS", "has_vjp", "has_jvp"]

@@ -112,6 +112,9 @@ def _reverse(src: Graph, wrt: dict[str, Value], seeds: dict[str, str | None], ke
                 _accumulate(dst, cts, v, ct, node.op)
 
     for name, v in wrt_new.items():
+        if grad_name(name) in dst.outputs:
+            raise GraphError(f"{what}: the graph already has an output {grad_name(name)!r}; "
+                             f"pass keep_outputs=False (e.g. for a second derivative)")
         g = cts.get(v.id)
         dst.output(grad_name(name), g if g is not None else zeros(dst, v.shape, v.dtype))
     return dst

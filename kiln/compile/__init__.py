@@ -1,0 +1,6 @@
+"""Compile pipeline: kernel grouping, liveness + arena memory plan, precision policy, the Plan."""
+
+from .pipeline import CompileReport, compile_graph
+from .plan import Plan, Step, build_plan
+
+__all__ = ["CompileReport", "compile_graph", "Plan", "Step", "build_plan"]

@@ -1,7 +1,10 @@
-"""The Plan: an ordered list of kernel launches that a backend executes.
+"""The Plan (LIR): ordered kernel launches over arena slots, which a backend executes.
 
-This first version launches one kernel per graph node and frees each value after
-its last use; the compile pipeline (grouping + arena planning) refines it.
+`build_plan` schedules a graph (its node order is already topological), hoists steps
+that depend only on parameters and constants into `load_steps` (run once when weights
+are bound, e.g. a concatenated Q/K/V weight), marks data-movement ops that can be views
+(`kind="view"`), groups steps into kernels by archetype, plans arena memory and annotates
+each step with the precision policy.
 """
 
 from __future__ import annotations
@@ -12,6 +15,15 @@ import numpy as np
 
 from kiln.ir import SOURCE_OPS, Graph, TensorType
 
+from .kernels import Kernel, group_kernels
+from .memory import MemoryPlan, plan_memory
+from .precision import step_precision
+
+# Ops whose result can be a view of their (contiguous) input, for every backend.
+VIEW_OPS = ("reshape", "transpose", "slice", "split", "broadcast_to")
+# Views of anything: these never need contiguous input.
+ALWAYS_VIEW = ("transpose", "slice", "split", "broadcast_to")
+
 
 @dataclass
 class Step:
@@ -19,8 +31,13 @@ class Step:
     attrs: dict
     inputs: list  # value ids: int | None | list[int]
     outputs: list[int]
-    release: list[int] = field(default_factory=list)  # value ids whose last use is this step
+    release: list[int] = field(default_factory=list)  # value ids whose last read is this step
     name: str | None = None
+    kind: str = "compute"   # "compute": writes its outputs into arena slots; "view": aliases its input
+    kernel: int = -1
+    compute_dtype: str | None = None
+    accumulate_dtype: str | None = None
+    inplace: bool = False   # its output overwrites an input that dies here
 
 
 @dataclass
@@ -31,26 +48,65 @@ class Plan:
     params: dict[str, tuple[int, TensorType]]
     constants: dict[int, np.ndarray]
     outputs: dict[str, int]
+    load_steps: list[Step] = field(default_factory=list)
+    kernels: list[Kernel] = field(default_factory=list)
+    memory: MemoryPlan | None = None
+    types: dict[int, TensorType] = field(default_factory=dict)
+
+    def slot(self, vid: int) -> tuple[str, int] | None:
+        """(arena dtype, byte offset) of a value computed per run, or None (inputs, params, views)."""
+        if self.memory is None or vid not in self.memory.storages:
+            return None
+        st = self.memory.storages[vid]
+        return st.dtype, st.offset
 
 
-def build_plan(graph: Graph) -> Plan:
+def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     graph.verify()
-    inputs, params, constants, steps = {}, {}, {}, []
+    inputs, params, constants = {}, {}, {}
+    types: dict[int, TensorType] = {}
+    static: set[int] = set()       # values known once parameters are bound
+    contiguous: set[int] = set()   # values laid out C-contiguously (arena slots, bound arrays)
+    steps, load_steps = [], []
     for n in graph.nodes:
-        v = n.outputs[0] if n.outputs else None
-        if n.op == "input":
-            inputs[n.name] = (v.id, v.type)
-        elif n.op == "parameter":
-            params[n.name] = (v.id, v.type)
-        elif n.op == "constant":
-            constants[v.id] = n.attrs["value"]
+        for o in n.outputs:
+            types[o.id] = o.type
+        if n.op in SOURCE_OPS:
+            v = n.outputs[0]
+            contiguous.add(v.id)
+            if n.op == "input":
+                inputs[n.name] = (v.id, v.type)
+            else:
+                static.add(v.id)
+                if n.op == "parameter":
+                    params[n.name] = (v.id, v.type)
+                else:
+                    constants[v.id] = n.attrs["value"]
+            continue
+        ins = [([x.id for x in i] if isinstance(i, list) else (i.id if i is not None else None)) for i in n.inputs]
+        step = Step(n.op, n.attrs, ins, [o.id for o in n.outputs], name=n.name)
+        flat = list(_flat(ins))
+        if flat and all(v in static for v in flat):
+            static.update(step.outputs)
+            load_steps.append(step)
+            continue
+        if n.op in ALWAYS_VIEW or (n.op == "reshape" and flat[0] in contiguous):
+            step.kind = "view"
+            if n.op == "reshape":
+                contiguous.update(step.outputs)
         else:
-            ins = [([x.id for x in i] if isinstance(i, list) else (i.id if i is not None else None))
-                   for i in n.inputs]
-            steps.append(Step(n.op, n.attrs, ins, [o.id for o in n.outputs], name=n.name))
-    _assign_releases(steps, set(graph.outputs[k].id for k in graph.outputs)
-                     | set(constants) | {i for i, _ in params.values()})
-    return Plan(graph, steps, inputs, params, constants, {k: v.id for k, v in graph.outputs.items()})
+            contiguous.update(step.outputs)
+        prec = step_precision(n.op, [types[v].dtype.name for v in flat], [o.type.dtype.name for o in n.outputs])
+        step.compute_dtype, step.accumulate_dtype = prec.compute_dtype, prec.accumulate_dtype
+        steps.append(step)
+    outputs = {k: v.id for k, v in graph.outputs.items()}
+    keep = set(outputs.values())
+    _assign_releases(steps, keep | static)
+    kernels = group_kernels(steps, keep)
+    memory = plan_memory(steps, types, keep, reuse=reuse_memory)
+    for s in steps:
+        s.inplace = any(memory.storages[o].inplace_of is not None for o in s.outputs if o in memory.storages)
+    return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types)
 
 
 def _assign_releases(steps: list[Step], keep: set[int]) -> None:

@@ -15,6 +15,9 @@ from kiln.ir import TensorType, get_op
 TRANSCENDENTAL = {"exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "erf", "gelu",
                   "pow", "swiglu", "geglu"}
 VIEW_OPS = {"reshape"}
+# Ties go to the higher-level op: it tells a backend more (a linear is a matmul with a known weight layout).
+HIGH_LEVEL = {"linear", "fused_linear", "attention", "softmax", "rms_norm", "layer_norm", "gelu", "silu",
+              "swiglu", "geglu"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class CostModel:
 
     def node_cost(self, op: str, attrs: dict, ins: list, outs: list, load_time: bool) -> float:
         c = self._cost(op, attrs, [t for t in ins if t is not None], outs)
+        if op in HIGH_LEVEL:
+            c *= 0.999
         return max(c * (self.load_time_factor if load_time else 1.0), 1e-9)
 
     def _cost(self, op, attrs, ins: list[TensorType], outs: list[TensorType]) -> float:
@@ -51,8 +56,11 @@ def _flops(op, attrs, ins, outs) -> float:
         else:
             k = b.shape[1]
         f = 2.0 * out.size * k
+        if attrs.get("activation") in ("swiglu", "geglu", "geglu_tanh"):
+            f *= 2.0  # the output is half the matmul's width
         if op == "fused_linear":
-            f += 5.0 * a.size * (attrs.get("norm", "none") != "none") + 8.0 * out.size
+            f += 5.0 * a.size * (attrs.get("norm", "none") != "none")
+            f += 8.0 * out.size * (attrs.get("activation", "none") != "none")
         return f
     if op == "attention":
         q, k = ins[0], ins[1]

@@ -102,7 +102,9 @@ class Extractor:
     def _infer_types(self) -> None:
         v, types = self.view, self.types
         for vid, c in v.value_class.items():
-            types[c] = v.enc.value_types[vid]
+            t = v.enc.value_types.get(vid)  # None for (NoneT) and the tuple ids of multi-output ops
+            if t is not None:
+                types[c] = t
         tuples: dict[int, dict[int, TensorType]] = {}
         for n in v.nodes:
             if n.ctor == "Out" and types[n.cls] is not None:
@@ -222,72 +224,109 @@ class Extractor:
         return self.model.node_cost(op, attrs, flat_ins, outs, load)
 
     # ---- extraction -------------------------------------------------------------------
+    def _positions(self) -> list[float]:
+        """A topological position per class; chosen e-nodes must point to lower positions.
+
+        Classes of original values sit at their value id (ids grow in graph order); classes
+        the rules created sit just above the children of their earliest e-node. Requiring
+        every chosen e-node's children to sit strictly lower makes any selection acyclic,
+        and every class keeps at least one e-node that satisfies it (its original one).
+        """
+        v = self.view
+        pos = [INF] * v.num_classes
+        limit = max(v.enc.value_types, default=0)
+        for vid, c in v.value_class.items():
+            if vid <= limit:
+                pos[c] = min(pos[c], float(vid))
+        for n in v.nodes:
+            if not n.kids:
+                pos[n.cls] = -1.0  # sources exist before anything runs, wherever the graph declared them
+        changed = True
+        while changed:
+            changed = False
+            for n in v.nodes:
+                if pos[n.cls] != INF and n.cls in self._fixed:
+                    continue
+                p = max((pos[k] for k in n.kids), default=-1.0)
+                if p != INF and p + 1e-3 < pos[n.cls]:
+                    pos[n.cls] = p + 1e-3
+                    changed = True
+        return pos
+
     def extract(self, roots: list[int]) -> tuple[list[int], float]:
         """Best node per class (index into view.nodes, -1 if unreachable) and its DAG cost."""
-        ncls = self.view.num_classes
-        banned: set[int] = {i for i, n in enumerate(self.view.nodes) if n.cls in n.kids}
-        tree = self._fixpoint([1.0] * ncls, banned)
-        best_sel, best_cost = tree, self.dag_cost(tree, roots)
-        if best_cost is None:
-            raise RuntimeError("tree-cost extraction produced a cycle")
-        potential = [max(1, len({self.view.nodes[p].cls for p in ps})) for ps in self.parents]
-        divisors = [float(d) for d in potential]
-        for _ in range(3):
-            sel = self._acyclic(divisors, banned, roots)
-            if sel is None:
-                break
+        v = self.view
+        self._fixed = {c for vid, c in v.value_class.items() if vid <= max(v.enc.value_types, default=0)}
+        self._fixed.update(n.cls for n in v.nodes if not n.kids)
+        pos = self._positions()
+        allowed = [all(pos[k] < pos[n.cls] for k in n.kids) for n in v.nodes]
+        sel = self._fixpoint(allowed, None, None)
+        best_sel, best_cost = sel, self.dag_cost(sel, roots)
+        # Sharing: a class already in the DAG costs nothing more to reuse, and a last-axis
+        # slice pays for its part of the value it slices (the parts of a concatenated
+        # matmul together pay for it once).
+        share = self._slice_shares()
+        for _ in range(4):
+            order, _ = self._reachable(best_sel, roots)
+            in_dag = [False] * v.num_classes
+            for c in order:
+                in_dag[c] = True
+            sel = self._fixpoint(allowed, in_dag, share)
             cost = self.dag_cost(sel, roots)
-            if cost is not None and cost < best_cost - 1e-9:
-                best_sel, best_cost = sel, cost
-            divisors = [float(max(1, u)) for u in self.use_counts(best_sel, roots)]
+            if cost >= best_cost - 1e-9:
+                break
+            best_sel, best_cost = sel, cost
         return best_sel, best_cost
 
-    def _acyclic(self, divisors, banned, roots, attempts: int = 6):
-        banned = set(banned)
-        for _ in range(attempts):
-            sel = self._fixpoint(divisors, banned)
-            back = self._back_edges(sel, roots)
-            if back is None:
-                return None
-            if not back:
-                return sel
-            banned |= back
-        return None
+    def _slice_shares(self) -> list[float]:
+        """Per e-node: the fraction of its (single) child's cost a slice carries; 1 otherwise."""
+        out = [1.0] * len(self.view.nodes)
+        for i, n in enumerate(self.view.nodes):
+            if n.ctor == "SliceLast":
+                t = self.types[n.kids[0]]
+                if isinstance(t, TensorType) and t.rank and t.shape[-1]:
+                    out[i] = (n.prims[1] - n.prims[0]) / t.shape[-1]
+        return out
 
-    def _fixpoint(self, div: list[float], banned: set[int]) -> list[int]:
+    def _fixpoint(self, allowed: list[bool], in_dag, share) -> list[int]:
+        """Cheapest allowed node per class; with `in_dag`, costs are marginal to that DAG."""
         v = self.view
         nodes, ncost, parents = v.nodes, self.node_cost, self.parents
         cost = [INF] * v.num_classes
         best = [-1] * v.num_classes
         queue = deque()
+        free = in_dag if in_dag is not None else [False] * v.num_classes
+        share = share if share is not None else [1.0] * len(nodes)
 
         def relax(i: int) -> None:
             n = nodes[i]
-            c = ncost[i]
+            c = 0.0
             for k in n.kids:
                 ck = cost[k]
                 if ck == INF:
                     return
-                c += ck / div[k]
+                if not free[k]:
+                    c += ck
+            c = ncost[i] + c * share[i]
             if c < cost[n.cls] * (1 - 1e-12) - 1e-15:
                 cost[n.cls] = c
                 best[n.cls] = i
                 queue.append(n.cls)
 
         for i, n in enumerate(nodes):
-            if not n.kids and i not in banned:
+            if not n.kids and allowed[i]:
                 relax(i)
         while queue:
             c = queue.popleft()
             for p in parents[c]:
-                if p not in banned:
+                if allowed[p]:
                     relax(p)
         return best
 
     def _reachable(self, sel: list[int], roots: list[int]):
-        """Classes reachable through the selection in post-order, or None on a missing choice."""
+        """Classes reachable through the selection, children before parents."""
         nodes = self.view.nodes
-        state = {}
+        state: dict[int, int] = {}
         order = []
         for r in roots:
             if r in state:
@@ -299,61 +338,18 @@ class Extractor:
                     if c in state:
                         continue
                     if sel[c] < 0:
-                        return None, set()
+                        raise RuntimeError(f"extraction found no e-node for e-class {c}")
                     state[c] = 1
                 kids = nodes[sel[c]].kids
                 if i < len(kids):
                     stack.append((c, i + 1))
-                    k = kids[i]
-                    if k not in state:
-                        stack.append((k, 0))
+                    if kids[i] not in state:
+                        stack.append((kids[i], 0))
                 else:
                     state[c] = 2
                     order.append(c)
         return order, state
 
-    def _back_edges(self, sel: list[int], roots: list[int]):
-        """Selected nodes that close a cycle (empty set: acyclic; None: something unreachable)."""
-        nodes = self.view.nodes
-        state: dict[int, int] = {}
-        back: set[int] = set()
-        for r in roots:
-            if r in state:
-                continue
-            if sel[r] < 0:
-                return None
-            stack = [(r, 0)]
-            state[r] = 1
-            while stack:
-                c, i = stack[-1]
-                kids = nodes[sel[c]].kids
-                if i < len(kids):
-                    stack[-1] = (c, i + 1)
-                    k = kids[i]
-                    s = state.get(k, 0)
-                    if s == 1:
-                        back.add(sel[c])
-                    elif s == 0:
-                        if sel[k] < 0:
-                            return None
-                        state[k] = 1
-                        stack.append((k, 0))
-                else:
-                    state[c] = 2
-                    stack.pop()
-        return back
-
-    def dag_cost(self, sel: list[int], roots: list[int]) -> float | None:
-        back = self._back_edges(sel, roots)
-        if back is None or back:
-            return None
+    def dag_cost(self, sel: list[int], roots: list[int]) -> float:
         order, _ = self._reachable(sel, roots)
         return sum(self.node_cost[sel[c]] for c in order)
-
-    def use_counts(self, sel: list[int], roots: list[int]) -> list[int]:
-        order, _ = self._reachable(sel, roots)
-        users = [0] * self.view.num_classes
-        for c in order:
-            for k in set(self.view.nodes[sel[c]].kids):
-                users[k] += 1
-        return users

@@ -7,6 +7,7 @@ as the classic passes left it, with an `OptimizationWarning` that says why.
 
 from __future__ import annotations
 
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -73,7 +74,9 @@ def optimize(graph: Graph, *, device: str = "cpu", evaluate: Evaluator | None = 
             result = _saturate_and_extract(simple, chosen, model, limits, report, clock)
         except _GiveUp as e:
             _fall_back(report, str(e))
-        except Exception as e:  # a bug in a rule or the translation must not break compilation
+        except BaseException as e:  # a bug in a rule or the translation must not break compilation
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
             _fall_back(report, f"{type(e).__name__}: {e}")
     report.nodes_after = _count(result)
     report.fusions = fusion_delta(graph, result)
@@ -90,17 +93,20 @@ def _fall_back(report: OptimizeReport, reason: str) -> None:
 
 
 def _saturate_and_extract(graph, chosen, model, limits, report, clock) -> Graph:
-    from egglog import bindings  # lazy: importing kiln must not pay for egglog
+    with clock("egglog_import"):
+        from egglog import bindings  # lazy: importing kiln must not pay for egglog
 
-    from .extract import EGraphView, Extractor
-    from .terms import decode, encode
+    from .extract import CONSTRUCTORS, EGraphView, Extractor
+    from .terms import SEED_PROGRAM, decode, encode
 
     start = time.perf_counter()
     with clock("translate"):
         enc = encode(graph)
-        text = "\n".join([rulebook.program(chosen), *rulebook.table_facts(enc.perms, enc.dtypes), *enc.facts])
         eg = bindings.EGraph()
-        eg.run_program(*eg.parse_program(text))
+        program = "\n".join([rulebook.program(chosen), SEED_PROGRAM, *rulebook.table_facts(enc.perms, enc.dtypes)])
+        eg.run_program(*eg.parse_program(program))
+        with tempfile.TemporaryDirectory(prefix="kiln-egraph-") as folder:
+            eg.run_program(*eg.parse_program(enc.write_tables(folder) + "\n(run seed 1)"))
     with clock("saturate"):
         step = eg.parse_program("(run opt 1)")
         size_cmd = eg.parse_program("(print-size)")
@@ -110,7 +116,7 @@ def _saturate_and_extract(graph, chosen, model, limits, report, clock) -> Graph:
             matches.update(out.report.num_matches_per_rule)
             report.iterations = it + 1
             (sizes,) = eg.run_program(*size_cmd)
-            report.egraph_enodes = sum(n for name, n in sizes.sizes if name[:1].isupper())
+            report.egraph_enodes = sum(n for name, n in sizes.sizes if name in CONSTRUCTORS)
             if not out.report.updated:
                 report.saturated = True
                 break

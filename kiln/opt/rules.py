@@ -130,6 +130,7 @@ NONE = "(NoneT)"
 _QKV_OK = "(= (Rank q) 4) (= bq (B4 q)) (= bq (B4 k)) (= (BH4 q) (BH4 k)) (= (BH4 k) (BH4 v))"
 Q_NONE = '"none"'
 Q_SILU, Q_GELU, Q_GELU_TANH, Q_RELU = '"silu"', '"gelu"', '"gelu_tanh"', '"relu"'
+Q_SWIGLU, Q_GEGLU, Q_GEGLU_TANH = '"swiglu"', '"geglu"', '"geglu_tanh"'
 Q_RMS_NORM, Q_LAYER_NORM = '"rms_norm"', '"layer_norm"'
 
 ALGEBRA = [
@@ -259,6 +260,19 @@ FUSION = [
           f"(union m {_lin(Q_GELU_TANH, r=NONE)})"),
     _rule("linear_relu", "fusion", f"(= m (Relu {_lin(Q_NONE, r=NONE)}))",
           f"(union m {_lin(Q_RELU, r=NONE)})"),
+    _rule("linear_swiglu", "fusion",
+          f"(= l {_lin(Q_NONE, r=NONE)}) (= m (Swiglu (SliceLast 0 h l) (SliceLast h e l))) (= e (* 2 h)) "
+          "(= e (Rows w))",
+          f"(union m {_lin(Q_SWIGLU, r=NONE)})",
+          doc="swiglu over the two halves of one matmul (gate/up concatenated) as its epilogue"),
+    _rule("linear_geglu", "fusion",
+          f"(= l {_lin(Q_NONE, r=NONE)}) (= m (Geglu \"none\" (SliceLast 0 h l) (SliceLast h e l))) "
+          "(= e (* 2 h)) (= e (Rows w))",
+          f"(union m {_lin(Q_GEGLU, r=NONE)})"),
+    _rule("linear_geglu_tanh", "fusion",
+          f"(= l {_lin(Q_NONE, r=NONE)}) (= m (Geglu \"tanh\" (SliceLast 0 h l) (SliceLast h e l))) "
+          "(= e (* 2 h)) (= e (Rows w))",
+          f"(union m {_lin(Q_GEGLU_TANH, r=NONE)})"),
     _rule("linear_residual", "fusion",
           f"(= l {_lin(r=NONE)}) (= m (Add l res)) {_same_shape('m', 'l')}",
           f"(union m {_lin(r='res')})", doc="residual add as a matmul epilogue"),
@@ -353,4 +367,4 @@ WIDENS = {
 
 
 def _perm(p) -> str:
-    return ",".join(map(str, p))
+    return "[" + ",".join(map(str, p)) + "]"

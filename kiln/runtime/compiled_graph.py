@@ -15,8 +15,9 @@ class InputError(ValueError):
 
 
 class CompiledGraph:
-    def __init__(self, plan: Plan, executor, device: str):
+    def __init__(self, plan: Plan, executor, device: str, report=None):
         self.plan, self.executor, self.device = plan, executor, device
+        self.report = report  # kiln.compile.CompileReport, when compiled through kiln.compile
         self._params: dict[int, np.ndarray] = {}
 
     @property

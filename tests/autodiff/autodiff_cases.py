@@ -227,6 +227,21 @@ def t_matmul(a, b, transpose_a=False, transpose_b=False):
     return (a.mT if transpose_a else a) @ (b.mT if transpose_b else b)
 
 
+def t_interpolate_backward(dy, input_size, **kw):
+    """The adjoint of F.interpolate, taken from torch's own VJP."""
+    x = torch.zeros(tuple(dy.shape[:2]) + tuple(input_size), dtype=dy.dtype)
+    _, pullback = torch.func.vjp(lambda t: F.interpolate(t, **kw), x)
+    return pullback(dy)[0]
+
+
+def t_conv_pairs(fn, pads):
+    """conv with per-dim (lo, hi) pads: pad explicitly, then convolve unpadded."""
+    def run(x, w, b=None, **kw):
+        flat = [p for pair in reversed(pads) for p in pair]
+        return fn(F.pad(x, flat), w, b, **kw)
+    return run
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 X = Fl((3, 4))
@@ -283,6 +298,7 @@ CASES: list[Case] = [
          {"transpose_a": True, "transpose_b": True}, "tatb"),
     Case("linear", [Fl((2, 3, 4)), Fl((5, 4)), Fl((5,))], F.linear),
     Case("linear", [Fl((3, 4)), Fl((5, 4))], F.linear, id="nobias"),
+    Case("linear", [Fl((4,)), Fl((5, 4)), Fl((5,))], F.linear, id="vector"),
     # layout
     Case("reshape", [Fl((2, 6))], lambda x: x.reshape(3, 4), {"shape": [3, -1]}),
     Case("transpose", [Fl((2, 3, 4))], lambda x: x.permute(2, 0, 1), {"perm": [2, 0, 1]}),
@@ -355,4 +371,63 @@ CASES: list[Case] = [
          lambda x, w, b, r, nw, nb: t_fused_linear(x, w, None, None, nw, nb, norm="layer_norm",
                                                    activation="gelu_tanh"),
          {"norm": "layer_norm", "activation": "gelu_tanh"}, "layer_norm_gelu"),
+    # convolution, pooling, resampling
+    Case("conv1d", [Fl((2, 4, 7)), Fl((6, 2, 3)), Fl((6,))],
+         lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1, dilation=2, groups=2),
+         {"stride": 2, "padding": 1, "dilation": 2, "groups": 2}),
+    Case("conv2d", [Fl((2, 3, 6, 5)), Fl((4, 3, 3, 2)), Fl((4,))],
+         lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0)), {"stride": [2, 1], "padding": [1, 0]}),
+    Case("conv2d", [Fl((1, 2, 5, 4)), Fl((3, 2, 2, 2))], lambda x, w: F.conv2d(x, w, padding="same"),
+         {"padding": "same"}, "same_even_kernel"),
+    Case("conv2d", [Fl((1, 2, 6, 5)), Fl((2, 2, 3, 3))],
+         lambda x, w: t_conv_pairs(F.conv2d, [(2, 0), (1, 3)])(x, w, stride=2),
+         {"padding": [[2, 0], [1, 3]], "stride": 2}, "asymmetric_pads"),
+    Case("conv3d", [Fl((1, 2, 4, 5, 4)), Fl((2, 1, 2, 3, 2)), Fl((2,))],
+         lambda x, w, b: F.conv3d(x, w, b, padding=1, groups=2), {"padding": 1, "groups": 2}),
+    Case("conv_transpose1d", [Fl((2, 4, 5)), Fl((4, 3, 3)), Fl((3,))],
+         lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, padding=1, output_padding=1),
+         {"stride": 2, "padding": 1, "output_padding": 1}),
+    Case("conv_transpose2d", [Fl((1, 4, 3, 4)), Fl((4, 1, 3, 3)), Fl((2,))],
+         lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1, dilation=2, groups=2),
+         {"stride": 2, "padding": 1, "output_padding": 1, "dilation": 2, "groups": 2}),
+    Case("conv_transpose2d", [Fl((1, 2, 4, 3)), Fl((2, 3, 2, 3))],
+         lambda x, w: F.conv_transpose2d(x, w, stride=1, padding=1, output_padding=1, dilation=2),
+         {"stride": 1, "padding": 1, "output_padding": 1, "dilation": 2}, "out_pad_past_stride"),
+    Case("conv_transpose3d", [Fl((1, 2, 3, 2, 3)), Fl((2, 2, 2, 2, 2))],
+         lambda x, w: F.conv_transpose3d(x, w, stride=2), {"stride": 2}),
+    Case("max_pool1d", [Fl((2, 3, 9))], lambda x: F.max_pool1d(x, 3, 2, 1), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    Case("max_pool2d", [Fl((2, 2, 7, 6))],
+         lambda x: F.max_pool2d(x, (3, 2), 2, (1, 0), dilation=(1, 2), ceil_mode=True),
+         {"kernel_size": [3, 2], "stride": 2, "padding": [1, 0], "dilation": [1, 2], "ceil_mode": True}),
+    Case("max_pool3d", [Fl((1, 2, 4, 5, 4))], lambda x: F.max_pool3d(x, 2), {"kernel_size": 2}),
+    Case("avg_pool1d", [Fl((2, 3, 9))],
+         lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+         {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}),
+    Case("avg_pool2d", [Fl((2, 2, 7, 6))], lambda x: F.avg_pool2d(x, (3, 2), 2, 1, ceil_mode=True),
+         {"kernel_size": [3, 2], "stride": 2, "padding": 1, "ceil_mode": True}),
+    Case("avg_pool3d", [Fl((1, 2, 4, 5, 4))], lambda x: F.avg_pool3d(x, 2, divisor_override=3),
+         {"kernel_size": 2, "divisor_override": 3}),
+    Case("adaptive_avg_pool1d", [Fl((2, 3, 7))], lambda x: F.adaptive_avg_pool1d(x, 3), {"output_size": 3}),
+    Case("adaptive_avg_pool2d", [Fl((2, 2, 7, 5))], lambda x: F.adaptive_avg_pool2d(x, (3, 2)),
+         {"output_size": [3, 2]}),
+    Case("adaptive_avg_pool3d", [Fl((1, 2, 5, 4, 3))], lambda x: F.adaptive_avg_pool3d(x, (2, 3, 2)),
+         {"output_size": [2, 3, 2]}),
+    Case("interpolate", [Fl((1, 2, 3, 4))], lambda x: F.interpolate(x, scale_factor=2.0),
+         {"scale_factor": 2.0}, "nearest"),
+    Case("interpolate", [Fl((1, 2, 4, 3))], lambda x: F.interpolate(x, size=(7, 5), mode="bilinear"),
+         {"size": [7, 5], "mode": "bilinear"}, "bilinear"),
+    Case("interpolate", [Fl((2, 2, 5))], lambda x: F.interpolate(x, size=8, mode="linear", align_corners=True),
+         {"size": [8], "mode": "linear", "align_corners": True}, "linear_align"),
+    Case("interpolate", [Fl((1, 1, 2, 3, 2))], lambda x: F.interpolate(x, scale_factor=1.5, mode="trilinear"),
+         {"scale_factor": 1.5, "mode": "trilinear"}, "trilinear"),
+    Case("interpolate", [Fl((1, 2, 5, 3))], lambda x: F.interpolate(x, size=(3, 7), mode="nearest-exact"),
+         {"size": [3, 7], "mode": "nearest-exact"}, "nearest_exact"),
+    Case("interpolate_backward", [Fl((1, 2, 7, 5))],
+         lambda dy: t_interpolate_backward(dy, (4, 3), size=(7, 5), mode="bilinear"),
+         {"input_size": [4, 3], "size": [7, 5], "mode": "bilinear"}),
+    Case("interpolate_backward", [Fl((1, 2, 6))],
+         lambda dy: t_interpolate_backward(dy, (4,), scale_factor=1.5),
+         {"input_size": [4], "scale_factor": 1.5}, "nearest"),
+    Case("pixel_shuffle", [Fl((1, 8, 2, 3))], lambda x: F.pixel_shuffle(x, 2), {"upscale_factor": 2}),
+    Case("pixel_unshuffle", [Fl((2, 1, 2, 4, 6))], lambda x: F.pixel_unshuffle(x, 2), {"downscale_factor": 2}),
 ]

@@ -43,11 +43,14 @@ def _linear_vjp(node, cts, needs):
     g = graph_of(node)
     x, w, _ = node.inputs
     ct = cts[0]
-    dx = g.matmul(ct, w) if needs[0] else None
-    dw = db = None
+    ct2 = g.reshape(ct, shape=[-1, ct.shape[-1]]) if ct.ndim != 2 else ct  # [M, out]
+    dx = dw = db = None
+    if needs[0]:
+        dx = g.matmul(ct2, w)
+        if ct.ndim != 2:
+            dx = g.reshape(dx, shape=list(x.shape))
     if needs[1]:
-        ct2 = g.reshape(ct, shape=[-1, ct.shape[-1]])
-        x2 = g.reshape(x, shape=[-1, x.shape[-1]])
+        x2 = g.reshape(x, shape=[-1, x.shape[-1]]) if x.ndim != 2 else x
         dw = g.matmul(ct2, x2, transpose_a=True)
     if len(needs) > 2 and needs[2]:
         db = g.sum(ct, axes=list(range(ct.ndim - 1))) if ct.ndim > 1 else ct

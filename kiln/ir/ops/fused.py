@@ -12,7 +12,9 @@ from ..op_spec import OpSpec, register_op
 from ..shapes import broadcast_shapes
 from ._rules import expect_float, expect_rank, expect_same_dtype, expect_shape, tt
 
-LINEAR_ACTIVATIONS = ("none", "silu", "gelu", "gelu_tanh", "relu")
+LINEAR_ACTIVATIONS = ("none", "silu", "gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
+# gated activations: the matmul output [.., 2n] splits into gate [.., :n] and up [.., n:]
+GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
 LINEAR_NORMS = ("none", "rms_norm", "layer_norm")
 
 
@@ -40,7 +42,13 @@ def _fused_linear(types, attrs):
                          f"weight {w} expects {w.shape[1]} (weight is [out, in])")
     if b is not None:
         expect_shape(op, "bias", b, (w.shape[0],))
-    out = tt(x.shape[:-1] + (w.shape[0],), x.dtype)
+    n = w.shape[0]
+    if attrs["activation"] in GATED_ACTIVATIONS:
+        if n % 2:
+            raise GraphError(f"op {op!r}: gated activation {attrs['activation']!r} needs an even number of "
+                             f"output features, weight {w} has {n}")
+        n //= 2
+    out = tt(x.shape[:-1] + (n,), x.dtype)
     if r is not None:
         try:
             ok = broadcast_shapes(r.shape, out.shape) == out.shape
@@ -56,4 +64,5 @@ register_op(OpSpec(
     _fused_linear,
     attrs={"activation": "none", "norm": "none", "eps": 1e-5, "add_unit_offset": False},
     doc="act(norm(x) @ weight^T + bias) + residual; norm is rms_norm (weight, eps, add_unit_offset) "
-        "or layer_norm (weight, bias, eps) over the last axis of x, or none."))
+        "or layer_norm (weight, bias, eps) over the last axis of x, or none. A gated activation "
+        "(swiglu, geglu) splits the product into gate and up halves: act(gate) * up."))

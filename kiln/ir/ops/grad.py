@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..dtypes import accumulation_dtype
 from ..errors import GraphError
 from ..op_spec import REQUIRED, OpSpec, register_op
-from ..shapes import broadcast_shapes, norm_axis
+from ..shapes import norm_axis
 from ._rules import expect_int, expect_same_dtype, expect_shape, tt
 from .attention import _attention
 
@@ -41,7 +41,7 @@ def _scatter_add(types, attrs):
     size = attrs["size"]
     if not isinstance(size, int) or size < 1:
         raise GraphError(f"op 'scatter_add': size must be a positive int, got {size!r}")
-    if idx.rank != src.rank or broadcast_shapes(idx.shape, src.shape) != src.shape:
+    if idx.rank != src.rank or any(i != s and i != 1 for i, s in zip(idx.shape, src.shape)):
         raise GraphError(f"op 'scatter_add': indices {idx} must broadcast to src {src} (same rank)")
     if idx.shape[axis] != src.shape[axis]:
         raise GraphError(f"op 'scatter_add': indices {idx} and src {src} must agree along axis {axis}")
@@ -97,3 +97,29 @@ register_op(OpSpec(
     doc="Gradients (dq, dk, dv[, dscores]) of attention_lse from its output and saved log-sum-exp; "
         "probabilities are recomputed from lse. dlse is the cotangent of lse (second-order use). "
         "With mask_grad, also the gradient of the scores [B, Hq, Sq, Sk], i.e. of an additive mask."))
+
+
+def _interpolate_backward(types, attrs):
+    (dy,) = types
+    from ._rules import expect_float
+    from .conv import interp_geometry
+    expect_float("interpolate_backward", "dy", dy)
+    in_size = attrs["input_size"]
+    if not isinstance(in_size, (list, tuple)) or len(in_size) != dy.rank - 2:
+        raise GraphError(f"op 'interpolate_backward': input_size must list the {dy.rank - 2} spatial sizes "
+                         f"of interpolate's input, got {in_size!r}")
+    x_shape = tuple(dy.shape[:2]) + tuple(in_size)
+    geo = interp_geometry("interpolate_backward", x_shape, attrs["size"], attrs["scale_factor"], attrs["mode"],
+                          attrs["align_corners"], attrs["recompute_scale_factor"])
+    if tuple(geo.out_spatial) != tuple(dy.shape[2:]):
+        raise GraphError(f"op 'interpolate_backward': dy {dy} must have interpolate's output size "
+                         f"{tuple(geo.out_spatial)} for an input of spatial size {tuple(in_size)}")
+    return tt(x_shape, dy.dtype)
+
+
+register_op(OpSpec(
+    "interpolate_backward", "resample", ("dy",), _interpolate_backward,
+    attrs={"input_size": REQUIRED, "size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+           "recompute_scale_factor": None},
+    doc="The transpose of interpolate (same attributes, plus the input's spatial size): every output "
+        "element's cotangent is added back to the input elements it was interpolated from."))

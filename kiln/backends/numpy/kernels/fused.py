@@ -18,6 +18,12 @@ def _activation(y: np.ndarray, activation: str) -> np.ndarray:
         return KERNELS["gelu"](y, approximate="tanh")
     if activation == "relu":
         return KERNELS["relu"](y)
+    if activation in ("swiglu", "geglu", "geglu_tanh"):
+        n = y.shape[-1] // 2
+        gate, up_ = y[..., :n], y[..., n:]
+        if activation == "swiglu":
+            return KERNELS["swiglu"](gate, up_)
+        return KERNELS["geglu"](gate, up_, approximate="tanh" if activation == "geglu_tanh" else "none")
     raise ValueError(f"fused_linear: unknown activation {activation!r}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._registry import kernel, up
+from ._registry import compute_dtype, kernel, up
 from .attention import attention_bias
 
 
@@ -105,3 +105,36 @@ def _attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, 
     dk = _sum_heads(np.matmul(np.swapaxes(ds, -1, -2), up(q)), hk)
     grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype))
     return grads + (dmask.astype(q.dtype),) if mask_grad else grads
+
+
+def _add_along(g: np.ndarray, axis: int, idx: np.ndarray, size: int) -> np.ndarray:
+    """out[..., idx[j], ...] += g[..., j, ...] along axis (out has `size` there)."""
+    shape = list(g.shape)
+    shape[axis] = size
+    out = np.zeros(shape, g.dtype)
+    np.add.at(np.moveaxis(out, axis, 0), idx, np.moveaxis(g, axis, 0))
+    return out
+
+
+@kernel("interpolate_backward")
+def _interpolate_backward(dy, input_size, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                          recompute_scale_factor=None):
+    from kiln.ir.ops.conv import interp_geometry
+
+    from .conv import _linear_taps, _nearest_index
+    x_shape = dy.shape[:2] + tuple(input_size)
+    geo = interp_geometry("interpolate_backward", x_shape, size, scale_factor, mode, align_corners,
+                          recompute_scale_factor)
+    dt = compute_dtype(dy)
+    g = up(dy)
+    nd = dy.ndim - 2
+    for a in reversed(range(nd)):  # interpolate resamples dim 0 first: undo the last dim first
+        s, o, sc = input_size[a], geo.out_spatial[a], geo.scales[a]
+        if mode in ("nearest", "nearest-exact"):
+            g = _add_along(g, 2 + a, _nearest_index(s, o, sc, mode == "nearest-exact", dt), s)
+        else:
+            i0, i1, l0, l1 = _linear_taps(s, o, sc, bool(align_corners), dt)
+            shape = [1] * nd
+            shape[a] = o
+            g = _add_along(g * l0.reshape(shape), 2 + a, i0, s) + _add_along(g * l1.reshape(shape), 2 + a, i1, s)
+    return g.astype(dy.dtype, copy=False)

@@ -1,0 +1,300 @@
+"""Attention archetype: a flash-style forward kernel and a split-KV decode kernel.
+
+Both compute softmax(q k^T * scale [softcapped] [+ mask]) v with online softmax, never
+materializing the [Sq, Sk] scores, and can write the log-sum-exp of each query's scores
+(what the backward needs). Causal and sliding-window masks align the last query with the last
+key (query i sits at key position i + Sk - Sq) and skip key blocks that are fully masked.
+GQA: query head h reads key/value head h // (Hq / Hk).
+
+The decode kernel (few query rows, e.g. one token per step over a static KV cache) packs the
+Hq / Hk query heads that share a key/value head into the rows of one tile, so each K/V block
+is read once per group, and splits the keys over several programs whose partial results a
+small combine kernel merges (flash-decoding), so a batch-1 step still fills the GPU.
+
+Fully masked rows give 0 and a log-sum-exp of -inf, like the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..device import interpreting
+from . import tmath as tm
+
+
+@triton.jit
+def _scores(q, kt, qpos, kn, mask_ptr, m_off, mrow, Sk, scale, softcap, window,
+            CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
+            smn, IEEE: tl.constexpr, INTERP: tl.constexpr):
+    s = tm.mma(q, kt, IEEE, INTERP) * scale
+    if SOFTCAP:
+        s = tm.tanh(s / softcap) * softcap
+    allowed = (kn[None, :] < Sk) & mrow[:, None]
+    if CAUSAL:
+        allowed = allowed & (kn[None, :] <= qpos[:, None])
+    if HAS_WINDOW:
+        allowed = allowed & (qpos[:, None] - kn[None, :] < window)
+        if not CAUSAL:
+            allowed = allowed & (kn[None, :] - qpos[:, None] < window)
+    if MASK == "bool":
+        mv = tl.load(mask_ptr + m_off[:, None] + kn[None, :].to(tl.int64) * smn, mask=allowed, other=0)
+        allowed = allowed & (mv != 0)
+    elif MASK == "add":
+        mv = tl.load(mask_ptr + m_off[:, None] + kn[None, :].to(tl.int64) * smn, mask=allowed, other=0.0)
+        s = s + mv.to(tl.float32)
+    return tl.where(allowed, s, float("-inf"))
+
+
+@triton.jit
+def _attn_fwd(q, k, v, mask, out, lse,
+              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              smb, smh, smm, smn, sob, soh, som, sod, slb, slh,
+              H, G, Sq, Sk, D, scale, softcap, window,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
+              WRITE_LSE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+              IEEE: tl.constexpr, INTERP: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hk = h // G
+    rm = pid_m * BM + tl.arange(0, BM)
+    rd = tl.arange(0, BD)
+    mrow = rm < Sq
+    dmask = rd < D
+    qt = tl.load(q + b * sqb + h * sqh + rm[:, None].to(tl.int64) * sqm + rd[None, :] * sqd,
+                 mask=mrow[:, None] & dmask[None, :], other=0.0)
+    qpos = rm + (Sk - Sq)
+    m_off = b * smb + h * smh + rm.to(tl.int64) * smm
+
+    lo = 0
+    hi = Sk
+    if CAUSAL:
+        hi = tl.minimum(Sk, pid_m * BM + BM + Sk - Sq)
+    if HAS_WINDOW:
+        lo = tl.maximum(0, pid_m * BM + Sk - Sq - window + 1)
+        lo = (lo // BN) * BN
+        if not CAUSAL:
+            hi = tl.minimum(Sk, pid_m * BM + BM + Sk - Sq + window - 1)
+
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    kbase = k + b * skb + hk * skh
+    vbase = v + b * svb + hk * svh
+    for n0 in range(lo, hi, BN):
+        kn = n0 + tl.arange(0, BN)
+        nmask = kn < Sk
+        kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
+                     mask=dmask[:, None] & nmask[None, :], other=0.0)
+        s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, Sk, scale, softcap, window,
+                    CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                     mask=nmask[:, None] & dmask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
+        m_i = m_new
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    tl.store(out + b * sob + h * soh + rm[:, None].to(tl.int64) * som + rd[None, :] * sod,
+             o.to(out.dtype.element_ty), mask=mrow[:, None] & dmask[None, :])
+    if WRITE_LSE:
+        lv = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+        tl.store(lse + b * slb + h * slh + rm, lv, mask=mrow)
+
+
+@triton.jit
+def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part,
+                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                 smb, smh, smm, smn, sob, soh, som, sod, slb, slh,
+                 Hk, G, Sq, Sk, D, scale, softcap, window, chunk,
+                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
+                 WRITE_LSE: tl.constexpr, DIRECT: tl.constexpr, SPLITS: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
+                 INTERP: tl.constexpr):
+    bhk = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (bhk // Hk).to(tl.int64)
+    hk = (bhk % Hk).to(tl.int64)
+    r = tl.arange(0, BM)
+    rd = tl.arange(0, BD)
+    mrow = r < G * Sq
+    dmask = rd < D
+    h = hk * G + (r // Sq).to(tl.int64)
+    qi = r % Sq
+    qt = tl.load(q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm + rd[None, :] * sqd,
+                 mask=mrow[:, None] & dmask[None, :], other=0.0)
+    qpos = qi + (Sk - Sq)
+    m_off = b * smb + h * smh + qi.to(tl.int64) * smm
+
+    lo = split * chunk
+    hi = tl.minimum(Sk, lo + chunk)
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, ((Sk - Sq - window + 1) // BN) * BN)
+
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    kbase = k + b * skb + hk * skh
+    vbase = v + b * svb + hk * svh
+    for n0 in range(lo, hi, BN):
+        kn = n0 + tl.arange(0, BN)
+        nmask = kn < hi
+        kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
+                     mask=dmask[:, None] & nmask[None, :], other=0.0)
+        s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, hi, scale, softcap, window,
+                    CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                     mask=nmask[:, None] & dmask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
+        m_i = m_new
+    if DIRECT:
+        empty = l_i == 0.0
+        o = acc / tl.where(empty, 1.0, l_i)[:, None]
+        tl.store(out + b * sob + h[:, None] * soh + qi[:, None].to(tl.int64) * som + rd[None, :] * sod,
+                 o.to(out.dtype.element_ty), mask=mrow[:, None] & dmask[None, :])
+        if WRITE_LSE:
+            lv = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+            tl.store(lse + b * slb + h * slh + qi, lv, mask=mrow)
+    else:
+        part = (bhk * SPLITS + split).to(tl.int64)
+        tl.store(o_part + part * BM * BD + r[:, None] * BD + rd[None, :], acc)
+        tl.store(ml_part + part * 2 * BM + r, m_i)
+        tl.store(ml_part + part * 2 * BM + BM + r, l_i)
+
+
+@triton.jit
+def _attn_combine(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, Hk, G, Sq, D,
+                  WRITE_LSE: tl.constexpr, SPLITS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    bhk = tl.program_id(0)
+    b = (bhk // Hk).to(tl.int64)
+    hk = (bhk % Hk).to(tl.int64)
+    r = tl.arange(0, BM)
+    rd = tl.arange(0, BD)
+    mrow = r < G * Sq
+    h = hk * G + (r // Sq).to(tl.int64)
+    qi = r % Sq
+    m = tl.full([BM], float("-inf"), tl.float32)
+    for s in range(SPLITS):
+        part = (bhk * SPLITS + s).to(tl.int64)
+        m = tl.maximum(m, tl.load(ml_part + part * 2 * BM + r))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    for s in range(SPLITS):
+        part = (bhk * SPLITS + s).to(tl.int64)
+        w = tl.exp(tl.load(ml_part + part * 2 * BM + r) - m_safe)
+        l += tl.load(ml_part + part * 2 * BM + BM + r) * w
+        acc += tl.load(o_part + part * BM * BD + r[:, None] * BD + rd[None, :]) * w[:, None]
+    empty = l == 0.0
+    o = acc / tl.where(empty, 1.0, l)[:, None]
+    tl.store(out + b * sob + h[:, None] * soh + qi[:, None].to(tl.int64) * som + rd[None, :] * sod,
+             o.to(out.dtype.element_ty), mask=mrow[:, None] & (rd[None, :] < D))
+    if WRITE_LSE:
+        lv = tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, l)))
+        tl.store(lse + b * slb + h * slh + qi, lv, mask=mrow)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+class Attention:
+    """One attention launch for fixed shapes: q [B, Hq, Sq, D], k/v [B, Hk, Sk, D|Dv] (any strides)."""
+
+    archetype = "attention"
+
+    def __init__(self, q_shape, k_shape, v_shape, dtype: torch.dtype, *, causal=False, scale=None, window=None,
+                 softcap=None, mask_kind: str = "none", write_lse: bool = False, num_sms: int = 132,
+                 force: str | None = None):
+        B, Hq, Sq, D = q_shape
+        _, Hk, Sk, _ = k_shape
+        Dv = v_shape[3]
+        if Dv != D:
+            raise NotImplementedError(f"Triton attention needs equal q/k and v head dims, got {D} and {Dv}")
+        if mask_kind not in ("none", "bool", "add"):
+            raise ValueError(f"mask kind {mask_kind!r}")
+        self.B, self.Hq, self.Hk, self.Sq, self.Sk, self.D = B, Hq, Hk, Sq, Sk, D
+        self.G = Hq // Hk
+        self.scale = float(D ** -0.5 if scale is None else scale)
+        self.flags = dict(CAUSAL=bool(causal), HAS_WINDOW=window is not None, SOFTCAP=softcap is not None,
+                          MASK=mask_kind, WRITE_LSE=write_lse, IEEE=dtype == torch.float32,
+                          INTERP=interpreting())
+        self.softcap = float(softcap) if softcap is not None else 1.0
+        self.window = int(window) if window is not None else 0
+        self.BD = _pow2(D)
+        rows = self.G * Sq
+        self.decode = (force == "decode") or (force is None and Sq <= 16 and rows <= 64)
+        if self.decode:
+            self.BM = _pow2(rows)
+            self.BN = 16 if interpreting() else 64
+            want = max(1, (2 * num_sms) // max(1, B * Hk))
+            self.splits = max(1, min(want, triton.cdiv(Sk, self.BN)))
+            if interpreting():
+                self.splits = min(self.splits, 2)
+            chunk = triton.cdiv(triton.cdiv(Sk, self.splits), self.BN) * self.BN
+            self.splits = triton.cdiv(Sk, chunk)
+            self.chunk = chunk
+        else:
+            self.BM = 16 if interpreting() else (64 if self.BD > 64 or dtype == torch.float32 else 128)
+            self.BN = 16 if interpreting() else (32 if dtype == torch.float32 else 64)
+            self.splits = 1
+
+    def scratch(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Buffers the launch needs while it runs: the split-KV partial results."""
+        if not self.decode or self.splits == 1:
+            return []
+        parts = self.B * self.Hk * self.splits
+        return [((parts, self.BM, self.BD), torch.float32), ((parts, 2, self.BM), torch.float32)]
+
+    def __call__(self, q, k, v, mask, out, lse=None, scratch=()) -> None:
+        m = mask if mask is not None else q
+        ms = _mask_strides(mask, (self.B, self.Hq, self.Sq, self.Sk))
+        ls = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
+        lse_t = lse if lse is not None else out
+        common = (*q.stride(), *k.stride(), *v.stride(), *ms, *out.stride(), *ls)
+        if self.decode:
+            direct = self.splits == 1
+            o_part, ml_part = scratch if not direct else (out, out)
+            warps = 4 if self.BM * self.BD <= 128 * 64 else 8
+            _attn_decode[(self.B * self.Hk, self.splits)](
+                q, k, v, m, out, lse_t, o_part, ml_part, *common,
+                self.Hk, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window, self.chunk,
+                DIRECT=direct, SPLITS=self.splits, BM=self.BM, BN=self.BN, BD=self.BD, num_warps=warps,
+                **self.flags)
+            if not direct:
+                _attn_combine[(self.B * self.Hk,)](
+                    out, lse_t, o_part, ml_part, *out.stride(), *ls, self.Hk, self.G, self.Sq, self.D,
+                    WRITE_LSE=self.flags["WRITE_LSE"], SPLITS=self.splits, BM=self.BM, BD=self.BD, num_warps=4)
+        else:
+            grid = (triton.cdiv(self.Sq, self.BM), self.B * self.Hq)
+            _attn_fwd[grid](q, k, v, m, out, lse_t, *common,
+                            self.Hq, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window,
+                            BM=self.BM, BN=self.BN, BD=self.BD, num_warps=4 if self.BM <= 64 else 8,
+                            num_stages=2, **self.flags)
+
+
+def _mask_strides(mask, full) -> tuple[int, int, int, int]:
+    """Strides of the mask broadcast to [B, Hq, Sq, Sk] (0 along broadcast dims)."""
+    if mask is None:
+        return (0, 0, 0, 0)
+    pad = 4 - mask.dim()
+    out = []
+    for i, d in enumerate(full):
+        j = i - pad
+        if j < 0 or mask.shape[j] == 1 and d != 1:
+            out.append(0)
+        else:
+            out.append(mask.stride(j))
+    return tuple(out)

@@ -1,0 +1,270 @@
+"""Reduction archetype: row kernels for softmax / log_softmax, layer_norm and rms_norm (with
+an optional fused residual add that also writes the sum), and sum / mean / max / min / argmax.
+
+Rows that fit one block are reduced in registers in a single pass; longer rows loop over
+chunks (online max/sum for softmax, sum and sum of squares for the norms). Everything
+accumulates in float32 (float64 for float64 input) and rounds once at the store.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..device import interpreting
+
+MAX_SINGLE_BLOCK = 16384
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _acc_type(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _warps(block: int) -> int:
+    return 1 if block <= 256 else 2 if block <= 1024 else 4 if block <= 4096 else 8
+
+
+# ---- softmax ----------------------------------------------------------------------------------
+
+@triton.jit
+def _softmax_kernel(x, out, R, LOG: tl.constexpr, SINGLE: tl.constexpr, BLOCK: tl.constexpr,
+                    ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * R
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:
+        m = cols < R
+        v = tl.load(x + base + cols, mask=m, other=float("-inf")).to(ACC)
+        mx = tl.max(v, 0)
+        mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
+        e = tl.where(m, tl.exp(v - mx_safe), 0.0)
+        s = tl.sum(e, 0)
+        if LOG:
+            r = v - mx_safe - tl.log(s)
+        else:
+            r = e / s
+        tl.store(out + base + cols, r.to(out.dtype.element_ty), mask=m)
+    else:
+        mx = tl.full([BLOCK], float("-inf"), ACC)
+        s = tl.zeros([BLOCK], ACC)
+        for start in range(0, R, BLOCK):
+            m = start + cols < R
+            v = tl.load(x + base + start + cols, mask=m, other=float("-inf")).to(ACC)
+            new = tl.maximum(mx, v)
+            new_safe = tl.where(new == float("-inf"), 0.0, new)
+            s = s * tl.exp(mx - new_safe) + tl.where(m, tl.exp(v - new_safe), 0.0)
+            mx = new
+        gmax = tl.max(mx, 0)
+        gmax_safe = tl.where(gmax == float("-inf"), 0.0, gmax)
+        total = tl.sum(s * tl.exp(mx - gmax_safe), 0)
+        for start in range(0, R, BLOCK):
+            m = start + cols < R
+            v = tl.load(x + base + start + cols, mask=m, other=float("-inf")).to(ACC)
+            if LOG:
+                r = v - gmax_safe - tl.log(total)
+            else:
+                r = tl.exp(v - gmax_safe) / total
+            tl.store(out + base + start + cols, r.to(out.dtype.element_ty), mask=m)
+
+
+class Softmax:
+    """softmax / log_softmax over the last axis of a contiguous tensor."""
+
+    archetype = "reduction"
+
+    def __init__(self, x: torch.Tensor, out: torch.Tensor, log: bool):
+        self.R = x.shape[-1]
+        self.rows = x.numel() // max(self.R, 1)
+        self.single = self.R <= MAX_SINGLE_BLOCK
+        self.block = next_pow2(self.R) if self.single else 4096
+        self.log = log
+        self.acc = _acc_type(x.dtype)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        _softmax_kernel[(self.rows,)](x, out, self.R, LOG=self.log, SINGLE=self.single, BLOCK=self.block,
+                                      ACC=self.acc, num_warps=_warps(self.block))
+
+
+# ---- layer_norm / rms_norm (+ residual) --------------------------------------------------------
+
+@triton.jit
+def _norm_kernel(x, res, w, b, out, sum_out, R, eps,
+                 RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                 UNIT_OFFSET: tl.constexpr, WRITE_SUM: tl.constexpr, SINGLE: tl.constexpr,
+                 BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * R
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:
+        m = cols < R
+        v = tl.load(x + base + cols, mask=m, other=0.0).to(ACC)
+        if HAS_RES:
+            v = v + tl.load(res + base + cols, mask=m, other=0.0).to(ACC)
+            v = v.to(sum_out.dtype.element_ty).to(ACC)   # the sum is a tensor of x's dtype
+            if WRITE_SUM:
+                tl.store(sum_out + base + cols, v.to(sum_out.dtype.element_ty), mask=m)
+        if RMS:
+            rstd = 1.0 / tl.sqrt(tl.sum(v * v, 0) / R + eps)
+            y = v * rstd
+        else:
+            mean = tl.sum(v, 0) / R
+            d = tl.where(m, v - mean, 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(d * d, 0) / R + eps)
+            y = d * rstd
+        if HAS_W:
+            wv = tl.load(w + cols, mask=m, other=0.0).to(ACC)
+            if UNIT_OFFSET:
+                wv = wv + 1.0
+            y = y * wv
+        if HAS_B:
+            y = y + tl.load(b + cols, mask=m, other=0.0).to(ACC)
+        tl.store(out + base + cols, y.to(out.dtype.element_ty), mask=m)
+    else:
+        s1 = tl.zeros([BLOCK], ACC)
+        s2 = tl.zeros([BLOCK], ACC)
+        for start in range(0, R, BLOCK):
+            m = start + cols < R
+            v = tl.load(x + base + start + cols, mask=m, other=0.0).to(ACC)
+            if HAS_RES:
+                v = v + tl.load(res + base + start + cols, mask=m, other=0.0).to(ACC)
+                v = v.to(sum_out.dtype.element_ty).to(ACC)
+                if WRITE_SUM:
+                    tl.store(sum_out + base + start + cols, v.to(sum_out.dtype.element_ty), mask=m)
+            s1 += v
+            s2 += v * v
+        mean = tl.sum(s1, 0) / R
+        if RMS:
+            rstd = 1.0 / tl.sqrt(tl.sum(s2, 0) / R + eps)
+            mean = 0.0
+        else:
+            rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(s2, 0) / R - mean * mean, 0.0) + eps)
+        for start in range(0, R, BLOCK):
+            m = start + cols < R
+            v = tl.load(x + base + start + cols, mask=m, other=0.0).to(ACC)
+            if HAS_RES:
+                v = v + tl.load(res + base + start + cols, mask=m, other=0.0).to(ACC)
+                v = v.to(sum_out.dtype.element_ty).to(ACC)
+            y = (v - mean) * rstd
+            if HAS_W:
+                wv = tl.load(w + start + cols, mask=m, other=0.0).to(ACC)
+                if UNIT_OFFSET:
+                    wv = wv + 1.0
+                y = y * wv
+            if HAS_B:
+                y = y + tl.load(b + start + cols, mask=m, other=0.0).to(ACC)
+            tl.store(out + base + start + cols, y.to(out.dtype.element_ty), mask=m)
+
+
+class Norm:
+    """rms_norm / layer_norm over the last axis; with `residual`, normalizes x + residual and
+    can also write that sum (the residual stream of a transformer block) in the same pass."""
+
+    archetype = "reduction"
+
+    def __init__(self, x: torch.Tensor, *, rms: bool, eps: float, has_residual: bool, has_weight: bool,
+                 has_bias: bool, unit_offset: bool = False, write_sum: bool = False):
+        self.R = x.shape[-1]
+        self.rows = x.numel() // max(self.R, 1)
+        self.single = self.R <= MAX_SINGLE_BLOCK
+        self.block = next_pow2(self.R) if self.single else 4096
+        self.flags = dict(RMS=rms, HAS_RES=has_residual, HAS_W=has_weight, HAS_B=has_bias,
+                          UNIT_OFFSET=unit_offset, WRITE_SUM=write_sum)
+        self.eps = float(eps)
+        self.acc = _acc_type(x.dtype)
+
+    def __call__(self, x, residual, weight, bias, out, sum_out=None) -> None:
+        dummy = out
+        _norm_kernel[(self.rows,)](x, residual if residual is not None else dummy,
+                                   weight if weight is not None else dummy, bias if bias is not None else dummy,
+                                   out, sum_out if sum_out is not None else out, self.R, self.eps,
+                                   SINGLE=self.single, BLOCK=self.block, ACC=self.acc,
+                                   num_warps=_warps(self.block), **self.flags)
+
+
+# ---- sum / mean / max / min / argmax over a block of consecutive axes ---------------------------
+
+@triton.jit
+def _reduce_kernel(x, out, R, INNER, OP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
+                   ACC: tl.constexpr):
+    outer = tl.program_id(0).to(tl.int64)
+    ib = tl.program_id(1)
+    r = tl.arange(0, BLOCK_R)[:, None]
+    i = ib * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
+    im = i < INNER
+    base = outer * R * INNER
+    if OP == "max" or OP == "argmax":
+        acc = tl.full([BLOCK_R, BLOCK_I], float("-inf"), ACC)
+    elif OP == "min":
+        acc = tl.full([BLOCK_R, BLOCK_I], float("inf"), ACC)
+    else:
+        acc = tl.zeros([BLOCK_R, BLOCK_I], ACC)
+    nan = tl.zeros([BLOCK_R, BLOCK_I], tl.int1)
+    best_idx = tl.zeros([BLOCK_R, BLOCK_I], tl.int64)
+    for start in range(0, R, BLOCK_R):
+        rr = start + r
+        m = (rr < R) & im
+        if OP == "max" or OP == "argmax":
+            v = tl.load(x + base + rr * INNER + i, mask=m, other=float("-inf")).to(ACC)
+        elif OP == "min":
+            v = tl.load(x + base + rr * INNER + i, mask=m, other=float("inf")).to(ACC)
+        else:
+            v = tl.load(x + base + rr * INNER + i, mask=m, other=0).to(ACC)
+        if OP == "sum" or OP == "mean":
+            acc += v
+        elif OP == "max":
+            nan = nan | (v != v)
+            acc = tl.maximum(acc, v)
+        elif OP == "min":
+            nan = nan | (v != v)
+            acc = tl.minimum(acc, v)
+        else:  # argmax: NaN counts as the largest value; the first maximum wins
+            key = tl.where(v != v, float("inf"), v)
+            better = key > acc
+            acc = tl.where(better, key, acc)
+            best_idx = tl.where(better, rr.to(tl.int64) + tl.zeros([BLOCK_R, BLOCK_I], tl.int64), best_idx)
+    oi = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+    om = oi < INNER
+    if OP == "sum":
+        res = tl.sum(acc, 0)
+    elif OP == "mean":
+        res = tl.sum(acc, 0) / R
+    elif OP == "max":
+        res = tl.where(tl.max(nan.to(tl.int32), 0) > 0, float("nan"), tl.max(acc, 0))
+    elif OP == "min":
+        res = tl.where(tl.max(nan.to(tl.int32), 0) > 0, float("nan"), tl.min(acc, 0))
+    if OP == "argmax":
+        top = tl.max(acc, 0)
+        res = tl.min(tl.where(acc == top[None, :], best_idx, R), 0)
+        tl.store(out + outer * INNER + oi, res.to(out.dtype.element_ty), mask=om)
+    else:
+        tl.store(out + outer * INNER + oi, res.to(out.dtype.element_ty), mask=om)
+
+
+REDUCE_OPS = ("sum", "mean", "max", "min", "argmax")
+
+
+class Reduce:
+    """Reduces a contiguous tensor viewed as [outer, R, inner] over R."""
+
+    archetype = "reduction"
+
+    def __init__(self, op: str, outer: int, R: int, inner: int, dtype: torch.dtype):
+        if op not in REDUCE_OPS:
+            raise ValueError(f"reduction {op!r} is not one of {REDUCE_OPS}")
+        self.op, self.outer, self.R, self.inner = op, outer, R, inner
+        self.block_i = min(next_pow2(inner), 64)
+        cap = 1024 if not interpreting() else 4096
+        self.block_r = max(2, min(next_pow2(R), max(2, cap // self.block_i)))
+        if not dtype.is_floating_point and op != "sum":
+            raise NotImplementedError(f"Triton {op} of {dtype} tensors (integer max/min/argmax use torch)")
+        self.acc = tl.float64 if dtype == torch.float64 else tl.float32 if dtype.is_floating_point else tl.int64
+
+    def __call__(self, x, out) -> None:
+        grid = (self.outer, triton.cdiv(self.inner, self.block_i))
+        _reduce_kernel[grid](x, out, self.R, self.inner, OP=self.op, BLOCK_R=self.block_r,
+                             BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)

@@ -1,0 +1,72 @@
+"""Device math helpers shared by generated and hand-written kernels.
+
+Why not libdevice: Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run) does not
+implement libdevice, so tanh and pow are written from exp/log here, accurate to a few ulp in
+float32, and the same code runs on the GPU and in the interpreter.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tanh(x):
+    ax = tl.abs(x)
+    t = tl.exp(-2.0 * ax)
+    big = (1.0 - t) / (1.0 + t)
+    x2 = x * x
+    small = ax * (1.0 - x2 * (0.3333333333333333 - x2 * 0.13333333333333333))  # series, |x| < 0.01
+    r = tl.where(ax < 0.01, small, big)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def pow(a, b):
+    # exp(b * log|a|) with NumPy's sign and zero rules: negative bases need integer exponents.
+    mag = tl.exp(b * tl.log(tl.abs(a)))
+    is_int = b == tl.floor(b)
+    odd = is_int & ((tl.abs(b) % 2.0) == 1.0)
+    r = tl.where((a < 0) & odd, -mag, mag)
+    r = tl.where((a < 0) & (~is_int), float("nan"), r)
+    return tl.where(b == 0, 1.0, r)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def gelu(x):
+    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@triton.jit
+def activation(y, ACT: tl.constexpr):
+    """The matmul epilogue's activations, by name (a constexpr, so the branch is compiled away)."""
+    if ACT == "silu":
+        y = y * sigmoid(y)
+    elif ACT == "gelu":
+        y = gelu(y)
+    elif ACT == "gelu_tanh":
+        y = gelu_tanh(y)
+    elif ACT == "relu":
+        y = tl.where(y < 0, 0.0, y)
+    return y
+
+
+@triton.jit
+def mma(a, b, IEEE: tl.constexpr, INTERP: tl.constexpr):
+    """a @ b accumulated in float32. IEEE: exact float32 products (no TF32). INTERP: the CPU
+    interpreter multiplies half types wrongly, so it gets float32 operands."""
+    if INTERP:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)

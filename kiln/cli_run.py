@@ -1,0 +1,92 @@
+"""`kiln run <checkpoint> --prompt ...`: generate text with a language model, streaming it to stdout.
+
+Progress bars (loading, compiling) and the timing summary go to stderr, so stdout
+carries only the text: the prompt (not in --chat mode) and its continuation.
+Families that do not generate text from a prompt register their own handler in
+kiln.models.registry.CLI_RUNNERS (speech models take audio files instead).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from kiln.io.errors import CheckpointError
+
+
+def run_main(args) -> int:
+    try:
+        return _run(args)
+    except (CheckpointError, ValueError, NotImplementedError) as e:
+        print(f"kiln run: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    from kiln.io.hub import resolve_model_path
+    from kiln.models.registry import cli_runner_for, loader_for, model_type_of
+
+    directory = resolve_model_path(args.model)
+    model_type = model_type_of(directory)
+    runner = cli_runner_for(model_type)
+    if runner is not None:
+        return runner(args)
+    if getattr(args, "inputs", None):
+        raise ValueError(f"positional inputs {args.inputs} are for speech models; "
+                         f"a {model_type!r} language model takes --prompt")
+    if args.prompt is None:
+        raise ValueError("give the text to continue with --prompt")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    model = loader_for(model_type, source=str(directory / "config.json"))(
+        directory, device=args.device, dtype=args.dtype, progress=True)
+    load_s = time.perf_counter() - t0
+    if not hasattr(model, "generate"):
+        raise ValueError(f"model_type {model_type!r} does not generate text; `kiln run --prompt` needs a language model")
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"{directory}: no tokenizer.json, so the prompt cannot be tokenized")
+
+    if args.chat:
+        ids = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+    else:
+        ids = tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+
+    # compile both graphs up front, with a progress bar, so the timing below is generation only
+    bar = tqdm(total=2, desc="compiling", unit="graph", leave=False)
+    model.on_compile = lambda key: (bar.set_postfix_str(f"{key[0]} b{key[1]} len{key[2]}"), bar.update(1))
+    model.warmup(1, len(ids), args.max_new_tokens)
+    bar.close()
+    model.on_compile = None
+
+    from kiln.runtime.generation import TextStreamer
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    if not args.chat:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True, on_text=show)
+    start = time.perf_counter()
+    out = model.generate([ids], max_new_tokens=args.max_new_tokens,
+                         do_sample=True if args.do_sample else None,
+                         temperature=args.temperature if args.do_sample else None,
+                         top_k=args.top_k, top_p=args.top_p, streamer=streamer,
+                         seed=getattr(args, "seed", None))
+    end = time.perf_counter()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+    n_new = out.shape[1] - len(ids)
+    total = end - start
+    print(f"[{n_new} tokens in {total:.2f} s: {n_new / total:.1f} tokens/s | prompt {len(ids)} tokens | "
+          f"load {load_s:.2f} s, compile {model.compile_seconds:.2f} s]", file=sys.stderr)
+    return 0

@@ -1,0 +1,70 @@
+"""The compile pipeline: verify -> optimize -> plan (schedule, kernels, memory, precision), timed by stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from kiln.ir import Graph
+
+from .kernels import kernel_counts
+from .plan import Plan, build_plan
+
+
+@dataclass
+class CompileReport:
+    """What compilation did, for `kiln inspect` and benchmarks."""
+    nodes_before: int = 0
+    nodes_after: int = 0
+    fusions: dict = field(default_factory=dict)
+    rule_matches: dict = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)          # archetype -> kernel count
+    steps: int = 0
+    views: int = 0                                       # steps that alias their input (no launch)
+    load_steps: int = 0
+    inplace_steps: int = 0
+    peak_bytes_planned: int = 0                           # all arenas together
+    peak_bytes_unplanned: int = 0                         # one buffer per intermediate
+    arena_bytes: dict = field(default_factory=dict)       # dtype -> bytes
+    stage_seconds: dict = field(default_factory=dict)
+    optimized: bool = False
+    optimizer_fell_back: bool = False
+    optimizer_reason: str | None = None
+    egraph_enodes: int = 0
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+def compile_graph(graph: Graph, *, device: str = "cpu", optimize: bool = True, evaluate=None,
+                  rules: Sequence[str] | None = None, exclude_rules: Sequence[str] = (),
+                  limits=None) -> tuple[Plan, CompileReport]:
+    """Optimize (unless optimize=False) and plan `graph`; `evaluate` enables constant folding."""
+    report = CompileReport(nodes_before=len(graph.compute_nodes()))
+    stages = report.stage_seconds
+    t = time.perf_counter()
+    graph.verify()
+    stages["verify"] = time.perf_counter() - t
+    if optimize:
+        from kiln.opt import optimize as run_optimizer
+        graph, opt = run_optimizer(graph, device=device, evaluate=evaluate, rules=rules,
+                                   exclude_rules=exclude_rules, limits=limits)
+        stages.update(opt.stage_seconds)
+        report.fusions, report.rule_matches = opt.fusions, opt.rule_matches
+        report.optimized = not opt.fell_back
+        report.optimizer_fell_back, report.optimizer_reason = opt.fell_back, opt.reason
+        report.egraph_enodes = opt.egraph_enodes
+    t = time.perf_counter()
+    plan = build_plan(graph)
+    stages["plan"] = time.perf_counter() - t
+    report.nodes_after = len(graph.compute_nodes())
+    report.kernels = kernel_counts(plan.kernels)
+    report.steps, report.load_steps = len(plan.steps), len(plan.load_steps)
+    report.inplace_steps = sum(s.inplace for s in plan.steps)
+    report.views = sum(s.kind == "view" for s in plan.steps)
+    report.peak_bytes_planned = plan.memory.planned_bytes
+    report.peak_bytes_unplanned = plan.memory.unplanned_bytes
+    report.arena_bytes = dict(plan.memory.arenas)
+    return plan, report

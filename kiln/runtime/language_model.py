@@ -1,0 +1,232 @@
+"""`CausalLM`: a loaded decoder-only language model that runs compiled prefill and decode graphs.
+
+A model family (kiln.models.*) supplies `DecoderGraphs`: builders for a prefill graph
+per (batch, prompt length) and a decode graph per (batch, cache length), with the
+I/O names below, plus its parameters. This class compiles each shape once, caches
+the compiled graphs, keeps the static KV cache between steps, and offers the HF-style
+surface: `model(input_ids, attention_mask)` -> logits, `generate(...)`, and the
+text-in/text-out `generate_text(...)`.
+
+Graph I/O contract:
+  prefill  inputs  input_ids, attention_mask, position_ids            [B, S] int64
+           outputs logits [B, S, V] (or [B, 1, V] for the last position) float32,
+                   present.{i}.key / present.{i}.value                 [B, Hkv, S, D]
+  decode   inputs  input_ids, position_ids [B, 1] int64, cache_position [1] int64 (the slot
+                   to write), attention_mask [B, max_len] int64 (slots holding real tokens,
+                   the new one included), past.{i}.key / past.{i}.value [B, Hkv, max_len, D]
+           outputs logits [B, 1, V] float32, present.{i}.key / .value  [B, Hkv, max_len, D]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from kiln.ir import Graph
+
+from .generation import GenerationConfig, TextStreamer, generate
+from .kv_cache import StaticKVCache
+
+
+class DecoderGraphs(Protocol):
+    """What a decoder-only family provides to `CausalLM`."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+    def prefill_graph(self, batch: int, seq: int, last_only: bool) -> Graph: ...
+
+    def decode_graph(self, batch: int, max_len: int) -> Graph: ...
+
+
+class CausalLM:
+    """A decoder-only LM: call it for logits, `generate` for ids, `generate_text` for text."""
+
+    CACHE_BLOCK = 64  # cache lengths round up to this, so one decode graph serves many generations
+
+    def __init__(self, graphs: DecoderGraphs, params: dict[str, np.ndarray], *, tokenizer=None,
+                 generation_config: GenerationConfig | None = None, device: str = "cpu",
+                 dtype: str = "float32", optimize: bool = True, name: str = "model"):
+        self.graphs, self.params, self.tokenizer = graphs, params, tokenizer
+        self.generation_config = generation_config or GenerationConfig()
+        self.device, self.dtype, self.optimize, self.name = device, dtype, optimize, name
+        self._compiled: dict[tuple, Any] = {}
+        self.compile_seconds = 0.0
+        self.on_compile: Callable[[tuple], None] | None = None  # hook for progress display
+
+    @property
+    def config(self):
+        return getattr(self.graphs, "config", None)
+
+    # ---- compiled graphs ------------------------------------------------------
+    def compiled(self, kind: str, *shape: int, last_only: bool = False):
+        """The compiled prefill (batch, seq) or decode (batch, max_len) graph, built on first use."""
+        key = (kind, *shape, last_only)
+        if key not in self._compiled:
+            import kiln  # the compile entry point lives at the top of the package
+
+            if self.on_compile is not None:
+                self.on_compile(key)
+            t0 = time.perf_counter()
+            if kind == "prefill":
+                g = self.graphs.prefill_graph(*shape, last_only=last_only)
+            elif kind == "decode":
+                g = self.graphs.decode_graph(*shape)
+            else:
+                raise ValueError(f"unknown graph kind {kind!r}; expected 'prefill' or 'decode'")
+            cg = kiln.compile(g, device=self.device, optimize=self.optimize)
+            cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
+            self._compiled[key] = cg
+            self.compile_seconds += time.perf_counter() - t0
+        return self._compiled[key]
+
+    def warmup(self, batch: int, prompt_len: int, max_new_tokens: int) -> None:
+        """Compile the graphs a generation of this shape needs (e.g. before timing it)."""
+        self.compiled("prefill", batch, prompt_len, last_only=True)
+        self.compiled("decode", batch, self.cache_length(prompt_len + max_new_tokens))
+
+    def cache_length(self, needed: int) -> int:
+        return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
+
+    # ---- forward -------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
+        """Logits [batch, seq, vocab] (float32), as HF's forward: positions default to 0..S-1."""
+        ids = self._ids("input_ids", input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else self._ids("attention_mask", attention_mask)
+        self._same_shape("attention_mask", mask, ids)
+        if position_ids is None:
+            pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        else:
+            pos = np.broadcast_to(self._ids("position_ids", position_ids), ids.shape).copy()
+        out = self.compiled("prefill", *ids.shape, last_only=False).run(
+            input_ids=ids, attention_mask=mask, position_ids=pos)
+        return out["logits"]
+
+    # ---- the interface `generate` drives --------------------------------------------
+    def new_cache(self, batch: int, max_length: int) -> StaticKVCache:
+        g = self.graphs
+        return StaticKVCache(g.num_layers, batch, g.num_kv_heads, self.cache_length(max_length), g.head_dim,
+                             _np_dtype(self.dtype))
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
+        """Run the prompt, fill the cache; return the last position's logits [B, V]."""
+        out = self.compiled("prefill", *ids.shape, last_only=True).run(
+            input_ids=ids, attention_mask=mask, position_ids=positions)
+        cache.write_prefill(out, mask)
+        return out["logits"][:, -1]
+
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
+        """Feed one token per row at the cache's next slot; return its logits [B, V]."""
+        b = tokens.shape[0]
+        slot = cache.length
+        mask = cache.mask.copy()
+        mask[:, slot] = 1
+        inputs = {"input_ids": tokens.reshape(b, 1).astype(np.int64),
+                  "position_ids": np.asarray(positions, np.int64).reshape(b, 1),
+                  "cache_position": np.array([slot], np.int64), "attention_mask": mask,
+                  **cache.decode_inputs()}
+        out = self.compiled("decode", b, cache.max_len).run(**inputs)
+        cache.advance(out, np.ones(b, np.int64))
+        return out["logits"][:, -1]
+
+    # ---- generation -------------------------------------------------------------------
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,
+                 max_length: int | None = None, min_new_tokens: int | None = None, do_sample: bool | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None, streamer=None, seed: int | np.random.Generator | None = None,
+                 output_scores: bool = False, output_logits: bool = False, return_dict_in_generate: bool = False):
+        """Token ids [batch, prompt + new], as HF `generate` (defaults from the checkpoint's generation config)."""
+        cfg = self.generation_config.merged(
+            max_new_tokens=max_new_tokens, max_length=max_length, min_new_tokens=min_new_tokens,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        if max_new_tokens is not None:
+            cfg.max_length = None
+        elif max_length is not None:
+            cfg.max_new_tokens = None
+        return generate(self, input_ids, attention_mask, config=cfg, streamer=streamer, seed=seed,
+                        output_scores=output_scores, output_logits=output_logits,
+                        return_dict_in_generate=return_dict_in_generate)
+
+    def generate_text(self, prompt: str | Sequence[str], *, chat: bool = False, system: str | None = None,
+                      stream: Callable[[str], None] | None = None, skip_special_tokens: bool = True,
+                      **generate_kwargs) -> str | list[str]:
+        """Text in, continuation out (only the new text). `chat` wraps each prompt in the chat template.
+
+        Several prompts are left-padded into one batch. `stream(piece)` receives text as it is
+        generated (one prompt only).
+        """
+        tok = self._tokenizer()
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("generate_text needs at least one prompt")
+        seqs = []
+        for p in prompts:
+            if chat:
+                msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+                seqs.append(tok.encode_chat(msgs, add_generation_prompt=True))
+            else:
+                seqs.append(tok.encode(p))
+        ids, mask = self._left_pad(seqs)
+        streamer = None
+        if stream is not None:
+            if len(prompts) != 1:
+                raise ValueError("stream= works with a single prompt")
+            streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=skip_special_tokens, on_text=stream)
+        if "pad_token_id" not in generate_kwargs and self.generation_config.pad_token_id is None \
+                and tok.pad_token_id is not None:
+            generate_kwargs["pad_token_id"] = tok.pad_token_id
+        out = self.generate(ids, mask, streamer=streamer, **generate_kwargs)
+        texts = [tok.decode(row[ids.shape[1]:], skip_special_tokens=skip_special_tokens) for row in out]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name}: this checkpoint has no tokenizer.json; pass token ids to generate()")
+        return self.tokenizer
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(s) for s in seqs)
+        if width == 0:
+            raise ValueError("the prompt encodes to no tokens")
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.generation_config.pad_token_id
+        if pad is None:
+            eos = self.generation_config.eos_token_ids
+            pad = eos[0] if eos else 0
+        ids = np.full((len(seqs), width), pad, np.int64)
+        mask = np.zeros((len(seqs), width), np.int64)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s):] = s
+                mask[i, width - len(s):] = 1
+        return ids, mask
+
+    def _ids(self, name: str, a) -> np.ndarray:
+        arr = np.asarray(a)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name} must be an integer array [batch, seq], got shape {arr.shape} dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        if name == "input_ids" and arr.size and (arr.min() < 0 or arr.max() >= self.graphs.vocab_size):
+            raise ValueError(f"input_ids must be in [0, {self.graphs.vocab_size}), got [{arr.min()}, {arr.max()}]")
+        return arr
+
+    @staticmethod
+    def _same_shape(name: str, a: np.ndarray, ids: np.ndarray) -> None:
+        if a.shape != ids.shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected input_ids' shape {ids.shape}")
+
+
+def _np_dtype(name: str) -> np.dtype:
+    from kiln.ir import as_dtype
+
+    return as_dtype(name).np_dtype

@@ -1,0 +1,190 @@
+"""The training step: forward, backward, gradient clipping and the optimizer update compiled
+as one graph, plus the host-side state it reads and writes (parameters, optimizer state, step).
+
+With gradient accumulation the step is two compiled graphs: one computes gradients of a
+micro-batch, the other (clipping + update) applies their mean.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+import kiln
+from kiln.autodiff import grad, grad_name
+from kiln.ir import Graph, GraphError, Value
+
+from .optimizers import Optimizer
+
+LR, STEP, GRAD_NORM = "lr", "step", "grad_norm"
+
+
+def state_name(slot: str, param: str) -> str:
+    """The name of optimizer state `slot` of parameter `param` (a graph parameter of the step)."""
+    return f"{slot}/{param}"
+
+
+def new_name(name: str) -> str:
+    """The step graph's output holding the updated value of parameter or state `name`."""
+    return f"new/{name}"
+
+
+def add_update(g: Graph, params: dict[str, Value], grads: dict[str, Value], optimizer: Optimizer,
+               clip_norm: float | None) -> None:
+    """Append clipping and the optimizer update to g; outputs grad_norm and new/<name> for every
+    parameter and state entry."""
+    lr = g.input(LR, (), "float64")
+    step = g.input(STEP, (), "float64")
+    sq = [g.cast(g.sum(g.mul(d, d)), dtype="float64") if d.dtype.name != "float64" else g.sum(g.mul(d, d))
+          for d in grads.values()]
+    total = sq[0]
+    for s in sq[1:]:
+        total = g.add(total, s)
+    norm = g.sqrt(total)
+    g.output(GRAD_NORM, norm)
+    if clip_norm is not None:  # torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6))
+        coef = g.minimum(g.div(g.scalar(float(clip_norm), "float64"), g.add(norm, g.scalar(1e-6, "float64"))),
+                         g.scalar(1.0, "float64"))
+        grads = {n: g.mul(d, coef if d.dtype.name == "float64" else g.cast(coef, dtype=d.dtype.name))
+                 for n, d in grads.items()}
+    for name, p in params.items():
+        state = {slot: g.parameter(state_name(slot, name), p.shape, p.dtype) for slot in optimizer.slots}
+        upd = optimizer.update(g, p, grads[name], state, lr, step)
+        g.output(new_name(name), upd.param)
+        for slot, v in upd.state.items():
+            g.output(new_name(state_name(slot, name)), v)
+
+
+def _trainable(graph: Graph, trainable) -> list[str]:
+    if trainable is None:
+        names = [n for n, v in graph.parameters.items() if v.dtype.is_float]
+    else:
+        names = list(trainable)
+        for n in names:
+            if n not in graph.parameters:
+                raise GraphError(f"trainable parameter {n!r} is not a parameter of the graph; "
+                                 f"expected some of {sorted(graph.parameters)}")
+    if not names:
+        raise GraphError("the graph has no float parameters to train")
+    return names
+
+
+def build_step_graph(graph: Graph, optimizer: Optimizer, *, loss: str = "loss", trainable=None,
+                     clip_norm: float | None = None, metrics: Sequence[str] = ()) -> Graph:
+    """One graph: graph's forward, gradients of `loss`, clipping and the optimizer update."""
+    names = _trainable(graph, trainable)
+    g = grad(graph, names, loss)
+    grads = {n: g.outputs[grad_name(n)] for n in names}
+    keep = {loss: g.outputs[loss], **{m: g.outputs[m] for m in metrics}}
+    g.outputs = dict(keep)
+    add_update(g, {n: g.parameters[n] for n in names}, grads, optimizer, clip_norm)
+    g.name = f"{graph.name}_train_step"
+    return g
+
+
+def build_apply_graph(param_types: Mapping[str, "kiln.TensorType"], optimizer: Optimizer,
+                      clip_norm: float | None = None) -> Graph:
+    """Clipping and update alone; gradients are inputs grad/<name> (for gradient accumulation)."""
+    g = Graph("apply_update")
+    params = {n: g.parameter(n, t.shape, t.dtype) for n, t in param_types.items()}
+    grads = {n: g.input(grad_name(n), t.shape, t.dtype) for n, t in param_types.items()}
+    add_update(g, params, grads, optimizer, clip_norm)
+    return g
+
+
+class TrainStep:
+    """A compiled training step and the state it advances.
+
+    `step(batch, lr)` runs one optimizer step: `batch` maps graph input names to arrays, or,
+    with accumulation=k, is a list of k such micro-batches whose gradients are averaged.
+    Returns the step's scalars (loss and metrics averaged over micro-batches, grad_norm).
+    """
+
+    def __init__(self, graph: Graph, optimizer: Optimizer, *, loss: str = "loss", trainable=None,
+                 clip_norm: float | None = None, accumulation: int = 1, metrics: Sequence[str] = (),
+                 device: str = "cpu"):
+        if not isinstance(accumulation, int) or accumulation < 1:
+            raise ValueError(f"accumulation must be a positive int, got {accumulation!r}")
+        if clip_norm is not None and clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        for m in metrics:
+            if m not in graph.outputs:
+                raise GraphError(f"metric {m!r} is not an output of the graph; expected some of {sorted(graph.outputs)}")
+        self.graph, self.optimizer, self.loss = graph, optimizer, loss
+        self.accumulation, self.metrics = accumulation, tuple(metrics)
+        self.trainable = _trainable(graph, trainable)
+        self.param_types = {n: v.type for n, v in graph.parameters.items()}
+        if accumulation == 1:
+            self._fused = kiln.compile(build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable,
+                                                        clip_norm=clip_norm, metrics=metrics), device=device)
+        else:
+            g = grad(graph, self.trainable, loss)
+            g.outputs = {k: v for k, v in g.outputs.items()
+                         if k == loss or k in metrics or k.startswith("grad/")}
+            self._grads = kiln.compile(g, device=device)
+            self._apply = kiln.compile(build_apply_graph({n: self.param_types[n] for n in self.trainable},
+                                                         optimizer, clip_norm), device=device)
+        self.params: dict[str, np.ndarray] = {}
+        self.opt_state: dict[str, np.ndarray] = {}
+        self.step_count = 0
+
+    # ---- state ------------------------------------------------------------------------
+    def init(self, params: Mapping[str, np.ndarray]) -> None:
+        """Start from these parameters with zero optimizer state at step 0."""
+        missing = sorted(set(self.param_types) - set(params))
+        extra = sorted(set(params) - set(self.param_types))
+        if missing or extra:
+            raise ValueError(f"init: parameters missing {missing}, unexpected {extra}")
+        self.params = {n: np.array(params[n], dtype=self.param_types[n].dtype.np_dtype, copy=True)
+                       for n in self.param_types}
+        for n, t in self.param_types.items():
+            if self.params[n].shape != t.shape:
+                raise ValueError(f"init: parameter {n!r} has shape {self.params[n].shape}, expected {t.shape}")
+        self.opt_state = {state_name(s, n): np.zeros(self.param_types[n].shape, self.param_types[n].dtype.np_dtype)
+                          for n in self.trainable for s in self.optimizer.slots}
+        self.step_count = 0
+
+    def state_dict(self) -> dict:
+        return {"params": dict(self.params), "opt_state": dict(self.opt_state), "step": self.step_count}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.init(state["params"])
+        want = set(self.opt_state)
+        got = set(state["opt_state"])
+        if want != got:
+            raise ValueError(f"optimizer state names differ: missing {sorted(want - got)}, unexpected {sorted(got - want)}")
+        self.opt_state = {k: np.array(v, copy=True) for k, v in state["opt_state"].items()}
+        self.step_count = int(state["step"])
+
+    # ---- running --------------------------------------------------------------------------
+    def __call__(self, batch, lr: float) -> dict[str, float]:
+        if not self.params:
+            raise RuntimeError("TrainStep: call init(params) (or load_state_dict) before stepping")
+        micro = [batch] if isinstance(batch, Mapping) else list(batch)
+        if len(micro) != self.accumulation:
+            raise ValueError(f"expected {self.accumulation} micro-batch(es), got {len(micro)}")
+        scalars = {"lr": np.float64(lr), "step": np.float64(self.step_count + 1)}
+        if self.accumulation == 1:
+            self._fused.load_params({**self.params, **self.opt_state})
+            out = self._fused.run(**micro[0], **scalars)
+            report = {k: float(out[k]) for k in (self.loss, *self.metrics, GRAD_NORM)}
+        else:
+            self._grads.load_params(self.params)
+            sums: dict[str, np.ndarray] = {}
+            for mb in micro:
+                res = self._grads.run(**mb)
+                for k, v in res.items():
+                    sums[k] = v if k not in sums else sums[k] + v
+            k = self.accumulation
+            grads = {n: (sums[grad_name(n)] / k).astype(sums[grad_name(n)].dtype) for n in self.trainable}
+            self._apply.load_params({**{n: self.params[n] for n in self.trainable}, **self.opt_state})
+            out = self._apply.run(**{grad_name(n): v for n, v in grads.items()}, **scalars)
+            report = {m: float(sums[m]) / k for m in (self.loss, *self.metrics)}
+            report[GRAD_NORM] = float(out[GRAD_NORM])
+        for n in self.trainable:
+            self.params[n] = out[new_name(n)]
+        for s in self.opt_state:
+            self.opt_state[s] = out[new_name(s)]
+        self.step_count += 1
+        return report

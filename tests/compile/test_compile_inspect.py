@@ -1,0 +1,48 @@
+"""`kiln inspect`: the report API and the command-line entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import kiln
+from kiln.inspect import format_report, inspect_graph, inspect_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import llama_primitive_graph as L  # noqa: E402
+
+
+def test_inspect_reports_every_section():
+    g = L.build(L.TINY, seq=4)
+    r = inspect_graph(g)
+    assert r.nodes_before == len(g.compute_nodes()) and r.nodes_after < r.nodes_before
+    assert r.fusions["attention"] == L.TINY.layers and r.fusions["sibling_matmuls"] == L.TINY.layers
+    assert r.rule_matches["rms_norm"] == 2 * L.TINY.layers + 1
+    assert r.kernels["matmul"] == 4 * L.TINY.layers + 1
+    assert 0 < r.peak_bytes_planned < r.peak_bytes_unplanned
+    for stage in ("verify", "classic_passes", "translate", "saturate", "extract", "rebuild", "plan"):
+        assert r.stage_seconds[stage] >= 0
+    text = format_report(r, g.name)
+    for piece in ("nodes: ", "fusions applied:", "attention", "kernels: ", "peak memory: ", "compile time: "):
+        assert piece in text
+    plain = inspect_graph(g, optimize=False)
+    assert plain.fusions == {} and plain.nodes_after == plain.nodes_before and not plain.optimized
+
+
+def test_inspect_main_reads_a_saved_graph(tmp_path, capsys):
+    path = tmp_path / "llama.json"
+    kiln.save_graph(L.build(L.TINY, seq=4), path)
+    assert inspect_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "graph: llama_primitive" in out and "sibling_matmuls" in out
+    assert inspect_main([str(path), "--json", "--exclude-rule", "attention"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "attention" not in data["fusions"] and data["nodes_after"] < data["nodes_before"]
+    assert data["peak_bytes_planned"] < data["peak_bytes_unplanned"]
+
+
+def test_inspect_main_names_a_missing_file(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert inspect_main([str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
