@@ -39,8 +39,6 @@ def _run(args) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     model = loader_for(model_type, source=str(directory / "config.json"))(
         directory, device=args.device, dtype=args.dtype, progress=True)
@@ -58,12 +56,8 @@ def _run(args) -> int:
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
 
-    # compile both graphs up front, with a progress bar, so the timing below is generation only
-    bar = tqdm(total=2, desc="compiling", unit="graph", leave=False)
-    model.on_compile = lambda key: (bar.set_postfix_str(f"{key[0]} b{key[1]} len{key[2]}"), bar.update(1))
-    model.warmup(1, len(ids), args.max_new_tokens)
-    bar.close()
-    model.on_compile = None
+    # compile both graphs up front (with a progress bar) so the timing below is generation only
+    model.warmup(1, len(ids), args.max_new_tokens, progress=True)
 
     from kiln.runtime.generation import TextStreamer
 

@@ -108,7 +108,7 @@ def hvp(graph: Graph, wrt: Iterable[str] | str | None = None, loss: str = "loss"
     g = grad(graph, wrt, loss)
     names = list(source_values(graph, wrt, "hvp"))
     h = jvp(g, names, [grad_name(n) for n in names])
-    h.outputs = {(hvp_name(k[len(TANGENT_PREFIX + grad_name("")):]) if k.startswith(tangent_name(grad_name("")))
-                  else k): v for k, v in h.outputs.items()}
+    renamed = {tangent_name(grad_name(n)): hvp_name(n) for n in names}
+    h.outputs = {renamed.get(k, k): v for k, v in h.outputs.items()}
     h.name = f"{graph.name}_hvp"
     return h

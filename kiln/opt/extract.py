@@ -248,8 +248,8 @@ class Extractor:
                 if pos[n.cls] != INF and n.cls in self._fixed:
                     continue
                 p = max((pos[k] for k in n.kids), default=-1.0)
-                if p != INF and p + 1e-3 < pos[n.cls]:
-                    pos[n.cls] = p + 1e-3
+                if p != INF and p + 1e-6 < pos[n.cls]:
+                    pos[n.cls] = p + 1e-6
                     changed = True
         return pos
 

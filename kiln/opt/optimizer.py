@@ -156,8 +156,8 @@ def fusion_features(graph: Graph) -> Counter:
                 c[f"{a['norm']}+linear"] += 1
         elif n.op == "matmul" and (n.attrs["transpose_a"] or n.attrs["transpose_b"]):
             c["matmul_transpose_flag"] += 1
-        elif n.op == "split" and n.inputs[0].node.op in ("linear", "fused_linear"):
-            c["sibling_matmuls"] += 1
+        if n.op in ("linear", "fused_linear") and n.inputs[1].node.op == "concat":
+            c["sibling_matmuls"] += 1  # one matmul over weights concatenated from several
     return c
 
 

@@ -27,8 +27,9 @@ import numpy as np
 from .logits_processors import apply_processors, build_processors, softmax
 
 # HF's `GenerationConfig._get_default_generation_params` for the settings kiln implements.
-HF_DEFAULTS = {"max_length": 20, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+HF_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
                "repetition_penalty": 1.0}
+DEFAULT_NEW_TOKENS = 20  # HF 5: with no max_length/max_new_tokens set anywhere, generate 20 new tokens
 
 # generation_config.json fields that kiln does not implement, with the value at which they are inactive.
 _INACTIVE = {"num_beams": 1, "num_return_sequences": 1, "no_repeat_ngram_size": 0, "bad_words_ids": None,
@@ -171,7 +172,13 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
     batch, prompt_len = ids.shape
     if prompt_len == 0:
         raise ValueError("input_ids is empty: generation needs at least one prompt token")
-    mask = np.ones_like(ids) if attention_mask is None else _as_ids("attention_mask", attention_mask)
+    eos = config.eos_token_ids
+    if attention_mask is not None:
+        mask = _as_ids("attention_mask", attention_mask)
+    elif config.pad_token_id is not None and config.pad_token_id not in eos and (ids == config.pad_token_id).any():
+        mask = (ids != config.pad_token_id).astype(np.int64)  # as HF: infer the mask from padding
+    else:
+        mask = np.ones_like(ids)
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask has shape {mask.shape}, expected input_ids' shape {ids.shape}")
     if batch > 1 and np.any(mask[:, -1] == 0):
@@ -180,18 +187,22 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
 
     if config.max_new_tokens is not None:
         max_length = prompt_len + int(config.max_new_tokens)
-    else:
-        max_length = int(config.resolved("max_length"))
+    elif config.max_length is not None:
+        max_length = int(config.max_length)
+    else:  # as HF: with no length set anywhere, 20 new tokens (within the model's position range)
+        max_length = prompt_len + DEFAULT_NEW_TOKENS
+        limit = getattr(model, "max_position_embeddings", None)
+        if limit is not None:
+            max_length = min(max_length, limit)
     if max_length <= prompt_len:
         raise ValueError(f"nothing to generate: the prompt has {prompt_len} tokens and max_length is {max_length}; "
                          f"set max_new_tokens")
-    eos = config.eos_token_ids
     pad = config.pad_token_id
     if pad is None and eos:
         pad = eos[0]
     do_sample = bool(config.resolved("do_sample"))
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    padding_lengths = np.argmax(mask != 0, axis=1) if attention_mask is not None else None
+    padding_lengths = np.argmax(mask != 0, axis=1)
     processors = build_processors(
         do_sample=do_sample, temperature=config.resolved("temperature"), top_k=config.resolved("top_k"),
         top_p=config.resolved("top_p"), repetition_penalty=config.resolved("repetition_penalty"),

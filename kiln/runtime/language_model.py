@@ -56,11 +56,14 @@ class CausalLM:
         self.device, self.dtype, self.optimize, self.name = device, dtype, optimize, name
         self._compiled: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
-        self.on_compile: Callable[[tuple], None] | None = None  # hook for progress display
 
     @property
     def config(self):
         return getattr(self.graphs, "config", None)
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
 
     # ---- compiled graphs ------------------------------------------------------
     def compiled(self, kind: str, *shape: int, last_only: bool = False):
@@ -69,8 +72,6 @@ class CausalLM:
         if key not in self._compiled:
             import kiln  # the compile entry point lives at the top of the package
 
-            if self.on_compile is not None:
-                self.on_compile(key)
             t0 = time.perf_counter()
             if kind == "prefill":
                 g = self.graphs.prefill_graph(*shape, last_only=last_only)
@@ -84,10 +85,17 @@ class CausalLM:
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
 
-    def warmup(self, batch: int, prompt_len: int, max_new_tokens: int) -> None:
+    def warmup(self, batch: int, prompt_len: int, max_new_tokens: int, progress: bool = False) -> None:
         """Compile the graphs a generation of this shape needs (e.g. before timing it)."""
-        self.compiled("prefill", batch, prompt_len, last_only=True)
-        self.compiled("decode", batch, self.cache_length(prompt_len + max_new_tokens))
+        todo = [("prefill", batch, prompt_len), ("decode", batch, self.cache_length(prompt_len + max_new_tokens))]
+        if progress:
+            from tqdm import tqdm
+
+            todo = tqdm(todo, desc="compiling", unit="graph", leave=False)
+        for kind, b, n in todo:
+            if progress:
+                todo.set_postfix_str(f"{kind} batch {b} length {n}")
+            self.compiled(kind, b, n, last_only=kind == "prefill")
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
@@ -114,6 +122,7 @@ class CausalLM:
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
         """Run the prompt, fill the cache; return the last position's logits [B, V]."""
+        ids = self._ids("input_ids", ids)
         out = self.compiled("prefill", *ids.shape, last_only=True).run(
             input_ids=ids, attention_mask=mask, position_ids=positions)
         cache.write_prefill(out, mask)

@@ -23,7 +23,7 @@ def flat_named(inputs):
 
 
 def float_names(inputs):
-    return [n for n, a in flat_named(inputs) if a.dtype.kind == "f"]
+    return [n for n, a in flat_named(inputs) if kiln.as_dtype(a.dtype).is_float]
 
 
 def op_graph(case: Case, inputs, weights=None):

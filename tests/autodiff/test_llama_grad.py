@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.autodiff import grad, grad_name
+from kiln.autodiff import grad
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.weight_map import WeightMap
 from kiln.models.llama import LlamaGraphs, llama_params, read_llama_config

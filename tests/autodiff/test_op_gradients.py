@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from autodiff_cases import CASES
-from op_harness import (float_names, kiln_grads, kiln_hvp, kiln_jvp, output_weights, rel_err, sample_case,
-                        torch_grads, torch_hvp, torch_jvp)
+from op_harness import (flat_named, float_names, kiln_grads, kiln_hvp, kiln_jvp, output_weights, rel_err,
+                        sample_case, torch_grads, torch_hvp, torch_jvp)
 
 IDS = [c.name for c in CASES]
 TOL = {"float64": 1e-6, "float32": 1e-4}
@@ -30,7 +30,7 @@ def test_vjp_matches_torch(case, dtype):
 def test_jvp_matches_torch_func(case):
     rng, inputs = sample_case(case, 1)
     names = float_names(inputs)
-    tangents = [rng.standard_normal(a.shape).astype(a.dtype) for n, a in _named(inputs) if n in names]
+    tangents = [rng.standard_normal(a.shape).astype(a.dtype) for n, a in flat_named(inputs) if n in names]
     got, want = kiln_jvp(case, inputs, tangents), torch_jvp(case, inputs, tangents)
     assert len(got) == len(want)
     for j, (a, b) in enumerate(zip(got, want)):
@@ -42,13 +42,8 @@ def test_hvp_matches_torch(case):
     rng, inputs = sample_case(case, 2)
     weights = output_weights(case, inputs, rng)
     names = float_names(inputs)
-    vectors = [rng.standard_normal(a.shape).astype(a.dtype) for n, a in _named(inputs) if n in names]
+    vectors = [rng.standard_normal(a.shape).astype(a.dtype) for n, a in flat_named(inputs) if n in names]
     got, want = kiln_hvp(case, inputs, weights, vectors), torch_hvp(case, inputs, weights, vectors)
     for name, a, b in zip(names, got, want):
         err = rel_err(a, b) if np.abs(b).max(initial=0) > 0 else float(np.abs(a).max(initial=0))
         assert err <= 1e-6, f"hvp of {name}: rel err {err:.2e}"
-
-
-def _named(inputs):
-    from op_harness import flat_named
-    return flat_named(inputs)

@@ -17,7 +17,7 @@ def test_inspect_reports_every_section():
     g = L.build(L.TINY, seq=4)
     r = inspect_graph(g)
     assert r.nodes_before == len(g.compute_nodes()) and r.nodes_after < r.nodes_before
-    assert r.fusions["attention"] == L.TINY.layers and r.fusions["sibling_matmuls"] == L.TINY.layers
+    assert r.fusions["attention"] == L.TINY.layers and r.fusions["sibling_matmuls"] == 2 * L.TINY.layers
     assert r.rule_matches["rms_norm"] == 2 * L.TINY.layers + 1
     assert r.kernels["matmul"] == 4 * L.TINY.layers + 1
     assert 0 < r.peak_bytes_planned < r.peak_bytes_unplanned

@@ -122,6 +122,10 @@ def test_eos_stops_rows_and_pads_like_hf(checkpoint):
     eos = row0[step]
     seq = assert_generation_matches(model, ck.hf, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=7)
     assert seq[0, s + step] == eos and (seq[0, s + step + 1:] == 7).all()
+    # without a mask, HF infers it from the pad token
+    ids[1, :mask.shape[1] - mask[1].sum()] = 7
+    assert_generation_matches(model, ck.hf, ids, None, max_new_tokens=4, pad_token_id=7)
+    assert (ids == 7).sum() > 2
 
 
 def test_sharded_checkpoint(tmp_path):
@@ -130,6 +134,19 @@ def test_sharded_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
     ids = np.random.default_rng(5).integers(0, ck.vocab_size, size=(1, 7))
     np.testing.assert_allclose(load(tmp_path)(ids), hf_logits(ck.hf, ids), atol=ATOL, rtol=0)
+
+
+def test_bfloat16_checkpoint_and_dtypes(tmp_path):
+    ck = save_checkpoint(tmp_path, "qwen2")
+    ck.hf.to(torch.bfloat16).save_pretrained(tmp_path)  # weights stored as BF16
+    ids = np.random.default_rng(11).integers(0, ck.vocab_size, size=(1, 10))
+    for dtype, torch_dtype, atol in (("float32", torch.float32, ATOL), ("bfloat16", torch.bfloat16, 0.05)):
+        ref_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch_dtype).eval()
+        with torch.no_grad():
+            ref = ref_model(torch.from_numpy(ids)).logits.float().numpy()
+        model = load(tmp_path, dtype=dtype)
+        assert model.params["model.norm.weight"].dtype.name == dtype
+        np.testing.assert_allclose(model(ids), ref, atol=atol, rtol=0)
 
 
 def test_load_without_optimizer_matches(checkpoint):
@@ -232,17 +249,23 @@ def test_generate_text_batch_and_chat_match_hf(text_checkpoint):
     assert model.generate_text(msgs[0]["content"], chat=True, max_new_tokens=10) == want
 
 
-def test_kiln_run_cli_prints_the_continuation(text_checkpoint):
+@pytest.mark.parametrize("chat", [False, True])
+def test_kiln_run_cli_prints_the_continuation(text_checkpoint, chat):
     ck, hf_tok = text_checkpoint
     prompt = "Hello world"
-    enc = hf_tok(prompt, return_tensors="np")
-    ref_seq, _ = hf_generate(ck.hf, enc["input_ids"], enc["attention_mask"], max_new_tokens=12)
-    want = hf_tok.decode(ref_seq[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    if chat:
+        ids = np.asarray(hf_tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                    add_generation_prompt=True, return_dict=True)["input_ids"])[None]
+    else:
+        ids = hf_tok(prompt, return_tensors="np")["input_ids"]
+    ref_seq, _ = hf_generate(ck.hf, ids, None, max_new_tokens=12)
+    want = hf_tok.decode(ref_seq[0, ids.shape[1]:], skip_special_tokens=True)
     res = subprocess.run([sys.executable, "-m", "kiln.cli", "run", str(ck.path), "--prompt", prompt,
-                          "--max-new-tokens", "12"], capture_output=True, text=True, timeout=120)
+                          "--max-new-tokens", "12"] + (["--chat"] if chat else []),
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout == prompt + want + "\n"
-    assert "tokens/s" in res.stderr
+    assert res.stdout == ("" if chat else prompt) + want + "\n"
+    assert "compiling" in res.stderr and "tokens/s" in res.stderr
 
 
 # ---- bad checkpoints -----------------------------------------------------------------------------
@@ -344,10 +367,12 @@ def test_repetition_penalty_and_hf_default_length(checkpoint):
     model = load(ck.path)
     ids, mask = left_padded_pair(ck.vocab_size)
     assert_generation_matches(model, ck.hf, ids, mask, max_new_tokens=16, repetition_penalty=1.8)
-    with torch.no_grad():
-        ref = ck.hf.generate(torch.from_numpy(ids[:1]), do_sample=False).numpy()  # HF default: max_length 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HF recommends max_new_tokens; its default is what is tested here
+        with torch.no_grad():
+            ref = ck.hf.generate(torch.from_numpy(ids[:1]), do_sample=False).numpy()
     np.testing.assert_array_equal(model.generate(ids[:1]), ref)
-    assert ref.shape[1] == 20
+    assert ref.shape[1] == ids.shape[1] + 20  # HF's default: 20 new tokens
 
 
 def test_generation_config_json_sets_defaults(tmp_path):
@@ -379,7 +404,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(checkpoint):
 def test_bad_generate_arguments(checkpoint):
     ck = checkpoint("qwen2")
     model = load(ck.path)
-    with pytest.raises(TypeError, match="unknown generation setting"):
+    with pytest.raises(TypeError, match="num_beams"):
         model.generate(np.zeros((1, 3), np.int64), max_new_tokens=2, num_beams=4)
     with pytest.raises(ValueError, match=r"input_ids must be in \[0, 144\)"):
         model(np.full((1, 3), 144))

@@ -1,8 +1,9 @@
 """Whisper vs HF transformers: tiny random WhisperForConditionalGeneration checkpoints saved with
 save_pretrained (plus a WhisperTokenizer built from a byte-level vocabulary), loaded by kiln's loader.
 
-The weights are drawn with a large std so that the transcripts depend on the audio (with HF's
-default init a tiny model emits the same tokens for any input, which would hide cross-attention bugs).
+The weights are drawn so that the transcripts depend on the audio (with HF's default init a tiny model
+emits the same tokens for any input, which would hide cross-attention bugs): a large std, token
+embeddings of equal norm and a loud cross-attention.
 """
 
 import argparse
@@ -52,10 +53,19 @@ def make_checkpoint(path, tok, *, d_model=64, heads=4, layers=2, ffn=128, mels=8
         for name, p in model.named_parameters():
             if "embed_positions" in name:
                 continue  # keep the encoder's sinusoids and the decoder's learned table as initialized
-            p.normal_(0.0, 0.3 if p.dim() >= 2 else 0.1)
+            if "layer_norm.weight" in name:
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.3 if p.dim() >= 2 else 0.1)
         # quiet timestamp tokens: like a trained model, emit none after <|notimestamps|> (HF would then decode
         # one 30 s window again from the "timestamp"), while with timestamps on they still win often
-        model.model.decoder.embed_tokens.weight[NO_TIMESTAMPS + 1:] *= 0.1
+        emb = model.model.decoder.embed_tokens.weight
+        emb *= 0.3 * d_model ** 0.5 / emb.norm(dim=1, keepdim=True)  # rows of equal norm: no token always wins
+        emb[NO_TIMESTAMPS + 1:] *= 0.1
+        model.model.decoder.layer_norm.bias.zero_()
+        for layer in model.model.decoder.layers:  # a loud cross-attention: the audio steers the tokens
+            for proj, gain in (("q_proj", 1.5), ("k_proj", 1.5), ("v_proj", 3.0), ("out_proj", 3.0)):
+                getattr(layer.encoder_attn, proj).weight *= gain
         if tie:
             assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
     gc = model.generation_config
@@ -84,17 +94,31 @@ def tiny(tmp_path_factory):
     return path, hf, tok, load_whisper(path)
 
 
+def synthetic_audio(seconds, rng, rate=16000):
+    """Half-second blocks of chirps, tones, noise bursts and silence: audio whose log-mel varies in time."""
+    blocks = []
+    n = int(0.5 * rate)
+    t = np.arange(n) / rate
+    for _ in range(int(np.ceil(seconds * 2))):
+        kind = rng.integers(4)
+        f0, f1 = rng.uniform(100, 6000, size=2)
+        if kind == 0:
+            x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2))
+        elif kind == 1:
+            x = np.sin(2 * np.pi * f0 * t) * np.sin(np.pi * t / t[-1])
+        elif kind == 2:
+            x = rng.standard_normal(n) * 0.5
+        else:
+            x = np.zeros(n)
+        blocks.append(rng.uniform(0.05, 0.8) * x + 0.01 * rng.standard_normal(n))
+    return np.concatenate(blocks)[:int(seconds * rate)].astype(np.float32)
+
+
 def features(batch, frames=3000, mels=80, seed=0):
-    """Log-mel features of synthetic audio (sine sweeps + noise), as WhisperFeatureExtractor makes them."""
+    """Log-mel features of synthetic audio, as WhisperFeatureExtractor makes them (unpadded)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(frames * 160) / 16000
-    out = []
-    for b in range(batch):
-        f0, f1 = 200 + 300 * b, 3000 + 1000 * b
-        sweep = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
-        audio = 0.5 * sweep + 0.1 * rng.standard_normal(t.size)
-        out.append(log_mel_spectrogram(audio.astype(np.float32), n_mels=mels, pad_or_trim=False))
-    return np.stack(out)
+    return np.stack([log_mel_spectrogram(synthetic_audio(frames / 100, rng), n_mels=mels, pad_or_trim=False)
+                     for _ in range(batch)])
 
 
 def hf_generate(hf, feats, **kw):

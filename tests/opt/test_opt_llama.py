@@ -35,7 +35,7 @@ def test_all_llama_fusions_fire(compiled):
     assert r.optimized and not r.optimizer_fell_back
     assert r.fusions == {
         "attention": n,                 # softmax(QK^T*scale+mask)V with GQA, one per layer
-        "sibling_matmuls": n,           # Q/K/V as one matmul + split
+        "sibling_matmuls": 2 * n,       # Q/K/V and gate/up: one matmul each over concatenated weights
         "linear+swiglu": n,             # gate/up as one matmul with the SwiGLU epilogue
         "linear+residual": 2 * n,       # o_proj and down_proj add the residual in their epilogue
         "rms_norm+linear": 2 * n + 1,   # both norms per layer and the final norm as matmul prologues

@@ -49,7 +49,7 @@ def test_generation_config_sources(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [3, 4], "pad_token_id": 0}))
     cfg = GenerationConfig.from_dir(tmp_path, json.loads((tmp_path / "config.json").read_text()))
     assert cfg.eos_token_ids == [3, 4] and cfg.pad_token_id == 0
-    assert cfg.resolved("top_k") == 50 and cfg.resolved("max_length") == 20  # HF's defaults
+    assert cfg.resolved("top_k") == 50 and cfg.resolved("do_sample") is False  # HF's defaults
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "temperature": 0.6,
                                                                  "num_beams": 4}))
     with pytest.warns(UserWarning, match="num_beams"):

@@ -7,7 +7,7 @@ import math
 from kiln.ir import Graph, Value
 
 from ..registry import jvp_rule, vjp_rule
-from ._util import add_terms, expand, graph_of, unbroadcast, zeros
+from ._util import add_terms, expand, graph_of, unbroadcast
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -209,5 +209,3 @@ def _where_jvp(node, tangents):
     zero = _zero(g, y)
     return [expand(g, g.where(cond, ta if ta is not None else zero, tb if tb is not None else zero), y.shape)]
 
-
-__all__ = ["sign", "silu_grad", "gelu_grad", "sigmoid_grad", "zeros"]

@@ -23,5 +23,5 @@ def _fused_linear_decomposed(g: Graph, inputs, attrs):
     elif act in ("gelu", "gelu_tanh"):
         y = g.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
     if residual is not None:
-        y = g.add(y, residual) if tuple(residual.shape) == tuple(y.shape) else g.add(y, residual)
+        y = g.add(y, residual)
     return [y]

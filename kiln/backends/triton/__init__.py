@@ -1,0 +1,27 @@
+"""The GPU backend: Plans run as generated Triton kernels over one arena, replayed as a CUDA graph.
+
+Kernels per archetype (`kernels/`):
+
+| archetype | ops | kernel |
+|---|---|---|
+| pointwise | every elementwise op, cast, where, clamp, swiglu/geglu; chains of them | one generated kernel per fused expression (`pointwise.py`) |
+| reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` |
+| matmul | matmul (one collapsible batch dim), linear, fused_linear; + norm prologue, bias / activation / gated / residual / cast epilogue | Triton GEMM for M < 128, cuBLAS + generated epilogue above (`matmul.py`) |
+| attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask) | flash forward, split-KV decode (`attention.py`) |
+| layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; KV-cache write | `layout.py`, pointwise copies |
+
+Fallbacks (never a silent approximation: these compute the reference semantics):
+
+| ops | runs as |
+|---|---|
+| softmax/log_softmax over a non-last axis; max/min/argmax of integers; sum/mean/max/min over non-consecutive axes; group_norm; pad; gather; take_along_axis; one_hot; index_add; scatter_add; pixel_shuffle/unshuffle; slice with a negative step; attention with a value head dim unlike q's; conv1-3d; conv_transpose1-3d; matmul whose batch dims do not collapse to one | torch on the GPU (`fallback.py`; captured in the CUDA graph) |
+| everything else (pools, interpolate, interpolate_backward, attention_backward, ...) | the NumPy reference kernel on the host (device round trip; the plan then runs without a CUDA graph) |
+
+`TritonExecutor(plan)` has the NumPy executor's `run(inputs, params)` interface plus
+`params_changed`, `run_device` (device tensors, KV cache kept on the GPU) and `stats()`.
+Tests run the same kernels on the CPU under `TRITON_INTERPRET=1`.
+"""
+
+from .executor import TritonExecutor, kv_state_pairs
+
+__all__ = ["TritonExecutor", "kv_state_pairs"]

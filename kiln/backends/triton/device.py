@@ -73,9 +73,14 @@ def kiln_dtype(dt: torch.dtype) -> DType:
         raise TypeError(f"torch dtype {dt} has no kiln equivalent; expected one of {sorted(_TORCH)}") from None
 
 
+def _c_order(arr) -> np.ndarray:
+    a = np.asarray(arr)
+    return a if a.flags.c_contiguous else a.copy(order="C")   # (np.ascontiguousarray makes 0-d 1-d)
+
+
 def to_torch(arr: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """A torch copy of a NumPy array on `device`; bfloat16 travels as its raw 16-bit pattern."""
-    a = np.ascontiguousarray(arr)
+    a = _c_order(arr)
     if a.dtype.name == "bfloat16":
         t = torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
     else:
@@ -94,7 +99,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def copy_into(dst: torch.Tensor, arr: np.ndarray) -> None:
     """Copy a host array into an existing device buffer of the same shape and dtype."""
-    a = np.ascontiguousarray(arr)
+    a = _c_order(arr)
     if tuple(a.shape) != tuple(dst.shape):
         raise ValueError(f"copy_into: array of shape {a.shape} into a buffer of shape {tuple(dst.shape)}")
     if a.dtype.name == "bfloat16":

@@ -136,37 +136,42 @@ class TritonExecutor:
             fn(*args)
 
     def warmup(self) -> None:
-        """Compile every kernel (one eager pass over the current buffers) and capture the CUDA graph."""
-        if self._compiled:
-            return
+        """Compile every kernel now (one eager pass over whatever the buffers hold) and capture the
+        CUDA graph, so the first real run only replays. Without it the first run compiles."""
+        if not self._compiled:
+            self._compile_pass()
+        if self.cuda_graph and self._graph is None:
+            self._capture()
+
+    def _compile_pass(self) -> None:
         t0 = time.perf_counter()
         self._launch_all()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        t1 = time.perf_counter()
-        self.stage_seconds["kernel_compile"] = t1 - t0
+        self.stage_seconds["kernel_compile"] = time.perf_counter() - t0
         self._compiled = True
-        if self.cuda_graph:
-            try:
-                s = torch.cuda.Stream(self.device)
-                s.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(s):
-                    self._launch_all()
-                torch.cuda.current_stream(self.device).wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    self._launch_all()
-                torch.cuda.synchronize(self.device)
-                self._graph = g
-            except Exception as e:  # a launch that cannot be captured: run eagerly, and say so
-                self._graph = None
-                self.cuda_graph = False
-                self.graph_error = f"{type(e).__name__}: {e}"
-            self.stage_seconds["graph_capture"] = time.perf_counter() - t1
+
+    def _capture(self) -> None:
+        """Record the launch sequence as a CUDA graph (recording does not execute it)."""
+        t0 = time.perf_counter()
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self._launch_all()
+            torch.cuda.synchronize(self.device)
+            self._graph = g
+        except Exception as e:  # a launch that cannot be captured: run eagerly, and say so
+            self._graph = None
+            self.cuda_graph = False
+            self.graph_error = f"{type(e).__name__}: {e}"
+        self.stage_seconds["graph_capture"] = time.perf_counter() - t0
 
     def _execute(self) -> None:
-        if not self._compiled:
-            self.warmup()
+        if not self._compiled:      # the first run compiles its kernels as it goes
+            self._compile_pass()
+            return
+        if self.cuda_graph and self._graph is None:
+            self._capture()
         if self._graph is not None:
             self._graph.replay()
         else:

@@ -139,25 +139,28 @@ def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
             fp.matmul[i] = f
             fp.absorbed.update(f.absorbed)
 
-    # pointwise chains
+    # pointwise chains: absorb producer chains whose output only this chain reads (a DAG is fine:
+    # a value read by several steps joins once all of its readers are in the chain)
     group_of: dict[int, int] = {}    # step -> last step of its group
     ok = pointwise_ok or (lambda step: pointwise_supports(step.op, step.attrs))
     for i, s in enumerate(steps):
         if i in fp.absorbed or s.kind == "view" or len(s.outputs) != 1 or not ok(s):
             continue
-        members = [i]
-        for v in _flat(s.inputs):
-            p = producer.get(v)
-            if p is None or p not in group_of or only_reader(v) != i:
-                continue
-            last = group_of[p]
-            if last != p or last in fp.absorbed:  # only a chain's final value can be consumed
-                continue
-            chain = fp.groups.pop(last)
-            members = chain + [m for m in members if m not in chain]
-        members.sort()
-        for m in members:
+        members = {i}
+        changed = True
+        while changed:
+            changed = False
+            produced = {o for m in members for o in steps[m].outputs}
+            for v in {v for m in members for v in _flat(steps[m].inputs)} - produced:
+                p = producer.get(v)
+                if p is None or group_of.get(p) != p or p in fp.absorbed or p not in fp.groups or v in keep:
+                    continue
+                if all(r in members for r in readers.get(v, [])):
+                    members.update(fp.groups.pop(p))
+                    changed = True
+        ordered = sorted(members)
+        for m in ordered:
             group_of[m] = i
-        fp.groups[i] = members
-        fp.absorbed.update(m for m in members if m != i)
+        fp.groups[i] = ordered
+        fp.absorbed.update(m for m in ordered if m != i)
     return fp

@@ -453,8 +453,9 @@ class Lowering:
             a = a.expand(batch + (M, K))
             b = b.expand(batch + (K, N))
         else:
-            x = self.vals[s.inputs[0]]
-            if f.norm_step is not None:
+            if f.norm_step is None:
+                x = self.vals[s.inputs[0]]
+            else:
                 ns = steps[f.norm_step]
                 x = self.vals[ns.inputs[0]]
                 norm, eps = ns.op, ns.attrs["eps"]
@@ -495,38 +496,44 @@ class Lowering:
         out_t = self.types[f.out]
         n_out = out_t.shape[-1]
         if s.op == "matmul":
-            # one batch dim: collapse the broadcast batch dims of a, b and c together
+            # at most two batch dims: collapse the broadcast batch dims of a, b and c together
             from .kernels.pointwise import collapse
             c_full = torch.empty(out_t.shape, dtype=torch_dtype(out_t.dtype), device="meta")
             if batch:
-                shp, (sa, sb, sc) = collapse(batch, [a.stride()[:-2], b.stride()[:-2], c_full.stride()[:-2]])
-                if len(shp) != 1:
-                    raise NotImplementedError("matmul batch dims that do not collapse to one")
-                bt = shp[0]
-                a = a.as_strided((bt, M, K), (sa[0] if bt > 1 else 0, a.stride(-2), a.stride(-1)), a.storage_offset())
-                b = b.as_strided((bt, K, N), (sb[0] if bt > 1 else 0, b.stride(-2), b.stride(-1)), b.storage_offset())
+                shp, (sa, sb, _) = collapse(batch, [a.stride()[:-2], b.stride()[:-2], c_full.stride()[:-2]])
+                if len(shp) > 2:
+                    raise NotImplementedError("matmul batch dims that do not collapse to two")
+                shp, sa, sb = (1,) * (2 - len(shp)) + shp, (0,) * (2 - len(sa)) + sa, (0,) * (2 - len(sb)) + sb
             else:
-                bt = 1
-                a, b = a.unsqueeze(0), b.unsqueeze(0)
-            batch = (bt,)
-        bt = batch[0]
+                shp, sa, sb = (1, 1), (0, 0), (0, 0)
+            a = a.as_strided(shp + (M, K), sa + (a.stride(-2), a.stride(-1)), a.storage_offset())
+            b = b.as_strided(shp + (K, N), sb + (b.stride(-2), b.stride(-1)), b.storage_offset())
+            batch = shp
+        else:
+            batch = (1, 1)
+            a, b = a.unsqueeze(0), b.unsqueeze(0)
+        bt = batch[0] * batch[1]
         out = self._out(f.out)
-        c = out.meta.view(bt, M, n_out)
+        c = out.meta.view(batch + (M, n_out))
         r3 = None
         rop = None
         if residual is not None:
             rop = self.vals[residual]
             re = rop.meta.expand(out_t.shape)
             try:
-                r3 = re.view(bt, M, n_out)
+                r3 = re.view(batch + (M, n_out))
             except RuntimeError:
                 rop = self._contiguous(rop.derive(re))
-                r3 = rop.meta.view(bt, M, n_out)
+                r3 = rop.meta.view(batch + (M, n_out))
         dtype = a.dtype
         impl = mm_k.choose_impl(M, n_out, K, torch.device(self.device_type if not interpreting() else "cpu"))
         if activation in mm_k.GATED and bias is not None:
             raise NotImplementedError("gated activation with bias")
+        if impl == "cublas" and batch[0] > 1:
+            impl = "triton"   # torch.matmul(out=) takes one batch dim of views
         if impl == "cublas":
+            a, b, c = a[0], b[0], c[0]
+            r3 = r3[0] if r3 is not None else None
             k = mm_k.CublasMatmul(M, n_out, K, bt, dtype, c_meta=c, residual_meta=r3, norm=norm, eps=eps,
                                   unit_offset=unit, has_bias=bias is not None, activation=activation,
                                   round_out=f.round_to_input)

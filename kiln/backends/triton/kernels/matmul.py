@@ -28,8 +28,8 @@ from . import tmath as tm
 
 @triton.jit
 def _matmul_kernel(a, b, c, bias, res, nw, nb,
-                   M, N, K,
-                   sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, srb, srm, srn,
+                   M, N, K, B1,
+                   sab0, sab, sam, sak, sbb0, sbb, sbk, sbn, scb0, scb, scm, scn, srb0, srb, srm, srn,
                    up_off, eps,
                    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_BIAS: tl.constexpr,
                    ACT: tl.constexpr, GATED: tl.constexpr, HAS_RES: tl.constexpr,
@@ -37,6 +37,8 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
                    IEEE: tl.constexpr, DOT_DTYPE: tl.constexpr, INTERP: tl.constexpr, ROUND: tl.constexpr):
     pid = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
+    b0 = bid // B1
+    b1 = bid % B1
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     group = GROUP_M * num_n
@@ -50,8 +52,8 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
     rk = tl.arange(0, BK)
     mmask = rm < M
     nmask = rn < N
-    a_ptr = a + bid * sab + rm[:, None].to(tl.int64) * sam
-    b_ptr = b + bid * sbb + rn[None, :].to(tl.int64) * sbn
+    a_ptr = a + b0 * sab0 + b1 * sab + rm[:, None].to(tl.int64) * sam
+    b_ptr = b + b0 * sbb0 + b1 * sbb + rn[None, :].to(tl.int64) * sbn
 
     if NORM != "none":  # row statistics over all of K
         s1 = tl.zeros([BM], tl.float32)
@@ -105,11 +107,11 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
         acc = tm.activation(acc, ACT)
     cmask = mmask[:, None] & nmask[None, :]
     if HAS_RES:
-        r = tl.load(res + bid * srb + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)
+        r = tl.load(res + b0 * srb0 + b1 * srb + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)
         acc += r.to(tl.float32)
     if ROUND:  # a fused cast to float32 of a half-precision result: round as the unfused graph does
         acc = acc.to(DOT_DTYPE).to(tl.float32)
-    tl.store(c + bid * scb + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn,
+    tl.store(c + b0 * scb0 + b1 * scb + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn,
              acc.to(c.dtype.element_ty), mask=cmask)
 
 
@@ -140,7 +142,8 @@ def config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
 
 
 class Matmul:
-    """One fused matmul launch over views a [Bt, M, K], b [Bt, K, N(2N gated)], c [Bt, M, N]."""
+    """One fused matmul launch over views a [B0, B1, M, K], b [B0, B1, K, N (2N gated)], c [B0, B1, M, N]
+    (or 3-d views without B0); batch strides of 0 broadcast."""
 
     archetype = "matmul"
 
@@ -162,22 +165,27 @@ class Matmul:
         self.grid = (triton.cdiv(M, self.cfg["BM"]) * triton.cdiv(N, self.cfg["BN"]), batch)
 
     def __call__(self, a, b, c, bias=None, residual=None, norm_weight=None, norm_bias=None) -> None:
-        """a, b, c, residual: 3-d views [batch or 1, rows, cols] (batch stride 0 = broadcast)."""
+        """a, b, c, residual: views [(B0,) B1, rows, cols] (batch stride 0 = broadcast)."""
         cfg = self.cfg
-        res = residual if residual is not None else c
+        a, b, c = _4d(a), _4d(b), _4d(c)
+        res = _4d(residual) if residual is not None else c
         _matmul_kernel[self.grid](
             a, b, c, bias if bias is not None else c, res,
             norm_weight if norm_weight is not None else c, norm_bias if norm_bias is not None else c,
-            self.M, self.N, self.K,
-            _bs(a), a.stride(1), a.stride(2), _bs(b), b.stride(1), b.stride(2), _bs(c), c.stride(1), c.stride(2),
-            _bs(res), res.stride(1), res.stride(2),
+            self.M, self.N, self.K, c.shape[1],
+            *_strides(a), *_strides(b), *_strides(c), *_strides(res),
             self.N, self.eps,
             BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **self.flags)
 
 
-def _bs(t: torch.Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else 0
+def _4d(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 4 else t.unsqueeze(0)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """Two batch strides (0 where that batch dim has size 1) and the row and column strides."""
+    return (t.stride(0) if t.shape[0] > 1 else 0, t.stride(1) if t.shape[1] > 1 else 0, t.stride(2), t.stride(3))
 
 
 class CublasMatmul:

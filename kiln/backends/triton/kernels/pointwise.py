@@ -10,7 +10,9 @@ the store (a `cast` to a half type rounds where it stands, as its meaning requir
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,7 +150,7 @@ def generate_source(expr: PointwiseExpr, shape: tuple[int, ...], in_strides: lis
 
     def offset(strides) -> str:
         terms = [(i if s == 1 else f"{i} * {s}") for i, s in zip(idx, strides) if s != 0]
-        return " + ".join(terms) if terms else "0"
+        return " + ".join(terms) if terms else "offs * 0"   # a broadcast scalar: still one pointer per lane
 
     names = {}
     for i, dt in enumerate(expr.input_dtypes):
@@ -223,6 +225,10 @@ def _emit(op: str, a: list[str], attrs: dict, dt: DType, in_dt: DType | None) ->
     raise NotImplementedError(f"pointwise codegen has no rule for op {op!r}")
 
 
+# the generator's own source is part of every key: editing it invalidates cached kernels
+_GENERATOR = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 # ---- launching --------------------------------------------------------------------------------
 
 def _block_for(n: int) -> int:
@@ -255,7 +261,7 @@ class PointwiseKernel:
         for o, dt in zip(out_views, out_dtypes):
             if o.dtype != _torch_of(dt):
                 raise TypeError(f"pointwise kernel: output buffer {o.dtype} does not hold {dt}")
-        key = {"expr": expr.key(), "shape": cshape, "in": in_str, "out": out_str, "wide": wide}
+        key = {"expr": expr.key(), "shape": cshape, "in": in_str, "out": out_str, "wide": wide, "gen": _GENERATOR}
         self.key = key
         cache = cache or default_cache()
         self.fn = cache.kernel("pointwise", key,

@@ -1,0 +1,74 @@
+"""Matmul archetype: batched matmul with transposes, linear, fused_linear and the fused prologue /
+epilogue patterns (norm -> linear, linear -> residual add, linear -> split -> swiglu, -> cast)."""
+
+import numpy as np
+import pytest
+
+from helpers import check, randn
+from kiln.ir import Graph
+
+
+def test_batched_matmul_with_transposes_and_broadcast_batch(rng):
+    g = Graph()
+    a = g.input("a", (2, 3, 7, 5))
+    b = g.input("b", (3, 6, 7))
+    c = g.input("c", (1, 7, 4))
+    d = g.input("d", (5, 4))
+    g.output("ab", g.matmul(a, b, transpose_a=True, transpose_b=True))   # [2,3,5,6]
+    g.output("ac", g.matmul(g.transpose(a, perm=[0, 1, 3, 2]), c))       # [2,3,5,4]
+    g.output("mm2d", g.matmul(g.reshape(a, shape=[42, 5]), d))
+    ex = check(g, {"a": randn(rng, (2, 3, 7, 5)), "b": randn(rng, (3, 6, 7)), "c": randn(rng, (1, 7, 4)),
+                   "d": randn(rng, (5, 4))})
+    assert ex.stats()["by_archetype"]["matmul"] == 3 and not ex.stats()["fallbacks"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_linear_and_fused_linear(rng, dtype):
+    g = Graph()
+    x = g.input("x", (2, 3, 24), dtype)
+    w = g.parameter("w", (20, 24), dtype)
+    w2 = g.parameter("w2", (40, 24), dtype)
+    bias = g.parameter("bias", (20,), dtype)
+    nw = g.parameter("nw", (24,), dtype)
+    nb = g.parameter("nb", (24,), dtype)
+    r = g.input("r", (2, 3, 20), dtype)
+    g.output("linear", g.linear(x, w, bias))
+    g.output("fl_rms_silu_res", g.fused_linear(x, w, bias, r, nw, None, activation="silu", norm="rms_norm", eps=1e-6))
+    g.output("fl_ln_gelu", g.fused_linear(x, w, None, None, nw, nb, activation="gelu_tanh", norm="layer_norm"))
+    g.output("fl_swiglu", g.fused_linear(x, w2, None, r, None, None, activation="swiglu"))
+    g.output("fl_relu_unit", g.fused_linear(x, w, bias, None, nw, None, activation="relu", norm="rms_norm",
+                                            add_unit_offset=True))
+    params = {"w": randn(rng, (20, 24), dtype, 0.2), "w2": randn(rng, (40, 24), dtype, 0.2),
+              "bias": randn(rng, (20,), dtype), "nw": randn(rng, (24,), dtype), "nb": randn(rng, (24,), dtype)}
+    check(g, {"x": randn(rng, (2, 3, 24), dtype), "r": randn(rng, (2, 3, 20), dtype)}, params)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
+    """norm -> linear becomes a prologue; + residual, split + swiglu, cast become epilogues."""
+    g = Graph()
+    x = g.input("x", (2, 5, 16), dtype)
+    p = {n: g.parameter(n, s, dtype) for n, s in
+         [("n1", (16,)), ("wo", (16, 16)), ("n2", (16,)), ("wgu", (48, 16)), ("wd", (16, 24)), ("head", (11, 16))]}
+    h = x + g.linear(g.rms_norm(x, p["n1"], eps=1e-5), p["wo"])
+    gate, up = g.split(g.linear(g.layer_norm(h, p["n2"], None), p["wgu"]), sizes=[24, 24], axis=-1)
+    h = g.linear(g.swiglu(gate, up), p["wd"]) + h
+    g.output("h", h)
+    g.output("logits", g.cast(g.linear(h, p["head"]), dtype="float32"))
+    shapes = {"n1": (16,), "wo": (16, 16), "n2": (16,), "wgu": (48, 16), "wd": (16, 24), "head": (11, 16)}
+    params = {n: randn(rng, s, dtype, 0.3) for n, s in shapes.items()}
+    ex = check(g, {"x": randn(rng, (2, 5, 16), dtype)}, params)
+    assert ex.stats()["by_archetype"] == {"matmul": 4}, ex.describe()
+    fused = ex.stats()["fused"]
+    assert fused["norm_prologue"] == 2 and fused["matmul_residual"] == 2 and fused["matmul_activation"] == 1
+
+
+def test_residual_that_is_computed_after_the_matmul_is_not_fused(rng):
+    g = Graph()
+    x = g.input("x", (4, 8))
+    w = g.parameter("w", (8, 8))
+    y = g.linear(x, w)
+    later = g.exp(x)              # produced after the matmul: cannot be its epilogue operand
+    g.output("y", y + later)
+    ex = check(g, {"x": randn(rng, (4, 8))}, {"w": randn(rng, (8, 8))})
+    assert "matmul_residual" not in ex.stats()["fused"]

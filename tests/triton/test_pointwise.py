@@ -1,0 +1,81 @@
+"""Pointwise archetype: generated kernels for fused elementwise chains vs the NumPy kernels."""
+
+import numpy as np
+import pytest
+
+from helpers import check, randn
+from kiln.ir import Graph
+
+UNARY = ["exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "erf", "neg", "abs", "relu"]
+BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_unary_and_binary_op_fused_in_one_kernel(rng, dtype):
+    g = Graph()
+    x = g.input("x", (3, 5), dtype)
+    y = g.input("y", (5,), dtype)          # broadcast along rows
+    pos = g.abs(x) + g.scalar(0.5, dtype)  # positive operand for log/sqrt/pow
+    for i, op in enumerate(UNARY):
+        arg = pos if op in ("log", "sqrt", "rsqrt") else x
+        g.output(f"u_{op}", getattr(g, op)(arg))
+    for op in BINARY:
+        a = pos if op == "pow" else x
+        g.output(f"b_{op}", getattr(g, op)(a, y))
+    g.output("gelu", g.gelu(x, approximate="none"))
+    g.output("gelu_tanh", g.gelu(x, approximate="tanh"))
+    g.output("swiglu", g.swiglu(x, y))
+    g.output("geglu", g.geglu(x, y, approximate="tanh"))
+    g.output("clamp", g.clamp(x, min=-0.5, max=0.25))
+    ex = check(g, {"x": randn(rng, (3, 5), dtype), "y": randn(rng, (5,), dtype)})
+    assert ex.stats()["by_archetype"] == {"pointwise": len(ex.program.launches)}
+    assert not ex.stats()["fallbacks"]
+
+
+def test_chain_runs_as_one_launch_with_strided_and_broadcast_operands(rng):
+    g = Graph()
+    x = g.input("x", (4, 6))
+    b = g.input("b", (4, 1))
+    xt = g.transpose(x, perm=[1, 0])                   # a strided view, read in place
+    h = g.silu(xt * 2.0 + g.transpose(b, perm=[1, 0]))
+    out = g.where(g.greater(h, g.scalar(0.1)), h, g.tanh(h) - 1.0)
+    g.output("y", g.cast(out, dtype="bfloat16"))
+    ex = check(g, {"x": randn(rng, (4, 6)), "b": randn(rng, (4, 1))})
+    assert len(ex.program.launches) == 1
+    assert ex.stats()["fused"]["pointwise_chain"] == 1
+
+
+def test_integer_bool_compare_logical_and_casts(rng):
+    g = Graph()
+    i = g.input("i", (2, 7), "int64")
+    j = g.input("j", (7,), "int64")
+    s = i * j - g.scalar(3, "int64")
+    both = g.logical_and(g.greater(s, g.scalar(0, "int64")), g.logical_not(g.equal(i, j)))
+    g.output("s", s)
+    g.output("mx", g.maximum(i, j))
+    g.output("both", g.logical_or(both, g.less_equal(i, g.scalar(-2, "int64"))))
+    g.output("f", g.cast(s, dtype="float32") / 4.0)
+    g.output("back", g.cast(g.cast(i, dtype="float32") * 1.5, dtype="int32"))
+    g.output("half", g.cast(g.cast(i, dtype="float32") / 7.0, dtype="float16"))
+    check(g, {"i": rng.integers(-5, 5, (2, 7)), "j": rng.integers(-5, 5, (7,))})
+
+
+def test_nan_and_inf_follow_numpy(rng):
+    g = Graph()
+    x = g.input("x", (6,))
+    g.output("mx", g.maximum(x, g.scalar(0.0)))
+    g.output("relu", g.relu(x))
+    g.output("clamp", g.clamp(x, min=-1.0))
+    g.output("exp", g.exp(x))
+    g.output("div", x / g.scalar(0.0))
+    g.output("sig", g.sigmoid(x))
+    x_val = np.array([np.nan, np.inf, -np.inf, 0.0, 100.0, -100.0], np.float32)
+    with np.errstate(all="ignore"):
+        check(g, {"x": x_val})
+
+
+def test_float64_and_large_literals(rng):
+    g = Graph()
+    x = g.input("x", (9,), "float64")
+    g.output("y", g.exp(x) * g.scalar(1e10, "float64") + g.scalar(0.1, "float64"))
+    check(g, {"x": randn(rng, (9,), "float64")})

@@ -1,0 +1,75 @@
+"""Reduction archetype: softmax, norms (with fused residual), sum/mean/max/min/argmax vs NumPy."""
+
+import numpy as np
+import pytest
+
+from helpers import check, randn
+from kiln.ir import Graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_softmax_log_softmax_and_norms(rng, dtype):
+    g = Graph()
+    x = g.input("x", (3, 2, 40), dtype)
+    w = g.parameter("w", (40,), dtype)
+    b = g.parameter("b", (40,), dtype)
+    g.output("softmax", g.softmax(x, axis=-1))
+    g.output("log_softmax", g.log_softmax(x, axis=2))
+    g.output("softmax_axis1", g.softmax(x, axis=1))          # torch fallback
+    g.output("rms", g.rms_norm(x, w, eps=1e-6))
+    g.output("rms_gemma", g.rms_norm(x, w, eps=1e-6, add_unit_offset=True))
+    g.output("rms_plain", g.rms_norm(x, None))
+    g.output("ln", g.layer_norm(x, w, b, eps=1e-5))
+    ex = check(g, {"x": randn(rng, (3, 2, 40), dtype, 3.0)},
+               {"w": randn(rng, (40,), dtype), "b": randn(rng, (40,), dtype)})
+    assert ex.stats()["fallbacks"] == {"softmax [torch]": 1}
+
+
+def test_rows_longer_than_one_block_loop(rng):
+    g = Graph()
+    x = g.input("x", (2, 20000))
+    w = g.parameter("w", (20000,))
+    g.output("softmax", g.softmax(x))
+    g.output("ln", g.layer_norm(x, w, None))
+    g.output("rms", g.rms_norm(x, w))
+    g.output("sum", g.sum(x, axes=[-1]))
+    check(g, {"x": randn(rng, (2, 20000), scale=4.0)}, {"w": randn(rng, (20000,))})
+
+
+def test_masked_softmax_rows(rng):
+    g = Graph()
+    x = g.input("x", (3, 8))
+    g.output("y", g.softmax(x))
+    g.output("z", g.log_softmax(x))
+    v = randn(rng, (3, 8))
+    v[0, :3] = -np.inf
+    v[1, :] = -np.inf   # a fully masked row: NaN, as NumPy gives
+    with np.errstate(invalid="ignore"):
+        check(g, {"x": v})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sum_mean_max_min_argmax(rng, dtype):
+    g = Graph()
+    x = g.input("x", (4, 3, 5, 6), dtype)
+    g.output("sum_last", g.sum(x, axes=[-1]))
+    g.output("mean_mid", g.mean(x, axes=[1, 2], keepdims=True))
+    g.output("max_first", g.max(x, axes=[0]))
+    g.output("min_all", g.min(x))
+    g.output("sum_gap", g.sum(x, axes=[0, 2]))                 # not consecutive: torch fallback
+    g.output("argmax", g.argmax(x, axis=2))
+    g.output("argmax_last", g.argmax(x, axis=-1, keepdims=True))
+    check(g, {"x": randn(rng, (4, 3, 5, 6), dtype)})
+
+
+def test_integer_reductions_and_nan_max(rng):
+    g = Graph()
+    i = g.input("i", (5, 7), "int32")
+    x = g.input("x", (2, 4))
+    g.output("isum", g.sum(i, axes=[1]))
+    g.output("imax", g.max(i, axes=[0]))        # torch fallback
+    g.output("fmax", g.max(x, axes=[1]))
+    g.output("amax", g.argmax(x, axis=1))
+    xv = randn(rng, (2, 4))
+    xv[0, 2] = np.nan
+    check(g, {"i": rng.integers(-100, 100, (5, 7)).astype(np.int32), "x": xv})
