@@ -8,6 +8,7 @@ kiln.models.registry.CLI_RUNNERS (speech models take audio files instead).
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 
@@ -39,11 +40,12 @@ def _run(args) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
+    loader = loader_for(model_type, source=str(directory / "config.json"))
+    options = {"progress": True} if "progress" in inspect.signature(loader).parameters else {}
     t0 = time.perf_counter()
-    model = loader_for(model_type, source=str(directory / "config.json"))(
-        directory, device=args.device, dtype=args.dtype, progress=True)
+    model = loader(directory, device=args.device, dtype=args.dtype, **options)
     load_s = time.perf_counter() - t0
-    if not hasattr(model, "generate"):
+    if not hasattr(model, "generate_text"):
         raise ValueError(f"model_type {model_type!r} does not generate text; `kiln run --prompt` needs a language model")
     tok = model.tokenizer
     if tok is None:

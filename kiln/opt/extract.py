@@ -234,18 +234,20 @@ class Extractor:
         """
         v = self.view
         pos = [INF] * v.num_classes
-        limit = max(v.enc.value_types, default=0)
+        fixed = set()
         for vid, c in v.value_class.items():
-            if vid <= limit:
+            if vid in v.enc.value_types:  # an original value (not NoneT or a multi-output tuple)
                 pos[c] = min(pos[c], float(vid))
+                fixed.add(c)
         for n in v.nodes:
             if not n.kids:
                 pos[n.cls] = -1.0  # sources exist before anything runs, wherever the graph declared them
+                fixed.add(n.cls)
         changed = True
         while changed:
             changed = False
             for n in v.nodes:
-                if pos[n.cls] != INF and n.cls in self._fixed:
+                if n.cls in fixed:
                     continue
                 p = max((pos[k] for k in n.kids), default=-1.0)
                 if p != INF and p + 1e-6 < pos[n.cls]:
@@ -256,8 +258,6 @@ class Extractor:
     def extract(self, roots: list[int]) -> tuple[list[int], float]:
         """Best node per class (index into view.nodes, -1 if unreachable) and its DAG cost."""
         v = self.view
-        self._fixed = {c for vid, c in v.value_class.items() if vid <= max(v.enc.value_types, default=0)}
-        self._fixed.update(n.cls for n in v.nodes if not n.kids)
         pos = self._positions()
         allowed = [all(pos[k] < pos[n.cls] for k in n.kids) for n in v.nodes]
         sel = self._fixpoint(allowed, None, None)

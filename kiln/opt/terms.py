@@ -223,10 +223,19 @@ def _type_rows(v: Value, enc: Encoding) -> None:
 def _encode_op(node: Node, enc: Encoding) -> bool:
     """Rows for ops the rules know; False means the op goes in opaque."""
     op, a, ins = node.op, node.attrs, node.inputs
+    rows = enc.rows
+    if op == "split":  # a split of the last axis is its slices; extraction regroups them
+        x = ins[0]
+        if not x.ndim or norm_axis(a["axis"], x.ndim) != x.ndim - 1 or any(n == 0 for n in a["sizes"]):
+            return False
+        start = 0
+        for out, n in zip(node.outputs, a["sizes"]):
+            rows["SliceRow"].append((out.id, start, start + n, x.id))
+            start += n
+        return True
     o = node.outputs[0].id if len(node.outputs) == 1 else None
     if o is None:
         return False
-    rows = enc.rows
     ids = [_id(v) if not isinstance(v, list) else None for v in ins]
     if op in UNARY:
         if op == "softmax" and norm_axis(a["axis"], ins[0].ndim) != ins[0].ndim - 1:

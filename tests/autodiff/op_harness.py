@@ -56,8 +56,10 @@ def output_weights(case: Case, inputs, rng):
     return [rng.standard_normal(o.shape).astype(o.dtype.np_dtype) if o.dtype.is_float else None for o in outs]
 
 
-def run(graph, feeds):
-    return kiln.compile(graph).run(**feeds)
+def run(graph, feeds, optimize=False):
+    """Compile and run. The op tables check rules, so by default they skip the e-graph optimizer
+    (about 0.2 s per graph); the float64 VJP pass and the whole-model tests run optimized."""
+    return kiln.compile(graph, optimize=optimize).run(**feeds)
 
 
 # ---- torch side ----------------------------------------------------------------------
@@ -128,10 +130,10 @@ def torch_jvp(case, inputs, tangents):
 
 # ---- kiln side ----------------------------------------------------------------------
 
-def kiln_grads(case, inputs, weights):
+def kiln_grads(case, inputs, weights, optimize=False):
     g, _ = op_graph(case, inputs, weights)
     names = float_names(inputs)
-    res = run(grad(g, names, "loss"), dict(flat_named(inputs)))
+    res = run(grad(g, names, "loss"), dict(flat_named(inputs)), optimize)
     return [res[grad_name(n)] for n in names]
 
 

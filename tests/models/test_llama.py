@@ -8,7 +8,6 @@ generation must produce HF's exact tokens.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import warnings
@@ -147,6 +146,21 @@ def test_bfloat16_checkpoint_and_dtypes(tmp_path):
         model = load(tmp_path, dtype=dtype)
         assert model.params["model.norm.weight"].dtype.name == dtype
         np.testing.assert_allclose(model(ids), ref, atol=atol, rtol=0)
+
+
+def test_load_by_model_id_from_the_hf_cache(checkpoint, tmp_path, monkeypatch):
+    ck = checkpoint("qwen3")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-qwen3"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in ck.path.iterdir():
+        (snap / f.name).symlink_to(f)  # the hub cache links snapshot files to blobs
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    ids = np.random.default_rng(12).integers(0, ck.vocab_size, size=(1, 5))
+    np.testing.assert_allclose(load("tiny-org/tiny-qwen3")(ids), hf_logits(ck.hf, ids), atol=ATOL, rtol=0)
 
 
 def test_load_without_optimizer_matches(checkpoint):
@@ -313,7 +327,6 @@ def test_truncated_safetensors(broken):
 def test_corrupted_header(broken):
     f = broken / "model.safetensors"
     raw = bytearray(f.read_bytes())
-    (n,) = struct.unpack("<Q", raw[:8])
     raw[8:8 + 16] = b"\xff" * 16
     f.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="not valid UTF-8 JSON"):

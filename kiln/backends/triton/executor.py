@@ -204,7 +204,13 @@ class TritonExecutor:
         Returns the output buffers themselves (no copy): they are valid until the next run."""
         if not self._params_ready:
             raise RuntimeError("parameters are not uploaded; call params_changed (CompiledGraph.load_params)")
-        for name, x in (feeds or {}).items():
+        self.feed(feeds or {})
+        self._execute()
+        return self.outputs
+
+    def feed(self, feeds: dict[str, "torch.Tensor | np.ndarray"]) -> None:
+        """Copy inputs (e.g. a prefilled KV cache into the state buffers) without running."""
+        for name, x in feeds.items():
             if name not in self.inputs:
                 raise KeyError(f"unknown input {name!r}; expected one of {sorted(self.inputs)}")
             dst = self.inputs[name]
@@ -216,8 +222,6 @@ class TritonExecutor:
                     raise ValueError(f"input {name!r}: expected {tuple(dst.shape)} {dst.dtype}, "
                                      f"got {tuple(x.shape)} {x.dtype}")
                 dst.copy_(x, non_blocking=True)
-        self._execute()
-        return self.outputs
 
     # ---- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:

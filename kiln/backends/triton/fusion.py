@@ -129,8 +129,9 @@ def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
                 f.absorbed.append(j)
                 y = t.outputs[0]
                 continue
-            if t.op == "cast" and types[t.outputs[0]].dtype.name == "float32" and in_dtype in ("bfloat16", "float16"):
-                f.round_to_input = True
+            if t.op == "cast" and types[t.outputs[0]].dtype.name == "float32" and \
+                    in_dtype in ("bfloat16", "float16", "float32"):
+                f.round_to_input = in_dtype != "float32"
                 f.absorbed.append(j)
                 y = t.outputs[0]
             break

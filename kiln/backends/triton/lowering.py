@@ -536,12 +536,12 @@ class Lowering:
             r3 = r3[0] if r3 is not None else None
             k = mm_k.CublasMatmul(M, n_out, K, bt, dtype, c_meta=c, residual_meta=r3, norm=norm, eps=eps,
                                   unit_offset=unit, has_bias=bias is not None, activation=activation,
-                                  round_out=f.round_to_input)
+                                  round_out=f.round_to_input, has_norm_bias=nb is not None)
             scratch = self._scratch(k.scratch())
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,
                             has_bias=bias is not None, activation=activation, has_residual=residual is not None,
-                            round_out=f.round_to_input)
+                            round_out=f.round_to_input, has_norm_bias=nb is not None)
             scratch = None
         args = [aop.derive(a), bop.derive(b), out.derive(c), bias, rop.derive(r3) if rop is not None else None, nw, nb]
         if scratch is not None:

@@ -31,7 +31,7 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
                    M, N, K, B1,
                    sab0, sab, sam, sak, sbb0, sbb, sbk, sbn, scb0, scb, scm, scn, srb0, srb, srm, srn,
                    up_off, eps,
-                   NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    ACT: tl.constexpr, GATED: tl.constexpr, HAS_RES: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                    IEEE: tl.constexpr, DOT_DTYPE: tl.constexpr, INTERP: tl.constexpr, ROUND: tl.constexpr):
@@ -83,7 +83,7 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
             if UNIT_OFFSET:
                 wv = wv + 1.0
             t = t * wv[None, :]
-            if NORM == "layer_norm":
+            if HAS_NORM_BIAS:
                 t = t + tl.load(nb + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
             at = t.to(DOT_DTYPE)
         bt = tl.load(b_ptr + kk[:, None] * sbk, mask=kmask[:, None] & nmask[None, :], other=0.0)
@@ -149,7 +149,8 @@ class Matmul:
 
     def __init__(self, M: int, N: int, K: int, batch: int, dtype: torch.dtype, *, norm: str = "none",
                  eps: float = 1e-5, unit_offset: bool = False, has_bias: bool = False,
-                 activation: str = "none", has_residual: bool = False, round_out: bool = False):
+                 activation: str = "none", has_residual: bool = False, round_out: bool = False,
+                 has_norm_bias: bool = False):
         if norm not in NORMS:
             raise NotImplementedError(f"matmul prologue norm {norm!r} is not one of {NORMS}")
         if activation not in ACTIVATIONS:
@@ -157,7 +158,7 @@ class Matmul:
         self.M, self.N, self.K, self.batch = M, N, K, batch
         self.cfg = config(M, N, K, dtype)
         self.gated = activation in GATED
-        self.flags = dict(NORM=norm, UNIT_OFFSET=unit_offset, HAS_BIAS=has_bias, ACT=activation, GATED=self.gated,
+        self.flags = dict(NORM=norm, UNIT_OFFSET=unit_offset, HAS_NORM_BIAS=has_norm_bias, HAS_BIAS=has_bias, ACT=activation, GATED=self.gated,
                           HAS_RES=has_residual, IEEE=dtype == torch.float32, INTERP=interpreting(), ROUND=round_out,
                           DOT_DTYPE={torch.float32: tl.float32, torch.float16: tl.float16,
                                      torch.bfloat16: tl.bfloat16}.get(dtype, tl.float32))
@@ -199,7 +200,7 @@ class CublasMatmul:
 
     def __init__(self, M: int, N: int, K: int, batch: int, dtype: torch.dtype, *, c_meta, residual_meta=None,
                  norm: str = "none", eps: float = 1e-5, unit_offset: bool = False, has_bias: bool = False,
-                 activation: str = "none", round_out: bool = False):
+                 activation: str = "none", round_out: bool = False, has_norm_bias: bool = False):
         from kiln.ir import as_dtype
 
         from ..device import kiln_dtype
@@ -211,7 +212,7 @@ class CublasMatmul:
         self.M, self.N, self.K, self.batch, self.dtype = M, N, K, batch, dtype
         self.has_bias = has_bias
         self.norm = Norm(torch.empty((M, K), dtype=dtype, device="meta"), rms=norm == "rms_norm", eps=eps,
-                         has_residual=False, has_weight=True, has_bias=norm == "layer_norm",
+                         has_residual=False, has_weight=True, has_bias=has_norm_bias,
                          unit_offset=unit_offset) if norm != "none" else None
         gated = activation in GATED
         self.width = 2 * N if gated else N

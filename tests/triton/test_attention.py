@@ -1,0 +1,69 @@
+"""Attention archetype: flash forward and split-KV decode kernels vs the NumPy reference."""
+
+import numpy as np
+import pytest
+
+from helpers import check, randn
+from kiln.ir import Graph
+
+CASES = {
+    # name: (B, Hq, Hk, Sq, Sk, D, attrs, mask)
+    "causal_gqa": (1, 4, 2, 20, 20, 16, dict(causal=True), None),
+    "full_bool_mask": (2, 2, 2, 17, 9, 8, dict(), "bool"),
+    "window_softcap": (1, 2, 1, 19, 19, 16, dict(causal=True, window=5, softcap=3.0), None),
+    "window_noncausal_additive": (1, 3, 3, 18, 23, 8, dict(window=4, scale=0.3), "add"),
+    "decode_gqa_split": (2, 6, 2, 1, 70, 16, dict(), "bool"),
+    "decode_causal_window": (1, 4, 1, 3, 40, 8, dict(causal=True, window=9), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_attention_lse_matches_reference(rng, case):
+    B, Hq, Hk, Sq, Sk, D, attrs, mask_kind = CASES[case]
+    g = Graph()
+    q = g.input("q", (B, Hq, Sq, D))
+    k = g.input("k", (B, Hk, Sk, D))
+    v = g.input("v", (B, Hk, Sk, D))
+    feeds = {"q": randn(rng, (B, Hq, Sq, D)), "k": randn(rng, (B, Hk, Sk, D)), "v": randn(rng, (B, Hk, Sk, D))}
+    mask = None
+    if mask_kind == "bool":
+        mask = g.input("mask", (B, 1, Sq, Sk), "bool")
+        m = rng.random((B, 1, Sq, Sk)) > 0.3
+        m[0, 0, 0, :] = False                      # one query sees nothing: output 0, lse -inf
+        feeds["mask"] = m
+    elif mask_kind == "add":
+        mask = g.input("mask", (1, Hq, Sq, Sk))
+        feeds["mask"] = np.where(rng.random((1, Hq, Sq, Sk)) > 0.2, randn(rng, (1, Hq, Sq, Sk)), -np.inf
+                                 ).astype(np.float32)
+    out, lse = g.attention_lse(q, k, v, mask, **attrs)
+    g.output("out", out)
+    g.output("lse", lse)
+    g.output("plain", g.attention(q, k, v, mask, **attrs))
+    with np.errstate(all="ignore"):
+        ex = check(g, feeds)
+    labels = [l.label for l in ex.program.launches]
+    assert all(("[decode]" in x) == (Sq <= 16 and Sq * Hq // Hk <= 64) for x in labels if "attention" in x)
+    assert not ex.stats()["fallbacks"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_attention(rng, dtype):
+    g = Graph()
+    q = g.input("q", (1, 4, 24, 16), dtype)
+    k = g.input("k", (1, 2, 24, 16), dtype)
+    v = g.input("v", (1, 2, 24, 16), dtype)
+    g.output("causal", g.attention(q, k, v, None, causal=True))
+    g.output("decode", g.attention(g.slice(q, axes=[2], starts=[23], ends=[24]), k, v, None))
+    check(g, {n: randn(rng, s, dtype) for n, s in (("q", (1, 4, 24, 16)), ("k", (1, 2, 24, 16)),
+                                                    ("v", (1, 2, 24, 16)))})
+
+
+def test_output_is_written_in_the_layout_its_transpose_wants(rng):
+    """attention -> transpose -> reshape: the kernel writes [B, S, H, D] so the reshape is a view."""
+    g = Graph()
+    q = g.input("q", (2, 3, 20, 8))
+    k = g.input("k", (2, 3, 20, 8))
+    o = g.attention(q, k, k, None, causal=True)
+    g.output("y", g.reshape(g.transpose(o, perm=[0, 2, 1, 3]), shape=[2, 20, 24]))
+    ex = check(g, {"q": randn(rng, (2, 3, 20, 8)), "k": randn(rng, (2, 3, 20, 8))})
+    assert len(ex.program.launches) == 1 and ex.stats()["fused"]["transposed_output"] == 1
