@@ -11,4 +11,10 @@ from kiln.ir import DType, Graph, GraphError, TensorType, as_dtype, load_graph, 
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "grad", "hvp", "jvp", "vjp", "vmap", "DType", "Graph", "GraphError", "TensorType", "as_dtype", "load_graph", "save_graph"]
+
+def load(path_or_id, device: str = "cpu", dtype: str = "float32", **options):
+    """Load a checkpoint directory or local-cache model id; the family comes from config.json."""
+    from kiln.load import load as _load
+    return _load(path_or_id, device=device, dtype=dtype, **options)
+
+__all__ = ["load", "compile", "grad", "hvp", "jvp", "vjp", "vmap", "DType", "Graph", "GraphError", "TensorType", "as_dtype", "load_graph", "save_graph"]

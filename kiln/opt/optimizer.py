@@ -65,8 +65,7 @@ def optimize(graph: Graph, *, device: str = "cpu", evaluate: Evaluator | None = 
     clock = _Clock(report.stage_seconds)
 
     with clock("classic_passes"):
-        graph.verify()
-        simple, stats = simplify(graph, evaluate)
+        simple, stats = simplify(graph, evaluate)  # rebuilds through Graph.op, which re-checks every type
     report.folded, report.merged, report.dead = stats.folded, stats.merged, stats.dead
     result = simple
     if use_egraph and simple.compute_nodes():
