@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         print(json.dumps(runs, indent=2))
         return 0
     last = runs[-1]
-    med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+    med = lambda key: statistics.median(r[key] for r in runs)
     print(f"30-layer Llama (SmolLM2-135M dims), seq {args.seq}, {args.repeat} cold runs (median)")
     print(f"  import kiln        {med('import_kiln') * 1e3:8.1f} ms")
     print(f"  build graph        {med('build_graph') * 1e3:8.1f} ms")

@@ -104,7 +104,7 @@ def random_params(graph: Graph, seed: int = 0, std: float = 0.05) -> dict[str, n
     rng = np.random.default_rng(seed)
     out = {}
     for name, v in graph.parameters.items():
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        if name.endswith("norm.weight"):
             out[name] = (1.0 + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
         else:
             out[name] = (std * rng.standard_normal(v.shape)).astype(np.float32)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show what the compiler did to a model or a saved graph")
     i.add_argument("target", help="checkpoint dir, model id, or a graph .json file")
     i.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    from kiln.inspect import add_options
+    add_options(i)
     i.set_defaults(func=_inspect)
     return p
 

@@ -3,7 +3,8 @@
 Node count before and after optimization, every fusion applied with its count, the
 rewrite rules that fired, kernels per archetype, peak memory with and without the arena
 plan, and the time each compile stage took. `inspect_graph` is the API; `inspect_main`
-is the command line (`kiln inspect graph.json [--no-optimize] [--json]`).
+is the command line (`kiln inspect TARGET [--no-optimize] [--json]`), where TARGET is a graph
+saved with `kiln.save_graph` or a checkpoint (its representative graphs are inspected).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Sequence
 
 from kiln.ir import Graph
 
@@ -67,33 +68,68 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+def model_graphs(model) -> list[Graph]:
+    """Representative graphs of a loaded model (what `kiln.load` returns), by family."""
+    graphs = getattr(model, "graphs", None)
+    if graphs is not None and hasattr(graphs, "prefill_graph"):  # causal LMs
+        return [graphs.prefill_graph(1, 16, last_only=False), graphs.decode_graph(1, 64)]
+    from kiln.models.bert import BertModel, build_bert_graph
+    from kiln.models.whisper import WhisperModel, build_decoder_graph, build_encoder_graph
+    if isinstance(model, BertModel):
+        return [build_bert_graph(model.config, 1, 16, model.dtype, with_pooler=model.has_pooler)]
+    if isinstance(model, WhisperModel):
+        return [build_encoder_graph(model.config, 1, model.dtype),
+                build_decoder_graph(model.config, 1, 1, 4, 64, model.dtype)]
+    raise TypeError(f"kiln inspect does not know the graphs of a {type(model).__name__}")
+
+
+def target_graphs(target: str, dtype: str = "float32") -> list[Graph]:
+    """The graphs behind a saved graph (.json) or a checkpoint directory / cached model id."""
+    from kiln.ir import load_graph
+
+    if target.endswith(".json"):
+        return [load_graph(target)]
+    import kiln
+    return model_graphs(kiln.load(target, device="cpu", dtype=dtype))
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="kiln inspect", description=__doc__.splitlines()[0])
-    p.add_argument("graph", help="a graph saved with kiln.save_graph (JSON)")
-    p.add_argument("--no-optimize", action="store_true", help="plan the graph as written")
+    p.add_argument("target", help="a graph saved with kiln.save_graph (.json), a checkpoint dir or model id")
     p.add_argument("--device", default="cpu", help="cost model to optimize for (cpu or cuda)")
-    p.add_argument("--exclude-rule", action="append", default=[], metavar="NAME",
-                   help="disable one rewrite rule (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_options(p)
     return p
 
 
-def inspect_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for `kiln inspect`; returns the process exit code."""
-    from kiln.ir import load_graph
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The inspect options beyond target and device (for a CLI that defines those itself)."""
+    p.add_argument("--dtype", default="float32", help="dtype to load a checkpoint in")
+    p.add_argument("--no-optimize", action="store_true", help="plan the graph as written")
+    p.add_argument("--exclude-rule", action="append", default=[], metavar="NAME",
+                   help="disable one rewrite rule (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    args = build_parser().parse_args(argv)
+
+def inspect_main(args: Sequence[str] | argparse.Namespace | None = None) -> int:
+    """Entry point for `kiln inspect` (an argv list, or a Namespace with at least `target`); exit code."""
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(args)
     try:
-        graph = load_graph(args.graph)
-    except (OSError, ValueError) as e:
-        print(f"kiln inspect: cannot read graph {args.graph!r}: {e}", file=sys.stderr)
+        graphs = target_graphs(args.target, getattr(args, "dtype", "float32"))
+    except (OSError, ValueError, TypeError) as e:
+        print(f"kiln inspect: cannot read {args.target!r}: {e}", file=sys.stderr)
         return 2
-    report = inspect_graph(graph, optimize=not args.no_optimize, device=args.device,
-                           exclude_rules=args.exclude_rule)
-    if args.json:
-        print(json.dumps(report_dict(report), indent=2, default=str))
+    reports = []
+    for graph in graphs:
+        report = inspect_graph(graph, optimize=not getattr(args, "no_optimize", False),
+                               device=getattr(args, "device", "cpu"),
+                               exclude_rules=getattr(args, "exclude_rule", None) or ())
+        reports.append((graph.name, report))
+    if getattr(args, "json", False):
+        data = {name: report_dict(r) for name, r in reports}
+        print(json.dumps(data if len(data) > 1 else next(iter(data.values())), indent=2, default=str))
     else:
-        print(format_report(report, graph.name))
+        print("\n\n".join(format_report(r, name) for name, r in reports))
     return 0
 
 

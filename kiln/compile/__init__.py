@@ -3,4 +3,4 @@
 from .pipeline import CompileReport, compile_graph
 from .plan import Plan, Step, build_plan
 
-__all__ = ["CompileReport", "compile_graph", "Plan", "Step", "build_plan"]
+__all__ = ["CompileReport", "Plan", "Step", "build_plan", "compile_graph"]

@@ -53,13 +53,6 @@ class Plan:
     memory: MemoryPlan | None = None
     types: dict[int, TensorType] = field(default_factory=dict)
 
-    def slot(self, vid: int) -> tuple[str, int] | None:
-        """(arena dtype, byte offset) of a value computed per run, or None (inputs, params, views)."""
-        if self.memory is None or vid not in self.memory.storages:
-            return None
-        st = self.memory.storages[vid]
-        return st.dtype, st.offset
-
 
 def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     graph.verify()

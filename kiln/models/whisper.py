@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class WhisperConfig:
     pad_token_id: int | None
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "WhisperConfig":
+    def from_dict(cls, cfg: dict) -> WhisperConfig:
         where = getattr(cfg, "path", "config.json")
         act = cfg.get("activation_function", "gelu")
         if act not in ACTIVATIONS:
@@ -336,7 +335,7 @@ class EncoderOutput:
     def batch(self) -> int:
         return self.last_hidden_state.shape[0]
 
-    def select(self, utterances) -> "EncoderOutput":
+    def select(self, utterances) -> EncoderOutput:
         idx = np.asarray(utterances, dtype=np.int64)
         return EncoderOutput(self.last_hidden_state[idx], {k: v[idx] for k, v in self.cross_kv.items()})
 
@@ -345,7 +344,7 @@ class DecoderState:
     """A decoding session: the cross K/V of `batch` utterances and a static self-attention
     KV cache for `group` hypotheses per utterance (rows are utterance-major)."""
 
-    def __init__(self, model: "WhisperModel", encoder_output: EncoderOutput, group: int = 1):
+    def __init__(self, model: WhisperModel, encoder_output: EncoderOutput, group: int = 1):
         cfg = model.config
         self.model, self.enc, self.group = model, encoder_output, group
         self.rows = encoder_output.batch * group

@@ -63,6 +63,10 @@ LANGUAGE_ALIASES = {
     "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si", "castilian": "es", "mandarin": "zh",
 }
 TASKS = ("transcribe", "translate")
+# generation options HF's Whisper generate honours but this decoder does not implement, with their no-op values
+UNSUPPORTED = {"do_sample": False, "temperature": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+               "num_return_sequences": 1, "condition_on_prev_tokens": False, "compression_ratio_threshold": None,
+               "logprob_threshold": None, "no_speech_threshold": None}
 
 
 # ---- generation config ------------------------------------------------------------
@@ -93,25 +97,20 @@ class WhisperGenerationConfig:
     early_stopping: bool | str = False
     source: str = field(default="generation_config.json", repr=False)
 
-    # options HF's Whisper generate would honour but this decoder does not implement
-    _UNSUPPORTED = {"do_sample": False, "temperature": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                    "num_return_sequences": 1, "condition_on_prev_tokens": False, "compression_ratio_threshold": None,
-                    "logprob_threshold": None, "no_speech_threshold": None}
-
     @classmethod
-    def from_dict(cls, d: dict, source: str = "generation_config.json") -> "WhisperGenerationConfig":
+    def from_dict(cls, d: dict, source: str = "generation_config.json") -> WhisperGenerationConfig:
         names = {f.name for f in fields(cls)} - {"source"}
         if d.get("decoder_start_token_id") is None:
             raise ConfigError(f"{source}: Whisper generation needs 'decoder_start_token_id' "
                               f"(the <|startoftranscript|> id)")
-        ignored = {k: v for k, v in d.items() if k in cls._UNSUPPORTED and v not in (cls._UNSUPPORTED[k], None)}
+        ignored = {k: v for k, v in d.items() if k in UNSUPPORTED and v not in (UNSUPPORTED[k], None)}
         if ignored:
             warnings.warn(f"{source}: generation options {ignored} are not supported by kiln's Whisper decoding "
                           f"and are ignored (greedy or beam search, no sampling or fallback)", stacklevel=3)
         return cls(**{k: v for k, v in d.items() if k in names and v is not None}, source=source)
 
     @classmethod
-    def from_dir(cls, d: Path, cfg, tokenizer=None) -> "WhisperGenerationConfig":
+    def from_dir(cls, d: Path, cfg, tokenizer=None) -> WhisperGenerationConfig:
         """generation_config.json if present, else the ids config.json and the tokenizer define."""
         path = Path(d) / "generation_config.json"
         if path.is_file():
@@ -405,9 +404,8 @@ def _init_tokens(model, gc: WhisperGenerationConfig, batch: int, return_timestam
                 raise ValueError(f"task {task!r} is not supported; expected one of {TASKS}")
             t.append(gc.task_to_id[task])
             t = replace_or_add(t, gc.task_to_id[task], list(gc.task_to_id.values()))
-        elif language is not None and gc.task_to_id:
-            if not any(x in t for x in gc.task_to_id.values()):
-                t.append(gc.task_to_id["transcribe"])
+        elif language is not None and gc.task_to_id and not any(x in t for x in gc.task_to_id.values()):
+            t.append(gc.task_to_id["transcribe"])
         if not return_timestamps and gc.no_timestamps_token_id is not None and t[-1] != gc.no_timestamps_token_id:
             t.append(gc.no_timestamps_token_id)
         elif return_timestamps and t[-1] == gc.no_timestamps_token_id:

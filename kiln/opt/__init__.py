@@ -4,5 +4,5 @@ from .optimizer import Limits, OptimizationWarning, OptimizeReport, fusion_featu
 from .passes import simplify
 from .rules import RULE_NAMES
 
-__all__ = ["Limits", "OptimizationWarning", "OptimizeReport", "fusion_features", "optimize", "simplify",
-           "RULE_NAMES"]
+__all__ = ["RULE_NAMES", "Limits", "OptimizationWarning", "OptimizeReport", "fusion_features", "optimize",
+           "simplify"]

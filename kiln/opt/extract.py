@@ -15,7 +15,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from kiln.ir import TensorType, get_op
+from kiln.ir import GraphError, TensorType, get_op
 
 from .cost import CostModel
 from .rules import SCHEMA
@@ -139,8 +139,8 @@ class Extractor:
         full = {k: attrs.get(k, d) for k, d in spec.attrs.items()}
         try:
             res = spec.infer(ins, full)
-        except Exception:
-            return None
+        except (GraphError, ValueError, TypeError, IndexError):
+            return None  # not a well-typed alternative; extraction will not pick it
         return res if isinstance(res, TensorType) else list(res)
 
     def _op(self, n: ENode):

@@ -7,8 +7,8 @@ are one node, and nothing unused is translated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

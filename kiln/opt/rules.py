@@ -172,7 +172,7 @@ ALGEBRA = [
 
 FUSION = [
     _rw("silu", "fusion", "(Mul x (Sigmoid x))", "(Silu x)", doc="x*sigmoid(x) -> silu"),
-    _rule("silu_div", "fusion", f"(= m (Div x (Add (Const c k) (Exp (Neg x))))) (= c 1.0)",
+    _rule("silu_div", "fusion", "(= m (Div x (Add (Const c k) (Exp (Neg x))))) (= c 1.0)",
           "(union m (Silu x))", doc="x/(1+exp(-x)) -> silu"),
     _rw("swiglu", "fusion", "(Mul (Silu g) u)", "(Swiglu g u)", doc="silu(g)*u -> swiglu"),
     _rw("geglu", "fusion", "(Mul (Gelu a g) u)", "(Geglu a g u)", doc="gelu(g)*u -> geglu"),
@@ -183,11 +183,11 @@ FUSION = [
     _rule("gelu_erf_core_div", "fusion",
           f"(= t (Add (Const one k) (Erf (Div x (Const c k2))))) (= one 1.0) {approx('c', SQRT2)}",
           "(union t (ErfGeluCore x))"),
-    _rule("gelu_erf", "fusion", f"(= m (Mul (Mul (Const h k) x) (ErfGeluCore x))) (= h 0.5)",
+    _rule("gelu_erf", "fusion", "(= m (Mul (Mul (Const h k) x) (ErfGeluCore x))) (= h 0.5)",
           "(union m (Gelu \"none\" x))", doc="0.5*x*(1+erf(x/sqrt2)) -> gelu"),
-    _rule("gelu_erf_assoc", "fusion", f"(= m (Mul (Mul x (ErfGeluCore x)) (Const h k))) (= h 0.5)",
+    _rule("gelu_erf_assoc", "fusion", "(= m (Mul (Mul x (ErfGeluCore x)) (Const h k))) (= h 0.5)",
           "(union m (Gelu \"none\" x))"),
-    _rule("gelu_erf_assoc2", "fusion", f"(= m (Mul x (Mul (Const h k) (ErfGeluCore x)))) (= h 0.5)",
+    _rule("gelu_erf_assoc2", "fusion", "(= m (Mul x (Mul (Const h k) (ErfGeluCore x)))) (= h 0.5)",
           "(union m (Gelu \"none\" x))"),
     # gelu, tanh form: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
     _rule("cube_pow", "fusion", "(= p (Pow x (Const c k))) (= c 3.0)", "(union p (Cube x))"),
@@ -196,12 +196,12 @@ FUSION = [
           f"(= t (Add (Const one k) (Tanh (Mul (Const s k2) (Add x (Mul (Const a k3) (Cube x)))))))"
           f" (= one 1.0) {approx('s', SQRT_2_OVER_PI)} {approx('a', 0.044715)}",
           "(union t (TanhGeluCore x))"),
-    _rule("gelu_tanh", "fusion", f"(= m (Mul (Mul (Const h k) x) (TanhGeluCore x))) (= h 0.5)",
+    _rule("gelu_tanh", "fusion", "(= m (Mul (Mul (Const h k) x) (TanhGeluCore x))) (= h 0.5)",
           "(union m (Gelu \"tanh\" x))", doc="the tanh approximation formula -> gelu(approximate='tanh')"),
-    _rule("gelu_tanh_assoc", "fusion", f"(= m (Mul (Mul x (TanhGeluCore x)) (Const h k))) (= h 0.5)",
+    _rule("gelu_tanh_assoc", "fusion", "(= m (Mul (Mul x (TanhGeluCore x)) (Const h k))) (= h 0.5)",
           "(union m (Gelu \"tanh\" x))"),
     _rule("gelu_tanh_assoc2", "fusion",
-          f"(= m (Mul x (Mul (Const h k) (TanhGeluCore x)))) (= h 0.5)",
+          "(= m (Mul x (Mul (Const h k) (TanhGeluCore x)))) (= h 0.5)",
           "(union m (Gelu \"tanh\" x))"),
     # softmax over the last axis
     _rw("softmax_stable", "fusion",

@@ -18,6 +18,7 @@ a Graph from the chosen e-nodes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -496,7 +497,7 @@ def _split_groups(nodes, sel, roots, types) -> dict[int, list[int]]:
         if len(rs) < 2 or not isinstance(t, TensorType) or not t.rank:
             continue
         rs = sorted(rs)
-        if rs[0][0] == 0 and rs[-1][1] == t.shape[-1] and all(a[1] == b[0] for a, b in zip(rs, rs[1:])):
+        if rs[0][0] == 0 and rs[-1][1] == t.shape[-1] and all(a[1] == b[0] for a, b in itertools.pairwise(rs)):
             out[c] = [e - s for s, e in rs]
     return out
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 import kiln
 from kiln.inspect import format_report, inspect_graph, inspect_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import llama_primitive_graph as L  # noqa: E402
+import llama_primitive_graph as L
 
 
 def test_inspect_reports_every_section():
@@ -46,3 +49,15 @@ def test_inspect_main_names_a_missing_file(tmp_path, capsys):
     missing = tmp_path / "nope.json"
     assert inspect_main([str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_inspect_a_checkpoint_through_the_cli_namespace(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                   tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    assert inspect_main(argparse.Namespace(target=str(tmp_path), device="cpu")) == 0
+    out = capsys.readouterr().out
+    assert out.count("graph: llama_prefill") == 1 and out.count("graph: llama_decode") == 1
+    assert "rms_norm+linear" in out and "linear+swiglu" in out

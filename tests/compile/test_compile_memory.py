@@ -37,9 +37,9 @@ def assert_no_live_overlap(plan):
     """Storages whose byte ranges overlap in an arena must never be live at the same step,
     except an in-place pair: the output takes its input's bytes at the step the input dies."""
     sts = list(plan.memory.storages.values())
-    for st in sts:
-        assert st.offset >= 0 and st.offset % ALIGN == 0
-        assert st.offset + st.nbytes <= plan.memory.arenas[st.dtype]
+    for s in sts:
+        assert s.offset >= 0 and s.offset % ALIGN == 0
+        assert s.offset + s.nbytes <= plan.memory.arenas[s.dtype]
     for i, a in enumerate(sts):
         for b in sts[i + 1:]:
             if a.dtype != b.dtype or a.nbytes == 0 or b.nbytes == 0:

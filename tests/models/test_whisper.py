@@ -7,6 +7,8 @@ embeddings of equal norm and a loud cross-attention.
 """
 
 import argparse
+import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -19,8 +21,8 @@ from kiln.models.whisper import load_whisper
 
 transformers = pytest.importorskip("transformers")
 sf = pytest.importorskip("soundfile")
-from tokenizers import AddedToken, pre_tokenizers  # noqa: E402
-from transformers.models.whisper.tokenization_whisper import LANGUAGES as HF_LANGUAGES  # noqa: E402
+from tokenizers import AddedToken, pre_tokenizers
+from transformers.models.whisper.tokenization_whisper import LANGUAGES as HF_LANGUAGES
 
 SOT, EOT, FIRST_LANG = 257, 256, 258
 TRANSLATE, TRANSCRIBE = 258 + len(HF_LANGUAGES), 259 + len(HF_LANGUAGES)
@@ -59,9 +61,9 @@ def make_checkpoint(path, tok, *, d_model=64, heads=(2, 4), layers=2, ffn=128, m
                 p.normal_(0.0, 0.3 if p.dim() >= 2 else 0.1)
         # quiet timestamp tokens: like a trained model, emit none after <|notimestamps|> (HF would then decode
         # one 30 s window again from the "timestamp"), while with timestamps on they still win often
-        emb = model.model.decoder.embed_tokens.weight
-        emb *= 0.3 * d_model ** 0.5 / emb.norm(dim=1, keepdim=True)  # rows of equal norm: no token always wins
-        emb[NO_TIMESTAMPS + 1:] *= 0.1
+        out = model.proj_out.weight  # the token embedding itself when tied
+        out *= 0.3 * d_model ** 0.5 / out.norm(dim=1, keepdim=True)  # rows of equal norm: no token always wins
+        out[NO_TIMESTAMPS + 1:] *= 0.1
         model.model.decoder.layer_norm.bias.zero_()
         for layer in model.model.decoder.layers:  # a loud cross-attention: the audio steers the tokens
             for proj, gain in (("q_proj", 1.5), ("k_proj", 1.5), ("v_proj", 3.0), ("out_proj", 3.0)):
@@ -235,6 +237,26 @@ def test_long_form_batch_matches_hf(tiny):
         assert max(s["end"] for s in segs) > 30.0
 
 
+def test_english_only_checkpoint_prompt_and_errors(tiny, monkeypatch):
+    """A `.en`-style generation config: no languages or tasks, the prompt from forced_decoder_ids."""
+    _, hf, _, model = tiny
+    hf_gc = copy.deepcopy(hf.generation_config)
+    hf_gc.is_multilingual = False
+    hf_gc.forced_decoder_ids = [[1, NO_TIMESTAMPS]]
+    del hf_gc.lang_to_id, hf_gc.task_to_id
+    monkeypatch.setattr(model, "generation_config", dataclasses.replace(
+        model.generation_config, is_multilingual=False, forced_decoder_ids=[[1, NO_TIMESTAMPS]], lang_to_id=None,
+        task_to_id=None))
+    feats = features(1, seed=17)
+    out = model.generate(feats, return_segments=True)
+    assert out["prompt_ids"] == [[SOT, NO_TIMESTAMPS]]
+    np.testing.assert_array_equal(out["sequences"], hf_generate(hf, feats, generation_config=hf_gc).numpy())
+    with pytest.raises(ValueError, match="English-only"):
+        model.generate(feats, language="en")
+    with pytest.raises(ValueError, match="English-only"):
+        model.transcribe(np.zeros(1600, np.float32), task="translate")
+
+
 # ---- audio to text ----------------------------------------------------------------
 
 def _stereo_wav(path, seconds, rate=44100, seed=0):
@@ -253,12 +275,12 @@ def _reference_features(path, mels, long_form):
     data, rate = sf.read(path, dtype="float64", always_2d=True)
     audio = resample_poly(data.mean(axis=1), 16000 // np.gcd(16000, rate), rate // np.gcd(16000, rate))
     fe = transformers.WhisperFeatureExtractor(feature_size=mels)
-    kw = dict(truncation=False, padding="longest") if long_form else {}
+    kw = {"truncation": False, "padding": "longest"} if long_form else {}
     return fe(audio, sampling_rate=16000, return_tensors="np", **kw).input_features
 
 
 def test_transcribe_stereo_44k_file_end_to_end(tiny, tmp_path):
-    path, hf, tok, model = tiny
+    _, hf, tok, model = tiny
     wav = _stereo_wav(tmp_path / "stereo.wav", 4.0)
     ref_ids = hf_generate(hf, _reference_features(wav, 80, False), task="transcribe")
     ref_text = tok.batch_decode(ref_ids, skip_special_tokens=True)[0]
@@ -269,7 +291,7 @@ def test_transcribe_stereo_44k_file_end_to_end(tiny, tmp_path):
 
 
 def test_transcribe_long_audio_segments_end_to_end(tiny, tmp_path):
-    path, hf, tok, model = tiny
+    _, hf, tok, model = tiny
     wav = _stereo_wav(tmp_path / "long.wav", 45.0, rate=22050, seed=4)
     ref = hf_generate(hf, _reference_features(wav, 80, True), task="transcribe", language="en", return_segments=True)
     out = model.transcribe(wav, language="en", return_segments=True)

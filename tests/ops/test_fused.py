@@ -1,9 +1,7 @@
 """fused_linear (the optimizer's matmul with norm prologue and activation/residual epilogue) against torch."""
 
 import pytest
-import torch
 import torch.nn.functional as F
-
 from harness import FLOATS, check, rand
 
 TESTED_OPS = {"fused_linear"}

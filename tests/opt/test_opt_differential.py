@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opt_testing import random_feeds, reference_run, run_compiled
 
 from kiln.ir import Graph
-from opt_testing import random_feeds, reference_run, run_compiled
 
 B, S, D = 2, 3, 8
 

@@ -8,12 +8,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from opt_testing import random_feeds, reference_run, run_compiled
 
 import kiln
 from kiln.api import reference_evaluate
 from kiln.ir import Graph
 from kiln.opt import Limits, OptimizationWarning, optimize
-from opt_testing import random_feeds, reference_run, run_compiled
 
 
 def ops(g) -> Counter:
@@ -45,7 +45,7 @@ def test_limits_fall_back_to_the_unoptimized_graph_with_a_warning(limits, reason
 
 
 def test_a_failure_inside_the_optimizer_falls_back(monkeypatch):
-    import kiln.opt.terms as terms
+    from kiln.opt import terms
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated extraction bug")
@@ -89,4 +89,4 @@ def test_compile_without_optimization_keeps_the_graph_as_written():
 
 def test_importing_kiln_does_not_import_egglog():
     code = "import sys, kiln; kiln.Graph(); sys.exit('egglog' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

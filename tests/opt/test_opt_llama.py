@@ -16,7 +16,7 @@ import pytest
 import kiln
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import llama_primitive_graph as L  # noqa: E402
+import llama_primitive_graph as L
 
 DIMS = replace(L.TINY, layers=30)
 SEQ = 6
@@ -29,7 +29,7 @@ def compiled():
 
 
 def test_all_llama_fusions_fire(compiled):
-    g, cg = compiled
+    _, cg = compiled
     r = cg.report
     n = DIMS.layers
     assert r.optimized and not r.optimizer_fell_back

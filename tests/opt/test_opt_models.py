@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from opt_testing import reference_run, run_compiled
 
 

@@ -9,16 +9,16 @@ reference run of the original graph.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
+from opt_testing import random_feeds, reference_run
 
 from kiln.api import reference_evaluate
 from kiln.ir import Graph
 from kiln.opt import RULE_NAMES, optimize
-from opt_testing import random_feeds, reference_run
 
 B, S, D, N = 2, 3, 8, 12
 
@@ -86,6 +86,51 @@ def softmax(g, s, stable=True):
     return e / g.sum(e, axes=[-1], keepdims=True)
 
 
+def silu_(g, x):
+    return x * g.sigmoid(x)
+
+
+def two_silus(g):
+    x, z = x_(g), x_(g, "z")
+    return g.sigmoid(x) * x + silu_(g, z)
+
+
+def silu_div(g):
+    x = x_(g)
+    return x / (1.0 + g.exp(-x))
+
+
+def rms_div_pow(g):
+    x = x_(g)
+    return x / g.sqrt(g.mean(g.pow(x, g.scalar(2.0)), axes=[-1], keepdims=True) + 1e-6)
+
+
+def ln_pow(g):
+    x = x_(g)
+    d = x - g.mean(x, axes=[-1], keepdims=True)
+    return d * g.rsqrt(g.mean(g.pow(d, g.scalar(2.0)), axes=[-1], keepdims=True) + 1e-5)
+
+
+def qkv_siblings(g):
+    x = x_(g)
+    return g.concat([lin(g, x, w_(g, "wq")), lin(g, x, w_(g, "wk", (4, D))), lin(g, x, w_(g, "wv", (4, D)))],
+                    axis=-1)
+
+
+def biased_siblings(g):
+    x = x_(g)
+    return g.concat([lin(g, x, w_(g, "w1")) + g.parameter("b1", (N,)),
+                     lin(g, x, w_(g, "w2", (4, D))) + g.parameter("b2", (4,))], axis=-1)
+
+
+def gated(act):
+    """act(x W_g^T) * (x W_u^T): gate and up projections of one input."""
+    def build(g):
+        x = x_(g)
+        return act(g, lin(g, x, w_(g, "wg"))) * lin(g, x, w_(g, "wu"))
+    return build
+
+
 def attention_graph(g, mask=True, div=False, gqa=False):
     hk = 2 if gqa else 4
     q = g.input("q", (1, 4, 5, D))
@@ -148,10 +193,10 @@ CASES = [
          next(n for n in g.compute_nodes() if n.op == "slice").attrs["starts"] == [3]),
     # pointwise fusions
     Case("silu", ("silu", "mul_comm"),
-         lambda g: (lambda x, z: g.sigmoid(x) * x + z * g.sigmoid(z))(x_(g), x_(g, "z")), only(silu=2, add=1)),
-    Case("silu_div", ("silu_div",), lambda g: (lambda x: x / (1.0 + g.exp(-x)))(x_(g)), only(silu=1)),
+         two_silus, only(silu=2, add=1)),
+    Case("silu_div", ("silu_div",), silu_div, only(silu=1)),
     Case("swiglu", ("silu", "swiglu"),
-         lambda g: (lambda a, u: a * g.sigmoid(a) * u)(x_(g), x_(g, "u")), only(swiglu=1)),
+         lambda g: silu_(g, x_(g)) * x_(g, "u"), only(swiglu=1)),
     Case("geglu", ("gelu_erf", "geglu"), lambda g: gelu_erf(g, x_(g)) * x_(g, "u"), only(geglu=1)),
     Case("gelu_erf", ("gelu_erf_core", "gelu_erf"), lambda g: gelu_erf(g, x_(g)), only(gelu=1)),
     Case("gelu_erf_div", ("gelu_erf_core_div", "gelu_erf"), lambda g: gelu_erf(g, x_(g), div=True), only(gelu=1)),
@@ -167,7 +212,7 @@ CASES = [
     Case("softmax_plain", ("softmax_plain",), lambda g: softmax(g, x_(g), stable=False), only(softmax=1)),
     Case("rms_norm", ("mean_square", "mean_square_eps", "rms_norm"), lambda g: rms(g, x_(g)), only(rms_norm=1)),
     Case("rms_norm_div", ("mean_square_pow", "rms_norm_div"),
-         lambda g: (lambda x: x / g.sqrt(g.mean(g.pow(x, g.scalar(2.0)), axes=[-1], keepdims=True) + 1e-6))(x_(g)),
+         rms_div_pow,
          only(rms_norm=1)),
     Case("rms_norm_weight", ("rms_norm_weight",), lambda g: g.parameter("w", (D,)) * rms(g, x_(g)),
          lambda c, g: dict(c) == {"rms_norm": 1} and g.compute_nodes()[0].inputs[1] is not None),
@@ -175,9 +220,7 @@ CASES = [
          lambda c, g: dict(c) == {"rms_norm": 1} and g.compute_nodes()[0].attrs["add_unit_offset"]),
     Case("layer_norm", ("center", "variance_eps", "layer_norm"), lambda g: ln(g, x_(g)), only(layer_norm=1)),
     Case("layer_norm_div", ("layer_norm_div",), lambda g: ln(g, x_(g), div=True), only(layer_norm=1)),
-    Case("layer_norm_pow", ("variance_eps_pow",),
-         lambda g: (lambda x: (lambda d: d * g.rsqrt(g.mean(g.pow(d, g.scalar(2.0)), axes=[-1], keepdims=True)
-                                                     + 1e-5))(x - g.mean(x, axes=[-1], keepdims=True)))(x_(g)),
+    Case("layer_norm_pow", ("variance_eps_pow",), ln_pow,
          only(layer_norm=1)),
     Case("layer_norm_affine", ("layer_norm_weight", "layer_norm_bias"),
          lambda g: ln(g, x_(g)) * g.parameter("w", (D,)) + g.parameter("b", (D,)),
@@ -186,7 +229,7 @@ CASES = [
     Case("linear", ("linear", "transpose_into_matmul_b"), lambda g: lin(g, x_(g), w_(g)), only(linear=1)),
     Case("linear_bias", ("linear_bias",), lambda g: lin(g, x_(g), w_(g)) + g.parameter("b", (N,)),
          lambda c, g: dict(c) == {"linear": 1} and g.compute_nodes()[0].inputs[2] is not None),
-    Case("linear_silu", ("linear_silu",), lambda g: (lambda y: y * g.sigmoid(y))(lin(g, x_(g), w_(g))),
+    Case("linear_silu", ("linear_silu",), lambda g: silu_(g, lin(g, x_(g), w_(g))),
          fused(lambda n: n.attrs["activation"] == "silu")),
     Case("linear_gelu", ("linear_gelu",), lambda g: gelu_erf(g, lin(g, x_(g), w_(g))),
          fused(lambda n: n.attrs["activation"] == "gelu")),
@@ -201,22 +244,18 @@ CASES = [
     Case("layer_norm_prologue", ("layer_norm_prologue",),
          lambda g: lin(g, ln(g, x_(g)) * g.parameter("g", (D,)) + g.parameter("gb", (D,)), w_(g)),
          lambda c, g: dict(c) == {"fused_linear": 1} and g.compute_nodes()[0].attrs["norm"] == "layer_norm"),
-    Case("sibling_matmuls", ("sibling_matmuls",),
-         lambda g: (lambda x: g.concat([lin(g, x, w_(g, "wq")), lin(g, x, w_(g, "wk", (4, D))),
-                                        lin(g, x, w_(g, "wv", (4, D)))], axis=-1))(x_(g)),
+    Case("sibling_matmuls", ("sibling_matmuls",), qkv_siblings,
          lambda c, g: c["linear"] == 1 and c["split"] == 1),
-    Case("sibling_matmuls_bias", ("sibling_matmuls_bias",),
-         lambda g: (lambda x: g.concat([lin(g, x, w_(g, "w1")) + g.parameter("b1", (N,)),
-                                        lin(g, x, w_(g, "w2", (4, D))) + g.parameter("b2", (4,))], axis=-1))(x_(g)),
+    Case("sibling_matmuls_bias", ("sibling_matmuls_bias",), biased_siblings,
          lambda c, g: c["linear"] == 1 and c["split"] == 1),
     Case("linear_swiglu", ("sibling_matmuls", "linear_swiglu"),
-         lambda g: (lambda x: (lambda a, u: a * g.sigmoid(a) * u)(lin(g, x, w_(g, "wg")), lin(g, x, w_(g, "wu"))))(x_(g)),
+         gated(silu_),
          fused(lambda n: n.attrs["activation"] == "swiglu")),
     Case("linear_geglu", ("linear_geglu",),
-         lambda g: (lambda x: gelu_erf(g, lin(g, x, w_(g, "wg"))) * lin(g, x, w_(g, "wu")))(x_(g)),
+         gated(gelu_erf),
          fused(lambda n: n.attrs["activation"] == "geglu")),
     Case("linear_geglu_tanh", ("linear_geglu_tanh",),
-         lambda g: (lambda x: gelu_tanh(g, lin(g, x, w_(g, "wg"))) * lin(g, x, w_(g, "wu")))(x_(g)),
+         gated(gelu_tanh),
          fused(lambda n: n.attrs["activation"] == "geglu_tanh")),
     # attention
     Case("attention", ("attention",), lambda g: attention_graph(g), only(attention=1)),

@@ -19,15 +19,18 @@ buffers, and state inputs not fed keep what the last run wrote.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from kiln.compile.plan import Plan
 
-from .device import copy_into, default_device, interpreting, to_numpy, to_torch, torch_dtype
+from .device import copy_into, default_device, interpreting, to_numpy, torch_dtype
+from .kernels.launch import compile_only
 from .lowering import ALIGN, Operand, Program, lower, plan_arena
 
 
@@ -143,8 +146,34 @@ class TritonExecutor:
         if self.cuda_graph and self._graph is None:
             self._capture()
 
+    def _compile_parallel(self) -> None:
+        """Build the binaries of distinct kernels from several threads (compile-only launches), so
+        Triton's compile steps that leave the GIL (LLVM, ptxas) overlap; the eager pass after it then
+        finds every kernel compiled. KILN_COMPILE_THREADS=0 turns this off."""
+        threads = int(os.environ.get("KILN_COMPILE_THREADS", "8"))
+        if threads <= 1 or self.device.type != "cuda":
+            return
+        seen, todo = set(), []
+        for launch, (fn, args) in zip(self.program.launches, self.calls):
+            if launch.archetype == "fallback":
+                continue
+            key = _launch_key(fn, args)
+            if key not in seen:
+                seen.add(key)
+                todo.append((fn, args))
+
+        def build(item):
+            fn, args = item
+            with compile_only():
+                fn(*args)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(build, todo))
+
     def _compile_pass(self) -> None:
         t0 = time.perf_counter()
+        self._compile_parallel()
+        self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0
         self._launch_all()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -243,8 +272,20 @@ class TritonExecutor:
         return "\n".join(f"{i:4d} {l.archetype:10s} {l.label}" for i, l in enumerate(self.program.launches))
 
 
-def torch_from_numpy(arr: np.ndarray, device) -> torch.Tensor:
-    return to_torch(arr, device)
+def _launch_key(fn, args) -> tuple:
+    """What makes two launches the same compiled kernel, approximately: the launcher's settings and
+    the dtypes of its tensors (a miss only costs a duplicate compile)."""
+    attrs = tuple(sorted((k, repr(v)) for k, v in vars(fn).items()
+                         if isinstance(v, (int, float, str, bool, tuple, dict, type(None)))))
+
+    def dtypes(x):
+        if isinstance(x, torch.Tensor):
+            return (str(x.dtype),)
+        if isinstance(x, (list, tuple)):
+            return tuple(d for y in x for d in dtypes(y))
+        return ("-",)
+
+    return (type(fn).__name__, attrs, dtypes(args))
 
 
 __all__ = ["TritonExecutor", "kv_state_pairs", "torch_dtype"]

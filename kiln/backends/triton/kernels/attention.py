@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..device import interpreting
+from .launch import launch
 from . import tmath as tm
 
 
@@ -268,18 +269,18 @@ class Attention:
             direct = self.splits == 1
             o_part, ml_part = scratch if not direct else (out, out)
             warps = 4 if self.BM * self.BD <= 128 * 64 else 8
-            _attn_decode[(self.B * self.Hk, self.splits)](
+            launch(_attn_decode, (self.B * self.Hk, self.splits),
                 q, k, v, m, out, lse_t, o_part, ml_part, *common,
                 self.Hk, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window, self.chunk,
                 DIRECT=direct, SPLITS=self.splits, BM=self.BM, BN=self.BN, BD=self.BD, num_warps=warps,
                 **self.flags)
             if not direct:
-                _attn_combine[(self.B * self.Hk,)](
+                launch(_attn_combine, (self.B * self.Hk,),
                     out, lse_t, o_part, ml_part, *out.stride(), *ls, self.Hk, self.G, self.Sq, self.D,
                     WRITE_LSE=self.flags["WRITE_LSE"], SPLITS=self.splits, BM=self.BM, BD=self.BD, num_warps=4)
         else:
             grid = (triton.cdiv(self.Sq, self.BM), self.B * self.Hq)
-            _attn_fwd[grid](q, k, v, m, out, lse_t, *common,
+            launch(_attn_fwd, grid, q, k, v, m, out, lse_t, *common,
                             self.Hq, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window,
                             BM=self.BM, BN=self.BN, BD=self.BD, num_warps=4 if self.BM <= 64 else 8,
                             num_stages=2, **self.flags)

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ..device import interpreting
+from .launch import launch
 
 
 def _pow2(n: int, lo: int = 1) -> int:
@@ -71,7 +72,7 @@ class Rope:
         cb = cos.stride(0) if cos.shape[0] > 1 else 0
         if sin.stride() != cos.stride():
             raise ValueError("rope: cos and sin must share one layout")
-        _rope_kernel[(triton.cdiv(self.n_rows, self.BR),)](
+        launch(_rope_kernel, (triton.cdiv(self.n_rows, self.BR),),
             x, cos, sin, out, self.n_rows, self.H, self.S, self.D, self.R2,
             *x.stride(), cb, cos.stride(1), cos.stride(2), *out.stride(),
             INTERLEAVED=self.interleaved, PASS=self.PASS, BR=self.BR, BH=self.BH, BP=self.BP, num_warps=4)
@@ -101,7 +102,7 @@ class Embedding:
     def __call__(self, ids, weight, out) -> None:
         if weight.stride(1) != 1:
             raise ValueError("embedding: the weight's rows must be contiguous")
-        _embedding_kernel[(self.n, triton.cdiv(self.Dm, self.block))](
+        launch(_embedding_kernel, (self.n, triton.cdiv(self.Dm, self.block)),
             ids, weight, out, self.Dm, self.V, weight.stride(0), BLOCK=self.block, num_warps=4)
 
 
@@ -138,7 +139,7 @@ class KVCacheWrite:
         self.per_batch = pos_per_batch
 
     def __call__(self, cache, new, pos) -> None:
-        _kv_write_kernel[(self.B * self.H * self.S,)](
+        launch(_kv_write_kernel, (self.B * self.H * self.S,),
             cache, new, pos, self.H, self.S, self.Smax, self.D, *cache.stride(), *new.stride(),
             POS_PER_BATCH=self.per_batch, BD=self.BD, num_warps=1)
 

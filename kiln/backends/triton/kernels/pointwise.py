@@ -23,6 +23,7 @@ from kiln.ir import DType, as_dtype
 
 from ..cache import KernelCache, default_cache
 from ..device import interpreting
+from .launch import launch
 
 # kiln dtype -> the Triton dtype values are computed in
 _COMPUTE = {"float16": "tl.float32", "bfloat16": "tl.float32", "float32": "tl.float32",
@@ -270,7 +271,7 @@ class PointwiseKernel:
         self.grid = (triton.cdiv(self.numel, self.block),)
 
     def __call__(self, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
-        self.fn[self.grid](*ins, *outs, self.numel, BLOCK=self.block)
+        launch(self.fn, self.grid, *ins, *outs, self.numel, BLOCK=self.block)
 
 
 def _broadcast_strides(t: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:

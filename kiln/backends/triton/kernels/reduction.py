@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..device import interpreting
+from .launch import launch
 
 MAX_SINGLE_BLOCK = 16384
 
@@ -86,7 +87,7 @@ class Softmax:
         self.acc = _acc_type(x.dtype)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        _softmax_kernel[(self.rows,)](x, out, self.R, LOG=self.log, SINGLE=self.single, BLOCK=self.block,
+        launch(_softmax_kernel, (self.rows,), x, out, self.R, LOG=self.log, SINGLE=self.single, BLOCK=self.block,
                                       ACC=self.acc, num_warps=_warps(self.block))
 
 
@@ -179,7 +180,7 @@ class Norm:
 
     def __call__(self, x, residual, weight, bias, out, sum_out=None) -> None:
         dummy = out
-        _norm_kernel[(self.rows,)](x, residual if residual is not None else dummy,
+        launch(_norm_kernel, (self.rows,), x, residual if residual is not None else dummy,
                                    weight if weight is not None else dummy, bias if bias is not None else dummy,
                                    out, sum_out if sum_out is not None else out, self.R, self.eps,
                                    SINGLE=self.single, BLOCK=self.block, ACC=self.acc,
@@ -266,5 +267,5 @@ class Reduce:
 
     def __call__(self, x, out) -> None:
         grid = (self.outer, triton.cdiv(self.inner, self.block_i))
-        _reduce_kernel[grid](x, out, self.R, self.inner, OP=self.op, BLOCK_R=self.block_r,
+        launch(_reduce_kernel, grid, x, out, self.R, self.inner, OP=self.op, BLOCK_R=self.block_r,
                              BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)

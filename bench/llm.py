@@ -1,0 +1,481 @@
+"""LLM decode/prefill benchmark on one GPU: kiln (Triton backend) vs HF transformers eager vs
+torch.compile(mode="reduce-overhead"), all in one run, bfloat16, random weights.
+
+Models: SmolLM2-135M and SmolLM2-360M configurations. For each model the same random weights
+(HF's init) are saved once with `save_pretrained` and loaded by kiln through `kiln.load`, so
+the peers run identical weights (the greedy tokens of kiln and HF are compared as a sanity check).
+
+Measured, per model:
+- decode ms/token at batch 1 and 8: prompt 128, 128 new tokens, greedy, one step = one new
+  token per row (at batch 8, ms per step); every peer runs the benchmark's own decode loop over a
+  static KV cache (HF: transformers' StaticCache; torch.compile: `cudagraph_mark_step_begin()`
+  before each compiled step and a clone of the chosen token, the recipe that works on torch 2.11);
+  kiln keeps its cache on the GPU (`TritonExecutor.run_device`) and replays one CUDA graph a step.
+- prefill latency for 512 tokens (batch 1, logits of the last position, KV cache written).
+- cold compile / warm-up time: kiln from graph build to kernels compiled and CUDA graphs captured,
+  with empty kernel caches; torch.compile: the first calls until steady state.
+- decode as a percentage of the HBM roofline: (weight bytes + KV bytes read per step) / bandwidth,
+  with the bandwidth measured here by a large device-to-device copy.
+
+    python bench/llm.py [--models 135m,360m] [--batches 1,8] [--peers kiln,eager,compile] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                 rms_norm_eps=1e-5, max_position_embeddings=8192),
+    "360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                 num_key_value_heads=5, head_dim=64, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                 rms_norm_eps=1e-5, max_position_embeddings=8192),
+}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def cold_caches() -> None:
+    """Point Triton's and kiln's kernel caches at empty directories, so kiln's compile time is cold."""
+    root = tempfile.mkdtemp(prefix="kiln-bench-")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
+    os.environ["KILN_CACHE_DIR"] = os.path.join(root, "kiln")
+
+
+def hbm_bandwidth(torch) -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (bytes read + written)."""
+    import triton.testing
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=50, rep=300, return_mode="median")
+    del a, b
+    return 2 * (1 << 30) / (ms * 1e-3)
+
+
+def cuda_ms(torch, fn, reps: int) -> list[float]:
+    out = []
+    if not torch.cuda.is_available():   # (a CPU smoke run under TRITON_INTERPRET=1)
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        out.append(s.elapsed_time(e))
+    return out
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+# ---- kiln ---------------------------------------------------------------------------------------
+
+def compile_kiln(model, kind: str, *shape, last_only=False):
+    """The compiled graph through kiln.compile(device="cuda"); directly through the Triton backend
+    when kiln.compile does not route cuda yet."""
+    try:
+        return model.compiled(kind, *shape, last_only=last_only)
+    except NotImplementedError:
+        from kiln.backends.triton import TritonExecutor
+        from kiln.compile import compile_graph
+        from kiln.runtime.compiled_graph import CompiledGraph
+        g = model.graphs.prefill_graph(*shape, last_only=last_only) if kind == "prefill" \
+            else model.graphs.decode_graph(*shape)
+        plan, report = compile_graph(g, device="cuda", optimize=model.optimize)
+        cg = CompiledGraph(plan, TritonExecutor(plan), "cuda", report=report)
+        cg.load_params({k: v for k, v in model.params.items() if k in cg.param_types})
+        model._compiled[(kind, *shape, last_only)] = cg
+        return cg
+
+
+def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, res: dict, profile: bool):
+    import numpy as np
+    import kiln
+
+    t0 = time.perf_counter()
+    model = kiln.load(str(ckpt), device="cuda", dtype="bfloat16", optimize=False)
+    res["kiln_load_s"] = time.perf_counter() - t0
+    tokens = {}
+    for B in batches:
+        L = model.cache_length(prompt + new)
+        t0 = time.perf_counter()
+        pre = compile_kiln(model, "prefill", B, prompt, last_only=True)
+        dec = compile_kiln(model, "decode", B, L)
+        pre.executor.warmup()
+        dec.executor.warmup()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        res[f"kiln_compile_s_b{B}"] = time.perf_counter() - t0
+        res[f"kiln_stages_b{B}"] = {"prefill": pre.executor.stats()["stage_seconds"],
+                                    "decode": dec.executor.stats()["stage_seconds"]}
+        st = dec.executor.stats()
+        res[f"kiln_decode_launches_b{B}"] = st["launches"]
+        res[f"kiln_decode_graph_b{B}"] = st["cuda_graph"]
+        log(f"  kiln b{B}: compile {res[f'kiln_compile_s_b{B}']:.1f}s, decode launches {st['launches']} "
+            f"{st['by_archetype']}, fused {st['fused']}, fallbacks {st['fallbacks']}, cuda graph {st['cuda_graph']}")
+        rng = np.random.default_rng(0)
+        pex, dex = pre.executor, dec.executor
+        dev = pex.device
+        ids = torch.from_numpy(rng.integers(0, model.graphs.vocab_size, (B, prompt))).to(dev)
+        ones = torch.ones(B, prompt, dtype=torch.int64, device=dev)
+        pos = torch.arange(prompt, device=dev).expand(B, prompt).contiguous()
+
+        def run_prefill():
+            return pex.run_device({"input_ids": ids, "attention_mask": ones, "position_ids": pos})
+
+        def decode(steps: int) -> list:
+            out = run_prefill()
+            for name, buf in dex.inputs.items():
+                if name.startswith("past."):
+                    buf[:, :, :prompt].copy_(out[name.replace("past.", "present.")])
+            dex.inputs["attention_mask"].zero_()
+            dex.inputs["attention_mask"][:, :prompt] = 1
+            dex.inputs["position_ids"].fill_(prompt)
+            dex.inputs["cache_position"].fill_(prompt)
+            tok = out["logits"][:, -1].argmax(-1, keepdim=True)
+            chosen = [tok]
+            for i in range(steps):
+                dex.inputs["input_ids"].copy_(tok)
+                dex.inputs["attention_mask"][:, prompt + i] = 1
+                o = dex.run_device()
+                tok = o["logits"][:, -1].argmax(-1, keepdim=True)
+                chosen.append(tok)
+                dex.inputs["position_ids"].add_(1)
+                dex.inputs["cache_position"].add_(1)
+            return chosen
+
+        decode(4)
+        prefill_ms = median(cuda_ms(torch, run_prefill, 5))
+        total = median(cuda_ms(torch, lambda: decode(new), 3))
+        res[f"kiln_decode_ms_b{B}"] = (total - prefill_ms) / new
+        chosen = decode(new)
+        tokens[B] = torch.cat(chosen, 1).cpu().numpy()
+        log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step")
+        if profile and B == batches[0]:
+            res["kiln_profile_b%d" % B] = profile_launches(torch, dex)
+        del pre, dec
+        model._compiled.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    # prefill latency, 512 tokens
+    t0 = time.perf_counter()
+    pre = compile_kiln(model, "prefill", 1, prefill, last_only=True)
+    pre.executor.warmup()
+    res["kiln_prefill_compile_s"] = time.perf_counter() - t0
+    rng = np.random.default_rng(1)
+    dev = pre.executor.device
+    feeds = {"input_ids": torch.from_numpy(rng.integers(0, model.graphs.vocab_size, (1, prefill))).to(dev),
+             "attention_mask": torch.ones(1, prefill, dtype=torch.int64, device=dev),
+             "position_ids": torch.arange(prefill, device=dev)[None].contiguous()}
+    pre.executor.run_device(feeds)
+    res["kiln_prefill_ms"] = median(cuda_ms(torch, lambda: pre.executor.run_device(feeds), 10))
+    log(f"  kiln prefill {prefill}: {res['kiln_prefill_ms']:.2f} ms (compile {res['kiln_prefill_compile_s']:.1f}s)")
+    if profile:
+        res["kiln_profile_prefill"] = profile_launches(torch, pre.executor)
+    del pre, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return tokens
+
+
+def profile_launches(torch, ex, reps: int = 5) -> list:
+    """Device time per launch label (events around every launch of an eager pass), top 12."""
+    from collections import defaultdict
+    times = defaultdict(float)
+    counts = defaultdict(int)
+    for _ in range(reps):
+        evs = []
+        for fn, args in ex.calls:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn(*args)
+            e.record()
+            evs.append((s, e))
+        torch.cuda.synchronize()
+        for (s, e), l in zip(evs, ex.program.launches):
+            times[l.label] += s.elapsed_time(e) / reps
+            counts[l.label] += 1
+    rows = sorted(times.items(), key=lambda kv: -kv[1])
+    total = sum(times.values())
+    log(f"    per-launch device time, eager pass: {total:.3f} ms over {len(ex.calls)} launches")
+    for label, ms in rows[:12]:
+        log(f"      {ms:8.3f} ms  x{counts[label] // reps:3d}  {label}")
+    return [(l, ms, counts[l] // reps) for l, ms in rows]
+
+
+# ---- HF peers ------------------------------------------------------------------------------------
+
+def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict, compiled: bool):
+    from transformers import StaticCache
+    tag = "compile" if compiled else "eager"
+    tokens = {}
+    vocab = hf.config.vocab_size
+    for B in batches:
+        L = prompt + new + 8
+        cache = StaticCache(config=hf.config, max_cache_len=L)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        import numpy as np
+        ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, (B, prompt))).cuda()
+
+        def step(tok, pos, cache_position):
+            return hf(input_ids=tok, position_ids=pos, cache_position=cache_position, past_key_values=cache,
+                      use_cache=True).logits[:, -1]
+
+        fn = torch.compile(step, mode="reduce-overhead", fullgraph=True) if compiled else step
+
+        def decode(steps: int):
+            cache.reset()
+            out = hf(input_ids=ids, cache_position=torch.arange(prompt, device="cuda"), past_key_values=cache,
+                     use_cache=True, logits_to_keep=1)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            chosen = [tok]
+            pos = torch.full((B, 1), prompt, dtype=torch.int64, device="cuda")
+            cpos = torch.tensor([prompt], dtype=torch.int64, device="cuda")
+            for i in range(steps):
+                if compiled:
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = fn(tok, pos, cpos)
+                tok = logits.argmax(-1, keepdim=True).clone()
+                chosen.append(tok)
+                pos = pos + 1
+                cpos = cpos + 1
+            return chosen
+
+        def prefill_only():
+            cache.reset()
+            return hf(input_ids=ids, cache_position=torch.arange(prompt, device="cuda"), past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            decode(3)
+            torch.cuda.synchronize()
+            res[f"{tag}_warmup_s_b{B}"] = time.perf_counter() - t0
+            pre_ms = median(cuda_ms(torch, prefill_only, 3))
+            reps = 3 if compiled else 1
+            total = median(cuda_ms(torch, lambda: decode(new), reps))
+            res[f"{tag}_decode_ms_b{B}"] = (total - pre_ms) / new
+            tokens[B] = torch.cat(decode(new), 1).cpu().numpy()
+        log(f"  {tag} b{B}: warm-up {res[f'{tag}_warmup_s_b{B}']:.1f}s, decode {res[f'{tag}_decode_ms_b{B}']:.3f} ms/step")
+        del cache, fn
+        torch._dynamo.reset() if compiled else None
+        gc.collect()
+        torch.cuda.empty_cache()
+    # prefill 512
+    cache = StaticCache(config=hf.config, max_cache_len=prefill)
+    import numpy as np
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, vocab, (1, prefill))).cuda()
+    cpos = torch.arange(prefill, device="cuda")
+
+    def pf(ids, cpos):
+        return hf(input_ids=ids, cache_position=cpos, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+
+    fn = torch.compile(pf, mode="reduce-overhead", fullgraph=True) if compiled else pf
+
+    def run():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        return fn(ids, cpos)
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        res[f"{tag}_prefill_warmup_s"] = time.perf_counter() - t0
+        res[f"{tag}_prefill_ms"] = median(cuda_ms(torch, run, 10))
+    log(f"  {tag} prefill {prefill}: {res[f'{tag}_prefill_ms']:.2f} ms (warm-up {res[f'{tag}_prefill_warmup_s']:.1f}s)")
+    del cache, fn
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return tokens
+
+
+# ---- matmul configurations for the decode shapes ----------------------------------------------
+
+def sweep_matmul(torch, cfg: dict, batches) -> list:
+    """Device time of the fused decode matmuls for several Triton block configurations vs cuBLAS."""
+    import itertools
+
+    import triton.testing
+    from kiln.backends.triton.kernels.matmul import Matmul
+
+    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    qkv = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * cfg["head_dim"]
+    shapes = [("qkv+norm", qkv, h, dict(norm="rms_norm")), ("o+res", h, h, dict(has_residual=True)),
+              ("gate_up+norm+swiglu", inter, h, dict(norm="rms_norm", activation="swiglu")),
+              ("down+res", h, inter, dict(has_residual=True)), ("head+norm", v, h, dict(norm="rms_norm"))]
+    configs = [dict(BM=16, BN=bn, BK=bk, GROUP_M=8, num_warps=w, num_stages=3)
+               for bn, bk, w in itertools.product((16, 32, 64), (128, 256), (4,))]
+    rows = []
+    bf = torch.bfloat16
+    for M in batches:
+        for name, N, K, kw in shapes:
+            width = 2 * N if kw.get("activation") == "swiglu" else N
+            a = torch.randn(1, M, K, device="cuda", dtype=bf)
+            w = torch.randn(width, K, device="cuda", dtype=bf) * 0.05
+            c = torch.empty(1, M, N, device="cuda", dtype=bf)
+            r = torch.randn(1, M, N, device="cuda", dtype=bf)
+            nw = torch.ones(K, device="cuda", dtype=bf)
+            res = {}
+            for conf in configs:
+                k = Matmul(M, N, K, 1, bf, cfg=conf, **kw)
+                args = (a, w.t().unsqueeze(0), c, None, r if kw.get("has_residual") else None,
+                        nw if kw.get("norm") else None, None)
+                res[(conf["BN"], conf["BK"], conf["num_warps"])] = triton.testing.do_bench(
+                    lambda: k(*args), warmup=25, rep=100, return_mode="median") * 1e3
+            cub = triton.testing.do_bench(lambda: torch.matmul(a[0], w.t()), warmup=25, rep=100,
+                                          return_mode="median") * 1e3
+            best = min(res, key=res.get)
+            default = Matmul(M, N, K, 1, bf, **kw).cfg
+            dkey = (default["BN"], default["BK"], default["num_warps"])
+            log(f"    M={M} {name:22s} N={N:6d} K={K:5d}: best {best} {res[best]:6.1f} us, "
+                f"default {dkey} {res.get(dkey, float('nan')):6.1f} us, cuBLAS (no fusion) {cub:6.1f} us")
+            rows.append(dict(M=M, shape=name, N=N, K=K, best=best, best_us=res[best], default_us=res.get(dkey),
+                             cublas_us=cub, all={str(k): v for k, v in res.items()}))
+    return rows
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+def roofline_ms(cfg: dict, B: int, prompt: int, new: int, bw: float) -> float:
+    h, inter, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads, kv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    per_layer = h * (heads + 2 * kv) * hd + heads * hd * h + 3 * h * inter + 2 * h
+    weights = 2 * (n * per_layer + v * h + h)                   # bf16; the tied head reads the table once
+    ctx = prompt + new / 2                                      # mean context over the decode
+    kv_bytes = 2 * n * 2 * B * kv * ctx * hd                    # keys and values, bf16
+    return (weights + kv_bytes) / bw * 1e3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="135m,360m")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--peers", default="kiln,eager,compile")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--profile", action="store_true", help="kiln: device time per launch")
+    ap.add_argument("--sweep", action="store_true", help="time decode matmul block configurations first")
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    args = ap.parse_args(argv)
+    cold_caches()
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available():
+        log("bench/llm.py needs a CUDA GPU")
+        return 1
+    batches = [int(b) for b in args.batches.split(",")]
+    peers = args.peers.split(",")
+    bw = hbm_bandwidth(torch)
+    dev = torch.cuda.get_device_name()
+    log(f"{dev}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    results = {"device": dev, "bandwidth_Bps": bw, "torch": torch.__version__,
+               "transformers": transformers.__version__, "models": {}}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+    for name in args.models.split(","):
+        cfg = CONFIGS[name]
+        res = results["models"][name] = {}
+        log(f"SmolLM2-{name.upper()} shape, bfloat16, random weights")
+        torch.manual_seed(0)
+        hf_cfg = transformers.LlamaConfig(**cfg, initializer_range=0.02, bos_token_id=None, eos_token_id=None,
+                                          pad_token_id=None)
+        hf = transformers.LlamaForCausalLM(hf_cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+        ckpt = Path(tempfile.mkdtemp(prefix=f"smollm2-{name}-"))
+        hf.save_pretrained(ckpt)
+        res["params"] = sum(p.numel() for p in hf.parameters())
+        if args.sweep:
+            res["matmul_sweep"] = sweep_matmul(torch, cfg, batches)
+            save()
+        toks = {}
+        for peer in peers:
+            try:
+                if peer == "kiln":
+                    toks[peer] = bench_kiln(torch, ckpt, batches, args.prompt, args.new, args.prefill, res,
+                                            args.profile)
+                else:
+                    toks[peer] = bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res,
+                                          compiled=peer == "compile")
+            except Exception as e:  # report and go on with the other peers
+                import traceback
+                traceback.print_exc()
+                res[f"{peer}_error"] = f"{type(e).__name__}: {e}"
+            save()
+        for B in batches:
+            res[f"roofline_ms_b{B}"] = roofline_ms(cfg, B, args.prompt, args.new, bw)
+            if "kiln" in toks and B in toks["kiln"]:
+                for peer in ("eager", "compile"):
+                    if peer in toks and B in toks[peer]:
+                        res[f"kiln_vs_{peer}_same_tokens_b{B}"] = float((toks["kiln"][B] == toks[peer][B]).mean())
+        save()
+        del hf
+        gc.collect()
+        torch.cuda.empty_cache()
+    print_table(results, batches)
+    save()
+    return 0
+
+
+def print_table(results: dict, batches) -> None:
+    def f(x, fmt="{:.3f}"):
+        return fmt.format(x) if isinstance(x, (int, float)) else "-"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+
+    log("\n| model | metric | kiln | HF eager | torch.compile | kiln/eager | kiln/compile | roofline | kiln % of roofline |")
+    log("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results["models"].items():
+        for B in batches:
+            k, e, c = r.get(f"kiln_decode_ms_b{B}"), r.get(f"eager_decode_ms_b{B}"), r.get(f"compile_decode_ms_b{B}")
+            roof = r.get(f"roofline_ms_b{B}")
+            pct = f"{100 * roof / k:.0f}%" if isinstance(k, float) and roof else "-"
+            log(f"| {name} | decode ms/step b{B} | {f(k)} | {f(e)} | {f(c)} | {ratio(k, e)} | {ratio(k, c)} | "
+                f"{f(roof)} | {pct} |")
+        k, e, c = r.get("kiln_prefill_ms"), r.get("eager_prefill_ms"), r.get("compile_prefill_ms")
+        log(f"| {name} | prefill 512 ms | {f(k, '{:.2f}')} | {f(e, '{:.2f}')} | {f(c, '{:.2f}')} | {ratio(k, e)} | "
+            f"{ratio(k, c)} | | |")
+        for B in batches:
+            k, c = r.get(f"kiln_compile_s_b{B}"), r.get(f"compile_warmup_s_b{B}")
+            log(f"| {name} | compile / warm-up s b{B} | {f(k, '{:.1f}')} | {f(r.get(f'eager_warmup_s_b{B}'), '{:.1f}')} "
+                f"| {f(c, '{:.1f}')} | | {ratio(k, c)} | | |")
+        for B in batches:
+            for peer in ("eager", "compile"):
+                v = r.get(f"kiln_vs_{peer}_same_tokens_b{B}")
+                if v is not None:
+                    log(f"| {name} | greedy tokens equal to {peer} b{B} | {v:.0%} | | | | | | |")
+        for key, v in r.items():
+            if key.endswith("_error"):
+                log(f"| {name} | {key} | {v} | | | | | | |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

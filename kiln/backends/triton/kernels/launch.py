@@ -1,0 +1,31 @@
+"""Every kernel launch goes through `launch`, so a compile-only pass can build the binaries
+(Triton's `warmup`: specialize and compile, no launch) from several threads at once."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+_state = threading.local()
+
+
+def launch(fn, grid, *args, **kwargs) -> None:
+    if getattr(_state, "compile_only", False):
+        fn.warmup(*args, grid=grid, **kwargs)
+    else:
+        fn[grid](*args, **kwargs)
+
+
+@contextmanager
+def compile_only():
+    """Within this block (in this thread), launches compile their kernel and do not run it."""
+    prev = getattr(_state, "compile_only", False)
+    _state.compile_only = True
+    try:
+        yield
+    finally:
+        _state.compile_only = prev
+
+
+def compiling_only() -> bool:
+    return getattr(_state, "compile_only", False)
