@@ -126,6 +126,11 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
         res[f"kiln_stages_b{B}"] = {"prefill": pre.executor.stats()["stage_seconds"],
                                     "decode": dec.executor.stats()["stage_seconds"]}
         st = dec.executor.stats()
+        for ex_name, ex in (("prefill", pre.executor), ("decode", dec.executor)):
+            for attr in ("compile_error", "graph_error"):
+                if getattr(ex, attr, None):
+                    res[f"kiln_{ex_name}_{attr}_b{B}"] = getattr(ex, attr)
+                    log(f"  kiln b{B} {ex_name} {attr}: {getattr(ex, attr)}")
         res[f"kiln_decode_launches_b{B}"] = st["launches"]
         res[f"kiln_decode_graph_b{B}"] = st["cuda_graph"]
         log(f"  kiln b{B}: compile {res[f'kiln_compile_s_b{B}']:.1f}s, decode launches {st['launches']} "
@@ -232,7 +237,6 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
     for B in batches:
         L = prompt + new + 8
         cache = StaticCache(config=hf.config, max_cache_len=L)
-        g = torch.Generator(device="cpu").manual_seed(0)
         import numpy as np
         ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, (B, prompt))).cuda()
 
@@ -421,6 +425,8 @@ def main(argv=None) -> int:
                 if peer == "kiln":
                     toks[peer] = bench_kiln(torch, ckpt, batches, args.prompt, args.new, args.prefill, res,
                                             args.profile)
+                    x = torch.randn(256, 256, device="cuda")      # the device is still healthy
+                    torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-3, atol=1e-3)
                 else:
                     toks[peer] = bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res,
                                           compiled=peer == "compile")

@@ -5,6 +5,7 @@ memory and run it as fused kernels on the CPU (NumPy) or an NVIDIA GPU (Triton).
 """
 
 import kiln.compile as _compile_package  # noqa: F401  (bind the package first: `kiln.compile` is the function)
+import kiln.load as _load_module  # noqa: F401  (likewise: a later import must not rebind `kiln.load`)
 from kiln.api import compile
 from kiln.autodiff import grad, hvp, jvp, vjp, vmap
 from kiln.ir import DType, Graph, GraphError, TensorType, as_dtype, load_graph, save_graph

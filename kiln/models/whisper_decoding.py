@@ -478,12 +478,14 @@ def split_segments(seq: np.ndarray, seek: int, seek_frames: int, timestamp_begin
 
 def generate(model, input_features, *, language=None, task: str | None = None, return_timestamps: bool | None = None,
              num_beams: int | None = None, max_length: int | None = None, max_new_tokens: int | None = None,
-             attention_mask=None, is_multilingual: bool | None = None, return_segments: bool = False):
+             length_penalty: float | None = None, early_stopping: bool | str | None = None, attention_mask=None,
+             is_multilingual: bool | None = None, return_segments: bool = False):
     """Token ids of each item's transcript, like HF `WhisperForConditionalGeneration.generate`.
 
     input_features: [batch, n_mels, frames] log-mel features; more than 3000 frames (30 s) is long-form
     audio, decoded in sequential windows with timestamps. language: code, name or token (one, or one per
     item); None detects it. task: "transcribe" / "translate" / None (the generation config's).
+    num_beams, length_penalty, early_stopping, max_length, max_new_tokens override the generation config.
     attention_mask [batch, frames] gives each item's real length in a padded long-form batch.
 
     Returns int64 [batch, tokens] (the generated tokens of all windows, without the prompt or eos,
@@ -502,6 +504,12 @@ def generate(model, input_features, *, language=None, task: str | None = None, r
         gc.max_length = int(max_length)
     if max_new_tokens is not None:
         gc.max_new_tokens = int(max_new_tokens)
+    if length_penalty is not None:
+        gc.length_penalty = float(length_penalty)
+    if early_stopping is not None:
+        if early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        gc.early_stopping = early_stopping
     if gc.num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {gc.num_beams}")
     window = cfg.num_frames

@@ -9,6 +9,8 @@ embeddings of equal norm and a loud cross-attention.
 import argparse
 import copy
 import dataclasses
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -86,6 +88,15 @@ def make_checkpoint(path, tok, *, d_model=64, heads=(2, 4), layers=2, ffn=128, m
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The HF reference runs thousands of tiny ops: one thread avoids spin-waiting on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +206,20 @@ def test_beam5_matches_hf_generate(tiny):
     assert not np.array_equal(greedy, out), "beam search should find different transcripts here"
 
 
+@pytest.mark.parametrize("eos,early_stopping,length_penalty", [(210, False, 1.0), (356, True, 0.6)])
+def test_beam_search_with_finished_hypotheses_matches_hf(tiny, monkeypatch, eos, early_stopping, length_penalty):
+    """An end token the model often emits (a trained model's <|endoftext|>): hypotheses finish early, which
+    exercises the finished set, the length penalty and HF's stopping heuristics (and pad != eos)."""
+    _, hf, _, model = tiny
+    monkeypatch.setattr(model, "generation_config", dataclasses.replace(model.generation_config, eos_token_id=eos))
+    feats = features(2, seed=3)
+    kw = {"num_beams": 5, "early_stopping": early_stopping, "length_penalty": length_penalty}
+    ref = hf_generate(hf, feats, language="de", task="transcribe", eos_token_id=eos, **kw).numpy()
+    out = model.generate(feats, language="de", task="transcribe", **kw)
+    np.testing.assert_array_equal(out, ref)
+    assert (out == EOT).any(), "some transcript should end early (and be right-padded)"
+
+
 def test_language_detection_matches_hf(tiny):
     _, hf, _, model = tiny
     feats = features(2, seed=5)
@@ -202,6 +227,7 @@ def test_language_detection_matches_hf(tiny):
         ref_ids = hf.detect_language(torch.from_numpy(feats)).tolist()
     by_id = {v: k for k, v in hf.generation_config.lang_to_id.items()}
     assert model.detect_language(feats) == [by_id[i] for i in ref_ids]
+    assert len(set(ref_ids)) > 1
     np.testing.assert_array_equal(model.generate(feats, task="transcribe"),
                                   hf_generate(hf, feats, task="transcribe").numpy())
 
@@ -304,16 +330,17 @@ def test_transcribe_long_audio_segments_end_to_end(tiny, tmp_path):
         assert s["text"] == tok.decode(r["tokens"], skip_special_tokens=True)
 
 
-def test_cli_prints_the_transcript(tiny, tmp_path, capsys):
+def test_kiln_run_prints_the_transcript(tiny, tmp_path, capsys):
     from kiln.cli_transcribe import transcribe_main
 
     path, _, _, model = tiny
     wav = _stereo_wav(tmp_path / "a.wav", 2.0, seed=9)
-    args = argparse.Namespace(model=str(path), inputs=[str(wav)], language="en", task="transcribe",
-                              device="cpu", dtype="float32")
-    assert transcribe_main(args) == 0
-    assert capsys.readouterr().out.strip() == model.transcribe(wav, language="en").strip()
-    args.inputs = [str(tmp_path / "missing.wav")]
+    run = subprocess.run([sys.executable, "-m", "kiln.cli", "run", str(path), str(wav), "--language", "en"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == model.transcribe(wav, language="en").strip() != ""
+    args = argparse.Namespace(model=str(path), inputs=[str(tmp_path / "missing.wav")], language=None,
+                              task="transcribe", device="cpu", dtype="float32")
     assert transcribe_main(args) == 1
     assert "missing.wav" in capsys.readouterr().err
 

@@ -121,8 +121,31 @@ def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
         caches = {name: ref[name.replace("past", "present")] for name in caches}
         tok = ref["logits"][:, -1].argmax(-1)
     stats = ex.stats()
-    assert stats["fused"]["kv_cache_write"] == 4 and not stats["fallbacks"]
-    assert stats["by_archetype"]["matmul"] == 2 * 4 + 1           # per layer: qkv, o, gate_up, down; + head
+    assert stats["fused"]["rope_qkv_cache"] == 2 and not stats["fallbacks"]   # rope(q, k) + both cache writes
+    # per layer: qkv, o, gate_up, down (norms, residual adds and swiglu fused in); + the head
+    assert stats["by_archetype"]["matmul"] == 2 * 4 + 1
+    assert stats["by_archetype"]["attention"] == 2 and stats["by_archetype"]["layout"] == 2 + 1   # + embedding
+
+
+def test_kv_cache_pattern_writes_one_row_in_place(rng):
+    """present = where(slot == arange(L), new, past) with present -> past as state: a row write."""
+    g = Graph()
+    past = g.input("past", (2, 3, 8, 4))
+    new = g.input("new", (2, 3, 1, 4))
+    slot = g.input("slot", (1,), "int64")
+    here = g.reshape(g.equal(g.constant(np.arange(8, dtype=np.int64)), slot), shape=[1, 1, 8, 1])
+    g.output("present", g.where(here, new, past))
+    plan = build_plan(g)
+    ex = TritonExecutor(plan, state={"present": "past"})
+    assert ex.stats()["fused"]["kv_cache_write"] == 1
+    cache = randn(rng, (2, 3, 8, 4))
+    ex.params_changed({})
+    ex.feed({"past": cache})
+    for s in (2, 5):
+        row = randn(rng, (2, 3, 1, 4))
+        out = ex.run_device({"new": row, "slot": np.array([s])})["present"]
+        cache[:, :, s:s + 1] = row
+        np.testing.assert_array_equal(out.cpu().numpy(), cache)
 
 
 def test_errors_name_the_problem(rng):

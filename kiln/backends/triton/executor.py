@@ -162,13 +162,15 @@ class TritonExecutor:
                 seen.add(key)
                 todo.append((fn, args))
 
-        def build(item):
-            fn, args = item
-            with compile_only():
-                fn(*args)
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(build, todo))
+        # Triton's own async mode: the main thread specializes each kernel and submits its compile to
+        # the pool; leaving the block waits for them and files each binary in its kernel's cache
+        try:
+            from triton.runtime._async_compile import AsyncCompileMode
+            with ThreadPoolExecutor(max_workers=threads) as pool, AsyncCompileMode(pool), compile_only():
+                for fn, args in todo:
+                    fn(*args)
+        except Exception as e:  # never fatal: the eager pass compiles whatever is missing
+            self.compile_error = f"{type(e).__name__}: {e}"
 
     def _compile_pass(self) -> None:
         t0 = time.perf_counter()
@@ -184,10 +186,15 @@ class TritonExecutor:
         """Record the launch sequence as a CUDA graph (recording does not execute it)."""
         t0 = time.perf_counter()
         try:
+            # cuBLAS keeps a workspace per stream; one allocated while recording would belong to the
+            # graph's private pool and be reused after the graph is freed (as torch.compile does: clear
+            # the workspaces before and after recording)
+            torch._C._cuda_clearCublasWorkspaces()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 self._launch_all()
             torch.cuda.synchronize(self.device)
+            torch._C._cuda_clearCublasWorkspaces()
             self._graph = g
         except Exception as e:  # a launch that cannot be captured: run eagerly, and say so
             self._graph = None

@@ -84,7 +84,7 @@ def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
             x = s.inputs[0]
             p = producer.get(x)
             if p is not None and steps[p].op in NORM_OPS and only_reader(x) == i and p not in fp.absorbed \
-                    and steps[p].inputs[0] is not None:
+                    and steps[p].inputs[1] is not None:   # the prologue needs the norm's weight
                 f.norm_step = p
                 f.absorbed.append(p)
         # epilogue

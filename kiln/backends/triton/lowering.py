@@ -202,7 +202,11 @@ class Lowering:
     # ---- driver ------------------------------------------------------------------------------
     def lower(self) -> Program:
         steps = self.plan.steps
+        decode_qkv = self._plan_decode_qkv()
         for i, s in enumerate(steps):
+            if i in decode_qkv:
+                self._decode_qkv(decode_qkv[i])
+                continue
             if i in self.fusion.absorbed:
                 continue
             if i in self.fusion.groups:
@@ -317,31 +321,91 @@ class Lowering:
         return readers <= set(members) and st.meta.is_contiguous() and \
             tuple(st.meta.shape) == tuple(self.types[out_vid].shape)
 
-    def _kv_write(self, s) -> bool:
-        """where(slot == arange(L) [1,1,L,1], new [B,H,1,D], past) into a state updated in place:
-        write only the new row instead of rewriting the cache."""
+    def _kv_match(self, s):
+        """(cache value, new value, slot value) when step `s` is where(slot == arange(L) [1,1,L,1],
+        new [B,H,1,D], past) into a state updated in place, else None."""
         if s.op != "where":
-            return False
+            return None
         out_vid = s.outputs[0]
         state_in = self.state_out.get(out_vid)
         cond, new, past = s.inputs
         if state_in is None or past != state_in or set(self.readers.get(past, [])) != {self.producer[out_vid]}:
-            return False
+            return None
         ct, nt, pt = self.types[cond], self.types[new], self.types[past]
         if pt.rank != 4 or nt.shape != (pt.shape[0], pt.shape[1], 1, pt.shape[3]) \
                 or ct.shape != (1, 1, pt.shape[2], 1):
-            return False
+            return None
         slot = self._slot_of(cond, pt.shape[2])
-        if slot is None:
+        if slot is None or not self.vals[past].meta.is_contiguous():
+            return None
+        return past, new, slot
+
+    def _kv_write(self, s) -> bool:
+        """The KV-cache pattern above: write only the new row instead of rewriting the cache."""
+        m = self._kv_match(s)
+        if m is None:
             return False
+        past, new, slot = m
+        pt, nt = self.types[past], self.types[new]
         cache = self.vals[past]
-        if not cache.meta.is_contiguous():
-            return False
         k = layout_k.KVCacheWrite(tuple(pt.shape), tuple(nt.shape), pos_per_batch=False)
         self._emit("layout", "kv_cache_write", k, (cache, self.vals[new], self.vals[slot]))
-        self.vals[out_vid] = cache
+        self.vals[s.outputs[0]] = cache
         self.fused["kv_cache_write"] += 1
         return True
+
+    def _plan_decode_qkv(self) -> dict:
+        """attention(rope(q), where(slot, rope(k), past_k), where(slot, v, past_v)) of a decode step:
+        one launch rotates q, rotates k into the cache and copies v into the cache."""
+        steps, fusion, found = self.plan.steps, self.fusion, {}
+        for t, s in enumerate(steps):
+            if s.op not in ("attention", "attention_lse"):
+                continue
+            a, c, d = (self.producer.get(v) for v in s.inputs[:3])
+            if None in (a, c, d) or steps[a].op != "rope" or steps[c].op != "where" or steps[d].op != "where":
+                continue
+            if steps[c].inputs[0] != steps[d].inputs[0] or fusion.groups.get(c) != [c] \
+                    or fusion.groups.get(d) != [d] or a in fusion.absorbed:
+                continue
+            b = self.producer.get(steps[c].inputs[1])
+            if b is None or steps[b].op != "rope" or b in fusion.absorbed:
+                continue
+            qa, kb = steps[a], steps[b]
+            if qa.inputs[1:] != kb.inputs[1:] or qa.attrs != kb.attrs \
+                    or self.readers.get(qa.outputs[0]) != [t] or self.readers.get(kb.outputs[0]) != [c] \
+                    or qa.outputs[0] in self.keep or kb.outputs[0] in self.keep:
+                continue
+            # the state inputs exist already, so the where steps can be matched now
+            mc, md = self._kv_match(steps[c]), self._kv_match(steps[d])
+            if mc is None or md is None or mc[2] != md[2]:
+                continue
+            members = (a, b, c, d)
+            last = max(members)
+            found[last] = members
+            for m in members:
+                fusion.groups.pop(m, None)
+                if m != last:
+                    fusion.absorbed.add(m)
+        return found
+
+    def _decode_qkv(self, members) -> None:
+        a, b, c, d = (self.plan.steps[m] for m in members)
+        past_k, _, slot = self._kv_match(c)
+        past_v, v_new, _ = self._kv_match(d)
+        xq, cos, sin = (self.vals[v] for v in a.inputs)
+        xk = self.vals[b.inputs[0]]
+        xv = self.vals[v_new]
+        if cos.meta.stride() != sin.meta.stride():
+            cos, sin = self._contiguous(cos), self._contiguous(sin)
+        q_out = self._out(a.outputs[0])
+        kc, vc = self.vals[past_k], self.vals[past_v]
+        bq, hq, _, dd = xq.meta.shape
+        _, hk, length, _ = kc.meta.shape
+        k = layout_k.RopeQKVCache(bq, hq, hk, dd, cos.meta.shape[2], length, a.attrs["layout"] == "interleaved")
+        self._emit("layout", "rope(q)+rope(k)+kv_cache_write(k,v)", k,
+                   (xq, xk, xv, cos, sin, q_out, kc, vc, self.vals[slot]))
+        self.vals[c.outputs[0]], self.vals[d.outputs[0]] = kc, vc
+        self.fused["rope_qkv_cache"] += 1
 
     def _slot_of(self, cond: int, length: int) -> int | None:
         """The slot value s when `cond` is reshape(equal(arange(length), s)) with s of shape (1,)."""

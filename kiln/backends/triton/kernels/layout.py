@@ -153,3 +153,89 @@ def kv_cache_write(cache: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) ->
         raise ValueError(f"kv_cache_write: pos must have 1 or B={cache.shape[0]} entries, got {pos.numel()}")
     KVCacheWrite(cache.shape, new.shape, per_batch)(cache, new, pos)
     return cache
+
+
+@triton.jit
+def _rope_row(src, dst, c, sn, j, jm, ok, sxd, sod, D, R2, INTERLEAVED: tl.constexpr, PASS: tl.constexpr,
+              BP: tl.constexpr):
+    if INTERLEAVED:
+        i1 = 2 * j
+        i2 = 2 * j + 1
+    else:
+        i1 = j
+        i2 = j + R2
+    x1 = tl.load(src + i1 * sxd, mask=jm, other=0.0).to(tl.float32)
+    x2 = tl.load(src + i2 * sxd, mask=jm, other=0.0).to(tl.float32)
+    tl.store(dst + i1 * sod, (x1 * c - x2 * sn).to(dst.dtype.element_ty), mask=jm & ok)
+    tl.store(dst + i2 * sod, (x2 * c + x1 * sn).to(dst.dtype.element_ty), mask=jm & ok)
+    if PASS:
+        p = 2 * R2 + tl.arange(0, BP)
+        pm = (p < D) & ok
+        tl.store(dst + p * sod, tl.load(src + p * sxd, mask=pm, other=0.0).to(dst.dtype.element_ty), mask=pm)
+
+
+@triton.jit
+def _rope_qkv_cache_kernel(xq, xk, xv, cos, sin, q_out, k_cache, v_cache, slot,
+                           Hq, Hk, D, R2, L,
+                           sqb, sqh, sqd, skb, skh, skd, svb, svh, svd, scb, scd,
+                           sob, soh, sod, skcb, skch, skcl, skcd, svcb, svch, svcl, svcd,
+                           INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
+                           BD: tl.constexpr):
+    # one program per row: rows [0, B*Hq) rotate q, [B*Hq, B*(Hq+Hk)) rotate k into the cache at
+    # `slot`, the rest copy v into the cache at `slot` (one decode token per row)
+    r = tl.program_id(0)
+    B = tl.num_programs(0) // (Hq + 2 * Hk)
+    pos = tl.load(slot).to(tl.int64)
+    ok = (pos >= 0) & (pos < L)
+    j = tl.arange(0, BH)
+    jm = j < R2
+    if r < B * Hq:
+        b = (r // Hq).to(tl.int64)
+        h = (r % Hq).to(tl.int64)
+        c = tl.load(cos + b * scb + j * scd, mask=jm, other=0.0).to(tl.float32)
+        sn = tl.load(sin + b * scb + j * scd, mask=jm, other=0.0).to(tl.float32)
+        _rope_row(xq + b * sqb + h * sqh, q_out + b * sob + h * soh, c, sn, j, jm, pos == pos, sqd, sod, D, R2,
+                  INTERLEAVED, PASS, BP)
+    elif r < B * (Hq + Hk):
+        r2 = r - B * Hq
+        b = (r2 // Hk).to(tl.int64)
+        h = (r2 % Hk).to(tl.int64)
+        c = tl.load(cos + b * scb + j * scd, mask=jm, other=0.0).to(tl.float32)
+        sn = tl.load(sin + b * scb + j * scd, mask=jm, other=0.0).to(tl.float32)
+        _rope_row(xk + b * skb + h * skh, k_cache + b * skcb + h * skch + pos * skcl, c, sn, j, jm, ok,
+                  skd, skcd, D, R2, INTERLEAVED, PASS, BP)
+    else:
+        r3 = r - B * (Hq + Hk)
+        b = (r3 // Hk).to(tl.int64)
+        h = (r3 % Hk).to(tl.int64)
+        d = tl.arange(0, BD)
+        dm = (d < D) & ok
+        vals = tl.load(xv + b * svb + h * svh + d * svd, mask=dm, other=0.0)
+        tl.store(v_cache + b * svcb + h * svch + pos * svcl + d * svcd, vals.to(v_cache.dtype.element_ty), mask=dm)
+
+
+class RopeQKVCache:
+    """One decode step's q/k/v epilogue in one launch: rotate q, rotate k straight into the KV cache
+    at the slot, copy v into the cache at the slot. q, k, v: [B, H, 1, D] views; cos/sin [B|1, 1, rot/2];
+    caches [B, Hk, L, D]; slot: int [1]. Out-of-range slots write nothing (checked on the host)."""
+
+    archetype = "layout"
+
+    def __init__(self, B: int, Hq: int, Hk: int, D: int, rot_half: int, L: int, interleaved: bool):
+        self.B, self.Hq, self.Hk, self.D, self.R2, self.L = B, Hq, Hk, D, rot_half, L
+        self.interleaved = interleaved
+        self.PASS = D > 2 * rot_half
+        self.BH = _pow2(rot_half, 2)
+        self.BP = _pow2(D - 2 * rot_half, 2) if self.PASS else 2
+        self.BD = _pow2(D, 16)
+
+    def __call__(self, q, k, v, cos, sin, q_out, k_cache, v_cache, slot) -> None:
+        cb = cos.stride(0) if cos.shape[0] > 1 else 0
+        if sin.stride() != cos.stride():
+            raise ValueError("rope: cos and sin must share one layout")
+        launch(_rope_qkv_cache_kernel, (self.B * (self.Hq + 2 * self.Hk),),
+               q, k, v, cos, sin, q_out, k_cache, v_cache, slot, self.Hq, self.Hk, self.D, self.R2, self.L,
+               q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(3),
+               v.stride(0), v.stride(1), v.stride(3), cb, cos.stride(2),
+               q_out.stride(0), q_out.stride(1), q_out.stride(3), *k_cache.stride(), *v_cache.stride(),
+               INTERLEAVED=self.interleaved, PASS=self.PASS, BH=self.BH, BP=self.BP, BD=self.BD, num_warps=1)

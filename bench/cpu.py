@@ -1,0 +1,288 @@
+"""CPU benchmark: kiln's NumPy backend vs PyTorch eager on the same weights and the same threads.
+
+Measured, for each thread count (kiln's BLAS pool limited with threadpoolctl, torch with
+`torch.set_num_threads`, both to the same number):
+
+- Llama: a random SmolLM2-135M-shaped model (HF's init, fixed seed) saved with `save_pretrained`
+  to a temp dir and loaded by kiln through `kiln.load`; HF `LlamaForCausalLM` (eager attention)
+  loads the same files. Prefill of a 128-token prompt at batch 1 (KV cache written, logits of
+  the last position) and greedy decode ms/token over a static KV cache (kiln: `CausalLM.decode`,
+  HF: `StaticCache`), with the greedy tokens of both compared as a sanity check.
+- BERT: all-MiniLM-L6-v2 (`kiln.models.bert.demo_model_dir()`) encoding 64 sentences in batches
+  of 32: kiln's `encode` vs HF `BertModel` on the very same padded batches with the same pooling,
+  and sentence-transformers' `encode` (which sorts by length, so pads differently) for reference.
+- Compile time: each kiln graph (Llama prefill, Llama decode, BERT per batch shape); torch eager
+  has none.
+
+Times are medians of repeated runs (this machine is shared, so medians, not means).
+
+    python bench/cpu.py [--threads 1,2] [--new-tokens 32] [--rounds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192)
+
+WORDS = ("the quick brown fox jumps over a lazy dog while small birds sing in old green trees near "
+         "quiet rivers and children play games of chance under bright summer skies after long days").split()
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def median_ms(xs) -> float:
+    return statistics.median(xs) * 1e3
+
+
+def timed(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+class Threads:
+    """Limits both libraries to n threads: numpy's BLAS pool (threadpoolctl) and torch's intra-op pool."""
+
+    def __init__(self, n: int, torch):
+        from threadpoolctl import threadpool_limits
+        self.n, self.torch, self._limits = n, torch, threadpool_limits
+
+    def __enter__(self):
+        self._saved = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.n)
+        self._ctx = self._limits(limits=self.n, user_api="blas")
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        self.torch.set_num_threads(self._saved)
+
+
+# ---- Llama ---------------------------------------------------------------------------------
+
+def make_llama(directory: Path, torch, transformers) -> None:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**SMOLLM2_135M)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(directory)
+
+
+def kiln_decode(model, ids: np.ndarray, steps: int) -> tuple[list[float], list[int]]:
+    """Greedy decode after a prefill; seconds per step and the tokens."""
+    b, s = ids.shape
+    cache = model.new_cache(b, s + steps)
+    mask = np.ones_like(ids)
+    pos = np.broadcast_to(np.arange(s, dtype=np.int64), ids.shape).copy()
+    tok = model.prefill(ids, mask, pos, cache).argmax(-1)
+    times, tokens = [], [int(tok[0])]
+    for i in range(steps - 1):
+        t = time.perf_counter()
+        tok = model.decode(tok, np.full((b,), s + i, np.int64), cache).argmax(-1)
+        times.append(time.perf_counter() - t)
+        tokens.append(int(tok[0]))
+    return times, tokens
+
+
+def torch_decode(hf, torch, transformers, ids: np.ndarray, steps: int, cache_len: int):
+    x = torch.from_numpy(ids)
+    s = ids.shape[1]
+    with torch.inference_mode():
+        cache = transformers.StaticCache(config=hf.config, max_cache_len=cache_len)
+        out = hf(x, past_key_values=cache, use_cache=True, cache_position=torch.arange(s), logits_to_keep=1)
+        tok = out.logits[:, -1].argmax(-1)
+        times, tokens = [], [int(tok[0])]
+        for i in range(steps - 1):
+            t = time.perf_counter()
+            out = hf(tok[:, None], past_key_values=cache, use_cache=True, cache_position=torch.tensor([s + i]))
+            tok = out.logits[:, -1].argmax(-1)
+            times.append(time.perf_counter() - t)
+            tokens.append(int(tok[0]))
+    return times, tokens
+
+
+def bench_llama(args, torch, transformers, res: dict) -> None:
+    import kiln
+
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-cpu-") as tmp:
+        d = Path(tmp)
+        make_llama(d, torch, transformers)
+        model = kiln.load(str(d))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(d), attn_implementation="eager",
+                                                              dtype=torch.float32).eval()
+        p, n = args.prompt, args.new_tokens
+        t = time.perf_counter()
+        pre = model.compiled("prefill", 1, p, last_only=True)
+        res["compile_llama_prefill_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model.compiled("decode", 1, model.cache_length(p + n))
+        res["compile_llama_decode_s"] = time.perf_counter() - t
+        ids = np.random.default_rng(0).integers(0, SMOLLM2_135M["vocab_size"], (1, p))
+        feeds = dict(input_ids=ids, attention_mask=np.ones_like(ids), position_ids=np.arange(p)[None].copy())
+        x = torch.from_numpy(ids)
+
+        def hf_prefill():
+            with torch.inference_mode():
+                cache = transformers.StaticCache(config=hf.config, max_cache_len=model.cache_length(p + n))
+                hf(x, past_key_values=cache, use_cache=True, cache_position=torch.arange(p), logits_to_keep=1)
+
+        for th in args.threads:
+            with Threads(th, torch):
+                pre.run(**feeds)
+                hf_prefill()
+                kp, tp, kd, td = [], [], [], []
+                for _ in range(args.rounds):  # interleaved, so load on the shared machine hits both alike
+                    kp += timed(lambda: pre.run(**feeds), 1)
+                    tp += timed(hf_prefill, 1)
+                for _ in range(max(1, args.rounds // 2)):
+                    k_times, k_tokens = kiln_decode(model, ids, n)
+                    t_times, t_tokens = torch_decode(hf, torch, transformers, ids, n, model.cache_length(p + n))
+                    kd += k_times[2:]
+                    td += t_times[2:]
+                same = sum(a == b for a, b in zip(k_tokens, t_tokens))
+                res[f"t{th}"] = r = dict(kiln_prefill_ms=median_ms(kp), torch_prefill_ms=median_ms(tp),
+                                         kiln_decode_ms=median_ms(kd), torch_decode_ms=median_ms(td),
+                                         greedy_tokens_equal=f"{same}/{len(k_tokens)}")
+                log(f"  llama threads={th}: prefill kiln {r['kiln_prefill_ms']:.1f} ms, torch "
+                    f"{r['torch_prefill_ms']:.1f} ms; decode kiln {r['kiln_decode_ms']:.1f} ms/token, torch "
+                    f"{r['torch_decode_ms']:.1f} ms/token; greedy tokens equal {r['greedy_tokens_equal']}")
+
+
+# ---- BERT ----------------------------------------------------------------------------------
+
+def sentences(n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(WORDS, int(rng.integers(4, 40)))).capitalize() + "." for _ in range(n)]
+
+
+def bench_bert(args, torch, transformers, res: dict) -> None:
+    import kiln
+    from kiln.models.bert import demo_model_dir
+
+    d = demo_model_dir()
+    texts = sentences(args.sentences)
+    model = kiln.load(str(d))
+    hf = transformers.BertModel.from_pretrained(str(d)).eval()
+    batches = [model.tokenizer.encode_batch(texts[i:i + args.batch_size], padding_side="right")
+               for i in range(0, len(texts), args.batch_size)]
+    from kiln.models.bert import build_bert_graph
+    t = time.perf_counter()
+    for ids, _ in batches:  # what encode compiles on first use: one graph per batch shape
+        cg = kiln.compile(build_bert_graph(model.config, *ids.shape, model.dtype, with_pooler=model.has_pooler))
+        cg.load_params(model.params)
+    res["compile_bert_s"] = time.perf_counter() - t
+    want = model.encode(texts, batch_size=args.batch_size)
+
+    def hf_encode():
+        out = []
+        with torch.inference_mode():
+            for ids, mask in batches:
+                h = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+                out.append(model.pooling(h.numpy(), mask))
+        return np.concatenate(out)
+
+    st = None
+    try:
+        from sentence_transformers import SentenceTransformer
+        st = SentenceTransformer(str(d), device="cpu")
+    except Exception as e:  # noqa: BLE001 - an optional peer; say why it is missing
+        log(f"  (sentence-transformers unavailable: {e})")
+    res["bert_shapes"] = [list(ids.shape) for ids, _ in batches]
+    res["bert_max_abs_diff_vs_hf"] = float(np.abs(want - hf_encode()).max())
+    for th in args.threads:
+        with Threads(th, torch):
+            model.encode(texts, batch_size=args.batch_size)
+            hf_encode()
+            kt, ht, stt = [], [], []
+            for _ in range(args.rounds):
+                kt += timed(lambda: model.encode(texts, batch_size=args.batch_size), 1)
+                ht += timed(hf_encode, 1)
+                if st is not None:
+                    stt += timed(lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True), 1)
+            r = res.setdefault(f"t{th}", {})
+            r.update(kiln_bert_ms=median_ms(kt), torch_bert_ms=median_ms(ht),
+                     st_bert_ms=median_ms(stt) if stt else None)
+            log(f"  bert threads={th}: kiln {r['kiln_bert_ms']:.1f} ms, HF BertModel {r['torch_bert_ms']:.1f} ms"
+                + (f", sentence-transformers {r['st_bert_ms']:.1f} ms" if stt else ""))
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def table(args, res: dict) -> str:
+    rows = []
+    for th in args.threads:
+        r = res.get(f"t{th}", {})
+        if "kiln_prefill_ms" in r:
+            rows.append((f"llama prefill {args.prompt} tok", th, r["kiln_prefill_ms"], r["torch_prefill_ms"]))
+            rows.append(("llama decode ms/token", th, r["kiln_decode_ms"], r["torch_decode_ms"]))
+        if "kiln_bert_ms" in r:
+            rows.append((f"minilm encode {args.sentences} sent.", th, r["kiln_bert_ms"], r["torch_bert_ms"]))
+            if r.get("st_bert_ms") is not None:
+                rows.append(("  (sentence-transformers)", th, r["kiln_bert_ms"], r["st_bert_ms"]))
+    lines = [f"{'benchmark':<30} {'threads':>7} {'kiln ms':>10} {'torch ms':>10} {'kiln/torch':>10}",
+             "-" * 71]
+    lines += [f"{name:<30} {th:>7} {k:>10.1f} {t:>10.1f} {k / t:>10.2f}" for name, th, k, t in rows]
+    lines.append("-" * 71)
+    for key, label in (("compile_llama_prefill_s", f"compile llama prefill (1x{args.prompt})"),
+                       ("compile_llama_decode_s", "compile llama decode"),
+                       ("compile_bert_s", f"compile minilm ({len(res.get('bert_shapes', []))} batch shapes)")):
+        if key in res:
+            lines.append(f"{label:<38} {res[key]:>8.2f} s   (torch eager: none)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, cpus})),
+                   help="comma-separated thread counts, each given to kiln's BLAS and to torch alike")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--sentences", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--only", choices=("llama", "bert"), default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",")]
+
+    import torch
+    import transformers
+    import kiln
+
+    transformers.logging.set_verbosity_error()
+    from threadpoolctl import threadpool_info
+    blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads by default)"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    log(f"kiln {Path(kiln.__file__).parent}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"{cpus} CPUs, BLAS: {'; '.join(blas)}")
+    res: dict = {"threads": args.threads, "cpus": cpus}
+    if args.only in (None, "llama"):
+        bench_llama(args, torch, transformers, res)
+    if args.only in (None, "bert"):
+        bench_bert(args, torch, transformers, res)
+    log("")
+    log(table(args, res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
