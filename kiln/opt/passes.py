@@ -14,6 +14,8 @@ import numpy as np
 
 from kiln.ir import Graph, Value
 
+from .attr_key import node_key
+
 # evaluate(op, inputs, attrs) -> array or tuple of arrays: the reference semantics of an op.
 Evaluator = Callable[[str, list, dict], object]
 
@@ -131,20 +133,8 @@ def _fold(g, node, ins, evaluate, seen, stats):
 
 def _key(op: str, attrs: dict, ins: list):
     """Hash key of a node for CSE, or None when its attributes hold arrays."""
-    def freeze(v):
-        if isinstance(v, np.ndarray):
-            raise TypeError
-        if isinstance(v, (list, tuple)):
-            return tuple(freeze(x) for x in v)
-        if isinstance(v, dict):
-            return tuple(sorted((k, freeze(x)) for k, x in v.items()))
-        hash(v)
-        return (type(v).__name__, v)
-    try:
-        ids = tuple(tuple(v.id for v in x) if isinstance(x, list) else (None if x is None else x.id) for x in ins)
-        return (op, freeze(attrs), ids)
-    except TypeError:
-        return None
+    ids = tuple(tuple(v.id for v in x) if isinstance(x, list) else (None if x is None else x.id) for x in ins)
+    return node_key(op, attrs, ids)
 
 
 def prune(graph: Graph) -> int:

@@ -24,10 +24,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from kiln.ir import Graph, Node, TensorType, Value
 from kiln.ir.shapes import norm_axes, norm_axis
+
+from .attr_key import node_key
 
 UNARY = {"exp": "Exp", "sqrt": "Sqrt", "rsqrt": "Rsqrt", "tanh": "Tanh", "erf": "Erf", "sigmoid": "Sigmoid",
          "neg": "Neg", "relu": "Relu", "silu": "Silu", "softmax": "Softmax"}
@@ -343,19 +344,7 @@ def _encode_opaque(node: Node, enc: Encoding, keys: dict, next_id: list) -> None
 
 def _attrs_key(op: str, attrs: dict, layout: tuple):
     """A hashable key of an op's attributes, or None when they cannot be compared safely (arrays)."""
-    def freeze(v):
-        if isinstance(v, np.ndarray):
-            raise TypeError
-        if isinstance(v, (list, tuple)):
-            return tuple(freeze(x) for x in v)
-        if isinstance(v, dict):
-            return tuple(sorted((k, freeze(x)) for k, x in v.items()))
-        hash(v)
-        return (type(v).__name__, v)
-    try:
-        return (op, freeze(attrs), layout)
-    except TypeError:
-        return None
+    return node_key(op, attrs, layout)
 
 
 # ---- e-node -> op ---------------------------------------------------------------------
