@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from kiln.ir import Graph, Node, TensorType, Value
 from kiln.ir.shapes import norm_axes, norm_axis
 
