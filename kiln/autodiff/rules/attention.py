@@ -12,25 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir import Graph
+from kiln.ir.ops.attention import allowed_positions
 
 from ..registry import decomposition, grad_forward, jvp_rule, vjp_rule
 from ._util import add_terms, downcast, graph_of, unbroadcast, upcast
-
-
-def allowed_positions(sq: int, sk: int, causal: bool, window: int | None) -> np.ndarray | None:
-    """[Sq, Sk] bool: True where query i (at key position i + sk - sq) may attend to key j."""
-    if not causal and window is None:
-        return None
-    qpos = np.arange(sq)[:, None] + (sk - sq)
-    kpos = np.arange(sk)[None, :]
-    allowed = np.ones((sq, sk), bool)
-    if causal:
-        allowed &= kpos <= qpos
-    if window is not None:
-        allowed &= qpos - kpos < window
-        if not causal:
-            allowed &= kpos - qpos < window
-    return allowed
 
 
 def _repeat_heads(g: Graph, x, hq: int):

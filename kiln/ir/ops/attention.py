@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..dtypes import bool_
 from ..errors import GraphError
 from ..op_spec import OpSpec, register_op
 from ..shapes import broadcast_shapes
 from ._rules import expect_float, expect_rank, expect_same_dtype, tt
+
+
+def allowed_positions(sq: int, sk: int, causal: bool, window: int | None) -> "np.ndarray | None":
+    """[Sq, Sk] bool: True where query i (at key position i + sk - sq) may attend to key j."""
+    if not causal and window is None:
+        return None
+    qpos = np.arange(sq)[:, None] + (sk - sq)
+    kpos = np.arange(sk)[None, :]
+    allowed = np.ones((sq, sk), bool)
+    if causal:
+        allowed &= kpos <= qpos
+    if window is not None:
+        allowed &= qpos - kpos < window
+        if not causal:
+            allowed &= kpos - qpos < window
+    return allowed
 
 
 def _attention(types, attrs):
