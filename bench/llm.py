@@ -58,7 +58,6 @@ def hbm_bandwidth(torch) -> float:
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
     ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=50, rep=300, return_mode="median")
-    del a, b
     return 2 * (1 << 30) / (ms * 1e-3)
 
 
@@ -175,7 +174,7 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
         log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step")
         if profile and B == batches[0]:
             res["kiln_profile_b%d" % B] = profile_launches(torch, dex)
-        del pre, dec
+        pre = dec = pex = dex = None   # free the arenas and graphs before the next shape
         model._compiled.clear()
         gc.collect()
         if torch.cuda.is_available():
@@ -195,7 +194,7 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
     log(f"  kiln prefill {prefill}: {res['kiln_prefill_ms']:.2f} ms (compile {res['kiln_prefill_compile_s']:.1f}s)")
     if profile:
         res["kiln_profile_prefill"] = profile_launches(torch, pre.executor)
-    del pre, model
+    pre = model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -280,8 +279,9 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
             res[f"{tag}_decode_ms_b{B}"] = (total - pre_ms) / new
             tokens[B] = torch.cat(decode(new), 1).cpu().numpy()
         log(f"  {tag} b{B}: warm-up {res[f'{tag}_warmup_s_b{B}']:.1f}s, decode {res[f'{tag}_decode_ms_b{B}']:.3f} ms/step")
-        del cache, fn
-        torch._dynamo.reset() if compiled else None
+        cache = fn = None
+        if compiled:
+            torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
     # prefill 512
@@ -296,6 +296,7 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
     fn = torch.compile(pf, mode="reduce-overhead", fullgraph=True) if compiled else pf
 
     def run():
+        cache.reset()   # (HF counts the cache's filled slots: a second prefill must start empty)
         if compiled:
             torch.compiler.cudagraph_mark_step_begin()
         return fn(ids, cpos)
@@ -308,7 +309,7 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
         res[f"{tag}_prefill_warmup_s"] = time.perf_counter() - t0
         res[f"{tag}_prefill_ms"] = median(cuda_ms(torch, run, 10))
     log(f"  {tag} prefill {prefill}: {res[f'{tag}_prefill_ms']:.2f} ms (warm-up {res[f'{tag}_prefill_warmup_s']:.1f}s)")
-    del cache, fn
+    cache = fn = None
     if compiled:
         torch._dynamo.reset()
     gc.collect()
@@ -377,7 +378,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="135m,360m")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--peers", default="kiln,eager,compile")
+    ap.add_argument("--peers", default="eager,kiln,compile")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=512)

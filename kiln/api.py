@@ -24,8 +24,9 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True):
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
-    if device == "cuda":
-        raise NotImplementedError("device='cuda' needs the Triton backend, which is not built yet")
     plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate)
+    if device == "cuda":
+        from kiln.backends.triton import TritonExecutor
+        return CompiledGraph(plan, TritonExecutor(plan), device, report=report)
     from kiln.backends.numpy.executor import NumpyExecutor
     return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)

@@ -1,20 +1,29 @@
 """Runs a Plan with NumPy on the CPU, out of preallocated arena views.
 
 The arenas (one byte buffer per dtype) and a view for every planned slot are created
-once; each run writes every computed value into its slot (`out=` kernels, or the
-reference kernel plus one `np.copyto`), so the results need no new buffers in steady
-state. View steps (reshape, transpose, slices) alias their input. Steps that depend
-only on parameters run once after `load_params`, not per call.
+once; each run writes every computed value into its slot, so the results need no new
+buffers in steady state. View steps (reshape, transpose, slices) alias their input.
+
+Binding happens once per set of parameters, not per run: load-time steps (those that depend
+only on parameters and constants) run, every argument that does not change between runs
+(slots, parameters, constants, load-time results and views of these) is resolved, and each
+compute step becomes one callable that writes its slot: a specialized `out=` kernel
+(out_kernels.py) where one applies, else the reference kernel plus one copy. A run then
+only patches in the arguments that come from the inputs and calls the list. How many BLAS
+threads a run's matmuls get is measured per executor (blas_threads.py).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
 from kiln.compile.plan import Plan
 
+from .blas_threads import ThreadChoice
 from .kernels import KERNELS
-from .out_kernels import OUT_KERNELS
+from .out_kernels import BUILDERS, StepBinding
 
 
 class NumpyExecutor:
@@ -28,46 +37,128 @@ class NumpyExecutor:
         for vid, st in plan.memory.storages.items():
             t = plan.types[vid]
             self.slots[vid] = np.ndarray(t.shape, t.dtype.np_dtype, buffer=self.arenas[st.dtype], offset=st.offset)
-        self._static: dict[int, np.ndarray] = {}
-        self._static_ready = False
+        self._program: list[tuple] | None = None
+        self._outputs: list[tuple[str, int, np.ndarray | None]] = []
+        self._scratch: dict[tuple, np.ndarray] = {}
+        self.threads = ThreadChoice()
 
     def params_changed(self, params: dict[int, np.ndarray]) -> None:
-        self._static_ready = False
+        self._program = None
 
-    def _load(self, params: dict[int, np.ndarray]) -> None:
-        env = {**self.plan.constants, **params}
-        for step in self.plan.load_steps:
-            result = KERNELS[step.op](*_args(step, env), **step.attrs)
+    # ---- binding ------------------------------------------------------------------------------
+    def _bind(self, params: dict[int, np.ndarray]) -> None:
+        plan = self.plan
+        const: dict[int, np.ndarray] = {**plan.constants, **params}
+        for step in plan.load_steps:
+            result = KERNELS[step.op](*_resolve(step.inputs, const), **step.attrs)
             for vid, r in zip(step.outputs, result if isinstance(result, tuple) else (result,)):
-                env[vid] = r
-        self._static = {v: env[v] for s in self.plan.load_steps for v in s.outputs}
-        self._static_ready = True
-
-    def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._static_ready:
-            self._load(params)
-        env: dict[int, np.ndarray] = {**self.plan.constants, **self._static, **params}
-        for vid, a in inputs.items():
-            env[vid] = np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a)  # ascontiguousarray makes 0-d 1-d
-        slots = self.slots
-        for step in self.plan.steps:
-            args = _args(step, env)
+                const[vid] = r
+        fixed: dict[int, np.ndarray] = {**const, **self.slots}   # arrays known now (slot contents change)
+        program = []
+        for step in plan.steps:
+            patches = _patches(step.inputs, fixed)
             if step.kind == "view":
-                result = KERNELS[step.op](*args, **step.attrs)
-                for vid, r in zip(step.outputs, result if isinstance(result, tuple) else (result,)):
-                    env[vid] = r
+                fn = _bound(KERNELS[step.op], step.attrs)
+                if not patches:                       # a view of known arrays: make it once
+                    result = fn(*_resolve(step.inputs, fixed))
+                    for vid, r in zip(step.outputs, result if isinstance(result, tuple) else (result,)):
+                        fixed[vid] = r
+                        if all(x in const for x in _flat(step.inputs)):
+                            const[vid] = r
+                    continue
+                program.append((fn, _resolve(step.inputs, fixed), patches, step.outputs))
                 continue
-            outs = [slots[v] for v in step.outputs]
-            fast = OUT_KERNELS.get(step.op)
-            if not (fast is not None and len(outs) == 1 and fast(outs[0], *args, **step.attrs)):
-                result = KERNELS[step.op](*args, **step.attrs)
-                for out, r in zip(outs, result if isinstance(result, tuple) else (result,)):
-                    np.copyto(out, r)
-            for vid, out in zip(step.outputs, outs):
-                env[vid] = out
-        return {name: np.array(env[vid], copy=True) for name, vid in self.plan.outputs.items()}
+            program.append((self._compute(step, fixed, const), _resolve(step.inputs, fixed), patches, None))
+        self._program = program
+        self._outputs = [(name, vid, fixed.get(vid)) for name, vid in plan.outputs.items()]
+
+    def _compute(self, step, fixed: dict, const: dict) -> Callable:
+        """One callable that computes `step` into its slot(s)."""
+        outs = [self.slots[v] for v in step.outputs]
+        build = BUILDERS.get(step.op)
+        if build is not None and len(outs) == 1:
+            types = [([self.plan.types[v] for v in x] if isinstance(x, list) else
+                      (self.plan.types[x] if x is not None else None)) for x in step.inputs]
+            binding = StepBinding(step.op, step.attrs, outs[0], types,
+                                  _resolve(step.inputs, fixed, missing=None),
+                                  _resolve(step.inputs, const, missing=None), self._scratch_buffer)
+            fn = build(binding)
+            if fn is not None:
+                return fn
+        reference = _bound(KERNELS[step.op], step.attrs)
+
+        def run(*args):
+            result = reference(*args)
+            for out, r in zip(outs, result if isinstance(result, tuple) else (result,)):
+                np.copyto(out, r)
+        return run
+
+    def _scratch_buffer(self, role: str, shape: tuple, dtype) -> np.ndarray:
+        """A buffer for a kernel's temporaries; steps run one at a time, so steps share it by role and shape."""
+        key = (role, tuple(shape), np.dtype(dtype))
+        if key not in self._scratch:
+            self._scratch[key] = np.empty(shape, dtype)
+        return self._scratch[key]
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._program is None:
+            self._bind(params)
+        env = {vid: np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a)  # ascontiguousarray makes 0-d 1-d
+               for vid, a in inputs.items()}
+        with self.threads.run():
+            for fn, args, patches, views in self._program:
+                if patches:
+                    args = _patched(args, patches, env)
+                if views is None:
+                    fn(*args)
+                else:
+                    result = fn(*args)
+                    if isinstance(result, tuple):
+                        env.update(zip(views, result))
+                    else:
+                        env[views[0]] = result
+        return {name: np.array(env[vid] if known is None else known, copy=True)
+                for name, vid, known in self._outputs}
 
 
-def _args(step, env):
-    return [([env[i] for i in x] if isinstance(x, list) else (env[x] if x is not None else None))
-            for x in step.inputs]
+def _flat(inputs):
+    for x in inputs:
+        if isinstance(x, list):
+            yield from x
+        elif x is not None:
+            yield x
+
+
+def _resolve(inputs, known: dict, missing=0):
+    """Arguments from value ids: the known arrays, `missing` where a value is not known yet."""
+    return [([known.get(i, missing) for i in x] if isinstance(x, list) else
+             (known.get(x, missing) if x is not None else None)) for x in inputs]
+
+
+def _patches(inputs, known: dict) -> tuple:
+    """(position, value id) or (position, index in the list, value id) for each argument a run supplies."""
+    out = []
+    for pos, x in enumerate(inputs):
+        if isinstance(x, list):
+            out += [(pos, j, v) for j, v in enumerate(x) if v not in known]
+        elif x is not None and x not in known:
+            out.append((pos, None, x))
+    return tuple(out)
+
+
+def _patched(args: list, patches: tuple, env: dict) -> list:
+    args = list(args)
+    for pos, j, vid in patches:
+        if j is None:
+            args[pos] = env[vid]
+        else:
+            args[pos] = list(args[pos])
+            args[pos][j] = env[vid]
+    return args
+
+
+def _bound(fn, attrs: dict):
+    if not attrs:
+        return fn
+    return lambda *args: fn(*args, **attrs)

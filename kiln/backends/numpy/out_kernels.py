@@ -1,133 +1,473 @@
-"""Kernels that write straight into a preallocated output (`out=`), for the Plan executor.
+"""Kernels that write straight into a step's arena slot (`out=`), for the Plan executor.
 
-Each returns True when it handled the step, False to let the executor fall back to the
-reference kernel plus one copy into the slot. They compute the same operations in the
-same order as the reference kernels, so results match bit for bit; they only apply when
-no precision upcast is involved (half-precision steps take the reference path).
+A builder looks at one step once, when the executor binds its plan: dtypes and shapes,
+which inputs share the output's bytes, and the arrays already known before any run
+(parameters, constants, load-time results). It returns the callable that computes the step
+into its slot, or None to let the executor fall back to the reference kernel plus one copy.
+Half-precision steps take that fallback (the reference kernels upcast them).
+
+They compute the reference kernels' operations in the same order, so most match them bit
+for bit. Two match to rounding instead: matmuls against a weight the binding stored
+pre-transposed (a contiguous [in, out] matrix makes GEMV-shaped products about 1.5x faster),
+and grouped-query attention, which multiplies each KV head's query group as one GEMM
+instead of repeating K and V per query head.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Callable
 
-from .kernels._registry import is_half
+import numpy as np
+from scipy.special import erf as _erf
+from scipy.special import expit as _expit
+
+from kiln.ir import TensorType
+from kiln.ir.ops.fused import GATED_ACTIVATIONS
+
+from .kernels.attention import attention_bias
+
+Kernel = Callable[..., None]
 
 _UFUNC2 = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide, "pow": np.power,
            "maximum": np.maximum, "minimum": np.minimum, "equal": np.equal, "not_equal": np.not_equal,
            "less": np.less, "less_equal": np.less_equal, "greater": np.greater,
            "greater_equal": np.greater_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}
 _UFUNC1 = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-           "neg": np.negative, "abs": np.abs}
+           "neg": np.negative, "abs": np.abs, "sigmoid": _expit, "erf": _erf, "logical_not": np.logical_not}
+_HALF = ("float16", "bfloat16")
 
 
-def _wide(*arrays) -> bool:
-    return not any(a is not None and is_half(a) for a in arrays)
+class TransposedWeights:
+    """Contiguous [in, out] copies of [out, in] weight matrices, made once per weight array.
+
+    Shared by every executor that binds the same array (a model's prefill and decode graphs
+    read the same weights), so each weight is transposed and held once; an entry goes away
+    with its source array.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+    def get(self, w: np.ndarray) -> np.ndarray:
+        key = id(w)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0]() is w:
+            return hit[1]
+        wt = np.ascontiguousarray(w.T)
+
+        def forget(ref, key=key):
+            if self._entries.get(key, (None,))[0] is ref:
+                del self._entries[key]
+
+        self._entries[key] = (weakref.ref(w, forget), wt)
+        return wt
+
+
+TRANSPOSED = TransposedWeights()
+
+
+@dataclass
+class StepBinding:
+    """What a builder may look at: the step, its slot, its input types and the inputs known now."""
+
+    op: str
+    attrs: dict
+    out: np.ndarray
+    types: list            # per input: TensorType, list[TensorType] (variadic) or None (absent)
+    fixed: list            # per input: the array object when known before runs (slots, params, ...), else None
+    const: list            # per input: the array when its values are known before runs (params, constants,
+                           # load-time results; not arena slots, which runs rewrite), else None
+    scratch: Callable[[str, tuple, np.dtype], np.ndarray]  # a buffer shared by steps, by (role, shape, dtype)
+
+    def wide(self) -> bool:
+        """True when no input or output is half precision (those take the upcasting reference)."""
+        types = [t for x in self.types for t in (x if isinstance(x, list) else [x]) if t is not None]
+        return self.out.dtype.name not in _HALF and all(t.dtype.name not in _HALF for t in types)
+
+    def aliased(self, i: int) -> bool:
+        """True when input i is known to share bytes with the output (an in-place step)."""
+        a = self.fixed[i]
+        return isinstance(a, np.ndarray) and np.may_share_memory(a, self.out)
+
+    def any_aliased(self) -> bool:
+        return any(self.aliased(i) for i in range(len(self.fixed)))
+
+
+def _dt(t: TensorType) -> np.dtype:
+    return t.dtype.np_dtype
+
+
+# ---- pointwise -------------------------------------------------------------------------------
+
+def _ufunc_ok(ufunc, b: StepBinding) -> bool:
+    try:
+        res = ufunc.resolve_dtypes(tuple(_dt(t) for t in b.types) + (None,) * ufunc.nout)
+    except (TypeError, ValueError, np.exceptions.DTypePromotionError):
+        return False
+    return res[-1] == b.out.dtype
 
 
 def _binary(ufunc):
-    def run(out, a, b):
-        if not _wide(a, b):
-            return False
-        ufunc(a, b, out=out)
-        return True
-    return run
+    def build(b: StepBinding):
+        if not b.wide() or not _ufunc_ok(ufunc, b):
+            return None
+        out = b.out
+        return lambda x, y: ufunc(x, y, out=out)
+    return build
 
 
 def _unary(ufunc):
-    def run(out, x):
-        if not _wide(x):
-            return False
-        ufunc(x, out=out)
-        return True
+    def build(b: StepBinding):
+        if not b.wide() or not _ufunc_ok(ufunc, b):
+            return None
+        out = b.out
+        return lambda x: ufunc(x, out=out)
+    return build
+
+
+def _build_rsqrt(b: StepBinding):
+    if not b.wide():
+        return None
+    out = b.out
+
+    def run(x):
+        np.sqrt(x, out=out)
+        np.true_divide(1.0, out, out=out)
     return run
 
 
-def _rsqrt(out, x):
-    if not _wide(x):
-        return False
-    np.sqrt(x, out=out)
-    np.true_divide(1.0, out, out=out)
-    return True
+def _build_relu(b: StepBinding):
+    if not b.wide():
+        return None
+    out, zero = b.out, np.zeros((), b.out.dtype)
+    return lambda x: np.maximum(x, zero, out=out)
 
 
-def _relu(out, x):
-    if not _wide(x):
-        return False
-    np.maximum(x, np.zeros((), x.dtype), out=out)
-    return True
+def _silu_into(x, out, tmp):
+    _expit(x, out=tmp)
+    np.multiply(x, tmp, out=out)
 
+
+def _gelu_into(x, out, tmp, approximate: str):
+    """gelu(x) into out (which may be x); tmp is a scratch of x's shape. The reference's ops and order."""
+    dt = x.dtype.type
+    if approximate == "tanh":
+        np.multiply(x, 0.044715, out=tmp)
+        np.multiply(tmp, x, out=tmp)
+        np.multiply(tmp, x, out=tmp)
+        np.add(x, tmp, out=tmp)
+        np.multiply(dt(math.sqrt(2.0 / math.pi)), tmp, out=tmp)
+        np.tanh(tmp, out=tmp)
+    else:
+        np.true_divide(x, dt(math.sqrt(2.0)), out=tmp)
+        _erf(tmp, out=tmp)
+    np.add(tmp, 1.0, out=tmp)
+    np.multiply(x, 0.5, out=out)
+    np.multiply(out, tmp, out=out)
+
+
+def _build_silu(b: StepBinding):
+    if not b.wide():
+        return None
+    out = b.out
+    tmp = b.scratch("silu", out.shape, out.dtype)
+    return lambda x: _silu_into(x, out, tmp)
+
+
+def _build_gelu(b: StepBinding):
+    if not b.wide() or b.attrs.get("approximate", "none") not in ("none", "tanh"):
+        return None
+    out, approx = b.out, b.attrs.get("approximate", "none")
+    tmp = b.scratch("gelu", out.shape, out.dtype)
+    return lambda x: _gelu_into(x, out, tmp, approx)
+
+
+def _build_swiglu(b: StepBinding):
+    if not b.wide() or tuple(b.types[0].shape) != out_shape(b) or tuple(b.types[1].shape) != out_shape(b):
+        return None
+    out = b.out
+    tmp = b.scratch("swiglu", out.shape, out.dtype)
+
+    def run(gate, up):
+        _silu_into(gate, tmp, tmp)      # gate * sigmoid(gate), then * up: the reference's order
+        np.multiply(tmp, up, out=out)
+    return run
+
+
+def _build_where(b: StepBinding):
+    if not b.wide() or b.aliased(0) or b.aliased(1) or b.types[1].dtype != b.types[2].dtype \
+            or _dt(b.types[1]) != b.out.dtype:
+        return None
+    out, b_in_place = b.out, b.aliased(2)
+
+    def run(cond, x, y):
+        if not b_in_place:
+            np.copyto(out, y)
+        np.copyto(out, x, where=cond)
+    return run
+
+
+def _build_cast(b: StepBinding):
+    if not b.wide():
+        return None
+    out = b.out
+    return lambda x: np.copyto(out, x, casting="unsafe")
+
+
+def out_shape(b: StepBinding) -> tuple:
+    return tuple(b.out.shape)
+
+
+# ---- matmul family ------------------------------------------------------------------------------
 
 def _t(a, flag):
     return np.swapaxes(a, -1, -2) if flag else a
 
 
-def _matmul(out, a, b, transpose_a=False, transpose_b=False):
-    if not _wide(a, b):
-        return False
-    np.matmul(_t(a, transpose_a), _t(b, transpose_b), out=out)
-    return True
+def _build_matmul(b: StepBinding):
+    if not b.wide():
+        return None
+    out = b.out
+    ta, tb = b.attrs.get("transpose_a", False), b.attrs.get("transpose_b", False)
+    w = b.const[1]
+    if w is not None and w.ndim == 2 and not _t(w, tb).flags.c_contiguous:
+        wt = TRANSPOSED.get(w) if tb and w.flags.c_contiguous else np.ascontiguousarray(_t(w, tb))
+        return lambda x, _w: np.matmul(_t(x, ta), wt, out=out)
+    return lambda x, y: np.matmul(_t(x, ta), _t(y, tb), out=out)
 
 
-def _linear(out, x, weight, bias=None):
-    if not _wide(x, weight, bias):
-        return False
-    np.matmul(x, weight.T, out=out)
+def _rms_norm_into(x, w, eps, unit_offset, out):
+    """The reference rms_norm's ops, written into out (x's shape)."""
+    np.square(x, out=out)
+    d = out.mean(-1, keepdims=True)
+    np.add(d, eps, out=d)
+    np.sqrt(d, out=d)
+    np.true_divide(x, d, out=out)
+    if w is not None:
+        np.multiply(out, 1 + w if unit_offset else w, out=out)
+
+
+def _layer_norm_into(x, w, bias, eps, out, tmp):
+    """The reference layer_norm's ops, written into out; tmp is a scratch of x's shape."""
+    mu = x.mean(-1, keepdims=True)
+    np.subtract(x, mu, out=out)
+    np.square(out, out=tmp)
+    var = tmp.mean(-1, keepdims=True)
+    np.add(var, eps, out=var)
+    np.sqrt(var, out=var)
+    np.true_divide(out, var, out=out)
+    if w is not None:
+        np.multiply(out, w, out=out)
     if bias is not None:
         np.add(out, bias, out=out)
-    return True
 
 
-def _fused_linear(out, x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None,
-                  activation="none", norm="none", eps=1e-5, add_unit_offset=False):
-    if activation != "none" or norm != "none" or not _wide(x, weight, bias, residual):
-        return False
-    np.matmul(x, weight.T, out=out)
-    if bias is not None:
-        np.add(out, bias, out=out)
-    if residual is not None:
-        np.add(out, residual, out=out)
-    return True
+def _build_linear(b: StepBinding):
+    """linear and fused_linear: norm prologue into a scratch, one GEMM over all rows, epilogue in place."""
+    if not b.wide():
+        return None
+    a = b.attrs
+    activation, norm = a.get("activation", "none"), a.get("norm", "none")
+    if activation not in ("none", "silu", "gelu", "gelu_tanh", "relu") + GATED_ACTIVATIONS \
+            or norm not in ("none", "rms_norm", "layer_norm"):
+        return None
+    residual_t = b.types[3] if len(b.types) > 3 else None
+    if b.aliased(0) or (residual_t is not None and b.aliased(3) and activation in GATED_ACTIVATIONS):
+        return None
+    out, x_t, w_t = b.out, b.types[0], b.types[1]
+    dt = out.dtype
+    k, n = w_t.shape[1], w_t.shape[0]
+    rows = math.prod(x_t.shape[:-1])
+    out2 = out.reshape(rows, out.shape[-1])
+    gated = activation in GATED_ACTIVATIONS
+    y = b.scratch("linear.gated", (rows, n), dt) if gated else out2
+    act_tmp = b.scratch("linear.act", (rows, n // 2 if gated else n), dt) if activation not in ("none", "relu") \
+        else None
+    xn = b.scratch("linear.norm", (rows, k), dt) if norm != "none" else None
+    ln_tmp = b.scratch("linear.norm_tmp", (rows, k), dt) if norm == "layer_norm" else None
+    eps = np.asarray(a.get("eps", 1e-5), dt)
+    unit_offset = a.get("add_unit_offset", False)
+    wt = TRANSPOSED.get(b.const[1]) if b.const[1] is not None else None
+    zero = np.zeros((), dt)
+    half = n // 2
+
+    def run(x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None):
+        x2 = x.reshape(rows, k)
+        if norm == "rms_norm":
+            _rms_norm_into(x2, norm_weight, eps, unit_offset, xn)
+            x2 = xn
+        elif norm == "layer_norm":
+            _layer_norm_into(x2, norm_weight, norm_bias, eps, xn, ln_tmp)
+            x2 = xn
+        np.matmul(x2, wt if wt is not None else weight.T, out=y)
+        if bias is not None:
+            np.add(y, bias, out=y)
+        if activation == "relu":
+            np.maximum(y, zero, out=y)
+        elif activation == "silu":
+            _silu_into(y, y, act_tmp)
+        elif activation in ("gelu", "gelu_tanh"):
+            _gelu_into(y, y, act_tmp, "tanh" if activation == "gelu_tanh" else "none")
+        elif gated:
+            gate, up = y[:, :half], y[:, half:]
+            if activation == "swiglu":
+                _silu_into(gate, act_tmp, act_tmp)
+            else:
+                _gelu_into(gate, act_tmp, out2, "tanh" if activation == "geglu_tanh" else "none")
+            np.multiply(act_tmp, up, out=out2)
+        if residual is not None:
+            np.add(out, residual, out=out)
+    return run
 
 
-def _softmax(out, x, axis=-1):
-    if not _wide(x):
-        return False
-    m = np.max(x, axis=axis, keepdims=True)
-    np.subtract(x, np.where(np.isfinite(m), m, 0), out=out)
-    np.exp(out, out=out)
-    np.true_divide(out, np.sum(out, axis=axis, keepdims=True), out=out)
-    return True
+# ---- normalization and softmax --------------------------------------------------------------------
+
+def _build_rms_norm(b: StepBinding):
+    if not b.wide() or b.aliased(0):
+        return None
+    out, eps = b.out, np.asarray(b.attrs.get("eps", 1e-6), b.out.dtype)
+    unit_offset = b.attrs.get("add_unit_offset", False)
+    return lambda x, weight=None: _rms_norm_into(x, weight, eps, unit_offset, out)
 
 
-def _rms_norm(out, x, weight=None, eps=1e-6, add_unit_offset=False):
-    if not _wide(x, weight):
-        return False
-    denom = np.sqrt(np.square(x).mean(-1, keepdims=True) + np.asarray(eps, x.dtype))
-    np.true_divide(x, denom, out=out)
-    if weight is not None:
-        np.multiply(out, 1 + weight if add_unit_offset else weight, out=out)
-    return True
+def _build_layer_norm(b: StepBinding):
+    if not b.wide() or b.aliased(0):
+        return None
+    out, eps = b.out, np.asarray(b.attrs.get("eps", 1e-5), b.out.dtype)
+    tmp = b.scratch("layer_norm", out.shape, out.dtype)
+    return lambda x, weight=None, bias=None: _layer_norm_into(x, weight, bias, eps, out, tmp)
 
 
-def _reshape(out, x, shape):
-    np.copyto(out.reshape(x.shape), x)
-    return True
+def _softmax_inplace(s, axis=-1):
+    m = np.max(s, axis=axis, keepdims=True)
+    np.copyto(m, 0, where=~np.isfinite(m))
+    np.subtract(s, m, out=s)
+    np.exp(s, out=s)
+    np.true_divide(s, np.sum(s, axis=axis, keepdims=True), out=s)
 
 
-def _concat(out, xs, axis=0):
-    np.concatenate(xs, axis=axis, out=out)
-    return True
+def _build_softmax(b: StepBinding):
+    if not b.wide():
+        return None
+    out, axis = b.out, b.attrs.get("axis", -1)
+
+    def run(x):
+        if x is not out:
+            np.copyto(out, x)
+        _softmax_inplace(out, axis)
+    return run
 
 
-def _embedding(out, ids, weight):
-    if ids.size and (ids.min() < 0 or ids.max() >= weight.shape[0]):
-        return False  # the reference kernel raises the error that names the bad id
-    np.take(weight, ids, axis=0, out=out)
-    return True
+# ---- attention ----------------------------------------------------------------------------------------
+
+def _build_attention(b: StepBinding):
+    """Scores [B, Hkv, group*Sq, Sk] in a scratch: one GEMM per KV head and no repeated K/V for GQA."""
+    if not b.wide() or b.any_aliased():
+        return None
+    q_t, k_t, v_t, m_t = b.types
+    bsz, hq, sq, d = q_t.shape
+    hk, sk, dv = k_t.shape[1], k_t.shape[2], v_t.shape[3]
+    g = hq // hk
+    a, out = b.attrs, b.out
+    dt = out.dtype
+    scale = np.asarray(d ** -0.5 if a.get("scale") is None else a["scale"], dt)
+    softcap = a.get("softcap")
+    s = b.scratch("attention.scores", (bsz, hk, g * sq, sk), dt)
+    nan = b.scratch("attention.nan", (bsz, hk, g * sq, sk), np.dtype(bool))
+    s5 = s.reshape(bsz, hk, g, sq, sk)
+    out4 = out.reshape(bsz, hk, g * sq, dv)
+    allowed = attention_bias(sq, sk, a.get("causal", False), a.get("window"))
+    blocked = None if allowed is None else ~allowed
+    mask5 = None
+    if m_t is not None:
+        m4 = (1,) * (4 - len(m_t.shape)) + tuple(m_t.shape)
+        mask5 = (m4[0], 1, 1, m4[2], m4[3]) if m4[1] == 1 else (m4[0], hk, g, m4[2], m4[3])
+        bool_mask = m_t.dtype.name == "bool"
+
+    def run(q, k, v, mask=None):
+        np.matmul(q.reshape(bsz, hk, g * sq, d), np.swapaxes(k, -1, -2), out=s)
+        np.multiply(s, scale, out=s)
+        if softcap is not None:
+            np.true_divide(s, softcap, out=s)
+            np.tanh(s, out=s)
+            np.multiply(s, softcap, out=s)
+        if mask is not None:
+            m = mask.reshape(mask5)
+            if bool_mask:
+                np.copyto(s5, -np.inf, where=~m)
+            else:
+                np.add(s5, m, out=s5)
+        if blocked is not None:
+            np.copyto(s5, -np.inf, where=blocked)
+        with np.errstate(invalid="ignore"):  # fully masked rows give 0/0 here ...
+            _softmax_inplace(s)
+        np.isnan(s, out=nan)
+        np.copyto(s, 0.0, where=nan)        # ... and attend to nothing, as the reference kernel
+        np.matmul(s, v, out=out4)
+    return run
 
 
-OUT_KERNELS = {name: _binary(f) for name, f in _UFUNC2.items()}
-OUT_KERNELS.update({name: _unary(f) for name, f in _UFUNC1.items()})
-OUT_KERNELS.update({"rsqrt": _rsqrt, "relu": _relu, "matmul": _matmul, "linear": _linear,
-                    "fused_linear": _fused_linear, "softmax": _softmax, "rms_norm": _rms_norm,
-                    "reshape": _reshape, "concat": _concat, "embedding": _embedding})
+def _build_rope(b: StepBinding):
+    if not b.wide() or b.any_aliased():
+        return None
+    out = b.out
+    rot = 2 * b.types[1].shape[-1]
+    half = rot // 2
+    tmp = b.scratch("rope", out.shape[:-1] + (half,), out.dtype)
+    interleaved = b.attrs.get("layout", "half") != "half"
+    d = out.shape[-1]
+
+    def run(x, cos, sin):
+        c, s = cos[:, None], sin[:, None]
+        if interleaved:
+            x1, x2, o1, o2 = x[..., 0:rot:2], x[..., 1:rot:2], out[..., 0:rot:2], out[..., 1:rot:2]
+        else:
+            x1, x2, o1, o2 = x[..., :half], x[..., half:rot], out[..., :half], out[..., half:rot]
+        np.multiply(x1, c, out=o1)
+        np.multiply(x2, s, out=tmp)
+        np.subtract(o1, tmp, out=o1)
+        np.multiply(x2, c, out=o2)
+        np.multiply(x1, s, out=tmp)
+        np.add(o2, tmp, out=o2)
+        if rot < d:
+            np.copyto(out[..., rot:], x[..., rot:])
+    return run
+
+
+# ---- layout -----------------------------------------------------------------------------------------------
+
+def _build_reshape(b: StepBinding):
+    out = b.out
+    return lambda x: np.copyto(out.reshape(x.shape), x)
+
+
+def _build_concat(b: StepBinding):
+    out, axis = b.out, b.attrs.get("axis", 0)
+    return lambda xs: np.concatenate(xs, axis=axis, out=out)
+
+
+def _build_embedding(b: StepBinding):
+    out = b.out
+    rows = b.types[1].shape[0]
+    from .kernels import KERNELS
+    reference = KERNELS["embedding"]
+
+    def run(ids, weight):
+        if ids.size and (ids.min() < 0 or ids.max() >= rows):
+            reference(ids, weight)  # raises the error that names the bad id
+        np.take(weight, ids, axis=0, out=out)
+    return run
+
+
+BUILDERS: dict[str, Callable[[StepBinding], Kernel | None]] = {name: _binary(f) for name, f in _UFUNC2.items()}
+BUILDERS.update({name: _unary(f) for name, f in _UFUNC1.items()})
+BUILDERS.update({
+    "rsqrt": _build_rsqrt, "relu": _build_relu, "silu": _build_silu, "gelu": _build_gelu, "swiglu": _build_swiglu,
+    "where": _build_where, "cast": _build_cast, "matmul": _build_matmul, "linear": _build_linear,
+    "fused_linear": _build_linear, "rms_norm": _build_rms_norm, "layer_norm": _build_layer_norm,
+    "softmax": _build_softmax, "attention": _build_attention, "rope": _build_rope, "reshape": _build_reshape,
+    "concat": _build_concat, "embedding": _build_embedding,
+})

@@ -29,7 +29,7 @@ import torch
 
 from kiln.compile.plan import Plan
 
-from .device import copy_into, default_device, interpreting, to_numpy, torch_dtype
+from .device import copy_into, default_device, interpreting, to_numpy
 from .kernels.launch import compile_only
 from .lowering import ALIGN, Operand, Program, lower, plan_arena
 
@@ -189,12 +189,13 @@ class TritonExecutor:
             # cuBLAS keeps a workspace per stream; one allocated while recording would belong to the
             # graph's private pool and be reused after the graph is freed (as torch.compile does: clear
             # the workspaces before and after recording)
-            torch._C._cuda_clearCublasWorkspaces()
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)
+            clear()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 self._launch_all()
             torch.cuda.synchronize(self.device)
-            torch._C._cuda_clearCublasWorkspaces()
+            clear()
             self._graph = g
         except Exception as e:  # a launch that cannot be captured: run eagerly, and say so
             self._graph = None
@@ -295,4 +296,4 @@ def _launch_key(fn, args) -> tuple:
     return (type(fn).__name__, attrs, dtypes(args))
 
 
-__all__ = ["TritonExecutor", "kv_state_pairs", "torch_dtype"]
+__all__ = ["TritonExecutor", "kv_state_pairs"]

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kiln.ir import as_dtype
 from kiln.ir.ops.conv import conv_geometry, conv_transpose_geometry
 
 from .device import to_numpy, torch_dtype
@@ -269,11 +268,3 @@ class HostLaunch:
             else:
                 t = torch.from_numpy(a.copy())
             o.copy_(t.reshape(o.shape).to(o.device))
-
-
-def fallback_kind(op: str) -> str:
-    return "torch" if op in TORCH_FALLBACKS else "host"
-
-
-def np_dtype_of(dt) -> np.dtype:
-    return as_dtype(dt).np_dtype

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from kiln.compile.plan import Plan
-from kiln.ir import as_dtype
 
 from .device import interpreting, kiln_dtype, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
@@ -731,10 +730,3 @@ def plan_arena(program: Program) -> int:
 
 def lower(plan: Plan, state: dict[str, str] | None = None, num_sms: int = 132, device_type: str = "cuda") -> Program:
     return Lowering(plan, state, num_sms, device_type).lower()
-
-
-def kiln_name(dt: torch.dtype) -> str:
-    return kiln_dtype(dt).name
-
-
-__all__ = ["Lowering", "Program", "Storage", "Operand", "Launch", "lower", "plan_arena", "as_dtype"]

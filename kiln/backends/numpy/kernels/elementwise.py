@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import erf as sp_erf
+from scipy.special import expit as sp_expit
 
 from kiln.ir.dtypes import as_dtype
 
@@ -23,13 +24,7 @@ def gelu(x, approximate="none"):
 
 
 def sigmoid(x):
-    # split by sign so exp never overflows
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
+    return sp_expit(x)  # the logistic function without overflow, as one ufunc pass
 
 
 _UNARY = {

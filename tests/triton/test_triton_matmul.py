@@ -1,7 +1,6 @@
 """Matmul archetype: batched matmul with transposes, linear, fused_linear and the fused prologue /
 epilogue patterns (norm -> linear, linear -> residual add, linear -> split -> swiglu, -> cast)."""
 
-import numpy as np
 import pytest
 
 from helpers import check, randn

@@ -52,14 +52,15 @@ def test_embedding_rejects_out_of_range_ids(rng):
 
 
 def test_kv_cache_write_kernel(rng):
-    cache = torch.zeros(2, 3, 10, 4)
-    new = torch.randn(2, 3, 2, 4)
-    kv_cache_write(cache, new, torch.tensor([1, 8]))               # per-row positions, last row clipped
-    ref = torch.zeros(2, 3, 10, 4)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = torch.zeros(2, 3, 10, 4, device=dev)
+    new = torch.randn(2, 3, 2, 4, device=dev)
+    kv_cache_write(cache, new, torch.tensor([1, 8], device=dev))   # per-row positions
+    ref = torch.zeros(2, 3, 10, 4, device=dev)
     ref[0, :, 1:3] = new[0]
     ref[1, :, 8:10] = new[1]
     torch.testing.assert_close(cache, ref, rtol=0, atol=0)
-    kv_cache_write(cache, new[:, :, :1], torch.tensor([0]))        # one position for every row
+    kv_cache_write(cache, new[:, :, :1], torch.tensor([0], device=dev))   # one position for every row
     ref[:, :, 0] = new[:, :, 0]
     torch.testing.assert_close(cache, ref, rtol=0, atol=0)
 

@@ -127,6 +127,29 @@ def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
     assert stats["by_archetype"]["attention"] == 2 and stats["by_archetype"]["layout"] == 2 + 1   # + embedding
 
 
+def test_optimized_plan_of_a_decoder_runs(rng):
+    """The e-graph optimizer's output (fused_linear with norm prologue, swiglu and residual) runs."""
+    from kiln.api import reference_evaluate
+    from kiln.compile import compile_graph
+    from kiln.backends.numpy.executor import NumpyExecutor
+    from kiln.runtime.compiled_graph import CompiledGraph
+
+    plan, report = compile_graph(LlamaGraphs(TINY, "float32").decode_graph(2, 16), optimize=True,
+                                 evaluate=reference_evaluate)
+    assert not report.optimizer_fell_back and report.fusions
+    ref, cg = CompiledGraph(plan, NumpyExecutor(plan), "cpu"), CompiledGraph(plan, TritonExecutor(plan), "cuda")
+    params = _llama_params(plan, rng, np.float32)
+    ref.load_params(params)
+    cg.load_params(params)
+    mask = np.zeros((2, 16), np.int64)
+    mask[:, :4] = 1
+    feeds = dict(input_ids=rng.integers(0, 64, (2, 1)), position_ids=np.full((2, 1), 3),
+                 cache_position=np.array([3]), attention_mask=mask,
+                 **{f"past.{i}.{k}": randn(rng, (2, 2, 16, 8)) for i in range(2) for k in ("key", "value")})
+    assert_close(cg.run(**feeds), ref.run(**feeds))
+    assert "fused_linear" in {s.op for s in plan.steps} and not cg.executor.stats()["fallbacks"]
+
+
 def test_kv_cache_pattern_writes_one_row_in_place(rng):
     """present = where(slot == arange(L), new, past) with present -> past as state: a row write."""
     g = Graph()
