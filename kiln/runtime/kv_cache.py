@@ -72,6 +72,18 @@ class StaticKVCache:
             out[past_name(i, "value")] = self.values[i]
         return out
 
+    def write_slot(self, outputs: dict[str, np.ndarray], new_mask: np.ndarray) -> None:
+        """Copy slot `length` of a decode graph's `present.*` outputs (the one slot a step writes) into
+        the cache; the outputs may then be reused buffers (`CompiledGraph.run_borrowed`)."""
+        if self.length >= self.max_len:
+            raise ValueError(f"the KV cache is full ({self.max_len} slots)")
+        j = self.length
+        for i in range(self.num_layers):
+            self.keys[i][:, :, j] = outputs[present_name(i, "key")][:, :, j]
+            self.values[i][:, :, j] = outputs[present_name(i, "value")][:, :, j]
+        self.mask[:, j] = new_mask
+        self.length += 1
+
     def advance(self, outputs: dict[str, np.ndarray], new_mask: np.ndarray) -> None:
         """Adopt a decode graph's `present.*` outputs, which hold one more slot (at `length`)."""
         if self.length >= self.max_len:

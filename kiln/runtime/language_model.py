@@ -138,9 +138,9 @@ class CausalLM:
                   "position_ids": np.asarray(positions, np.int64).reshape(b, 1),
                   "cache_position": np.array([slot], np.int64), "attention_mask": mask,
                   **cache.decode_inputs()}
-        out = self.compiled("decode", b, cache.max_len).run(**inputs)
-        cache.advance(out, np.ones(b, np.int64))
-        return out["logits"][:, -1]
+        out = self.compiled("decode", b, cache.max_len).run_borrowed(**inputs)  # no copy of the whole cache
+        cache.write_slot(out, np.ones(b, np.int64))
+        return out["logits"][:, -1].copy()
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,

@@ -48,13 +48,15 @@ def blas_threads(n: int):
 class ThreadChoice:
     """Picks, for one executor, between the BLAS pool and a single thread by timing whole runs.
 
-    The first run warms up (page faults, caches) and is not counted; then the pool and one
-    thread each get a run, and every later run uses the one with the lower moving average of
-    its run times. The other choice is re-tried after `backoff` runs: a fresh timing replaces
-    its stale average, and the back-off doubles each time it loses (up to `MAX_BACKOFF` runs)
-    and resets when it wins. Without a multi-threaded BLAS pool nothing is timed.
+    The first run warms up (page faults, caches) and is not counted; after `POOL_RUNS` timed
+    runs with the pool, one thread gets a run, and every later run uses the choice with the
+    lower moving average of its run times (a plan run only a few times never leaves the
+    pool). The other choice is re-tried after `backoff` runs: a fresh timing replaces its
+    stale average, and the back-off doubles each time it loses (up to `MAX_BACKOFF` runs) and
+    resets when it wins. Without a multi-threaded BLAS pool nothing is timed.
     """
 
+    POOL_RUNS = 3
     FIRST_BACKOFF = 8
     MAX_BACKOFF = 256
 
@@ -64,10 +66,11 @@ class ThreadChoice:
         self.countdown = 0
         self.backoff = self.FIRST_BACKOFF
         self.warm = False
+        self.pool_runs = 0
 
     def next(self) -> int:
         """The choice for the coming run: 0 (the pool) or 1 (one thread)."""
-        if not self.warm or self.average[0] is None:
+        if not self.warm or self.pool_runs < self.POOL_RUNS:
             return 0
         if self.average[1] is None:
             return 1
@@ -77,21 +80,24 @@ class ThreadChoice:
         if not self.warm:
             self.warm = True
             return
+        self.pool_runs += choice == 0
         avg = self.average
-        other = 1 - choice
-        if avg[choice] is not None and avg[other] is not None and choice != self.best:
-            avg[choice] = seconds                       # a trial: a fresh timing replaces the stale one
-            if seconds < avg[self.best]:
-                self.best, self.backoff = choice, self.FIRST_BACKOFF
-            else:
-                self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
-            self.countdown = self.backoff
+        trial = choice != self.best
+        avg[choice] = seconds if trial or avg[choice] is None else 0.5 * (avg[choice] + seconds)
+        if avg[1 - choice] is None:
             return
-        avg[choice] = seconds if avg[choice] is None else 0.5 * (avg[choice] + seconds)
-        self.countdown -= 1
-        if avg[other] is not None and avg[other] < avg[choice]:
-            self.best = other                           # this choice got slower than the other's last timing
+        best = 0 if avg[0] <= avg[1] else 1
+        if trial:          # a fresh timing replaced the stale one; back off further each time it loses
+            if best == choice:
+                self.backoff = self.FIRST_BACKOFF
             self.countdown = self.backoff
+            if best != choice:
+                self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
+        elif best != self.best:   # the current choice got slower than the other's last timing
+            self.countdown = self.backoff
+        else:
+            self.countdown -= 1
+        self.best = best
 
     @contextmanager
     def run(self):

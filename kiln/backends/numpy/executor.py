@@ -41,6 +41,7 @@ class NumpyExecutor:
         self._outputs: list[tuple[str, int, np.ndarray | None]] = []
         self._scratch: dict[tuple, np.ndarray] = {}
         self.threads = ThreadChoice()
+        self.reference_steps: dict[str, int] = {}  # op -> steps run by the reference kernel plus a copy
 
     def params_changed(self, params: dict[int, np.ndarray]) -> None:
         self._program = None
@@ -55,6 +56,7 @@ class NumpyExecutor:
                 const[vid] = r
         fixed: dict[int, np.ndarray] = {**const, **self.slots}   # arrays known now (slot contents change)
         program = []
+        self.reference_steps = {}
         for step in plan.steps:
             patches = _patches(step.inputs, fixed)
             if step.kind == "view":
@@ -86,6 +88,7 @@ class NumpyExecutor:
             if fn is not None:
                 return fn
         reference = _bound(KERNELS[step.op], step.attrs)
+        self.reference_steps[step.op] = self.reference_steps.get(step.op, 0) + 1
 
         def run(*args):
             result = reference(*args)
@@ -101,7 +104,11 @@ class NumpyExecutor:
         return self._scratch[key]
 
     # ---- running ------------------------------------------------------------------------------
-    def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    borrowed_outputs = True  # run(copy_outputs=False) is supported
+
+    def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray],
+            copy_outputs: bool = True) -> dict[str, np.ndarray]:
+        """Outputs by name: copies, or with copy_outputs=False views of the arena that the next run overwrites."""
         if self._program is None:
             self._bind(params)
         env = {vid: np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a)  # ascontiguousarray makes 0-d 1-d
@@ -118,7 +125,7 @@ class NumpyExecutor:
                         env.update(zip(views, result))
                     else:
                         env[views[0]] = result
-        return {name: np.array(env[vid] if known is None else known, copy=True)
+        return {name: np.array(env[vid] if known is None else known, copy=copy_outputs)
                 for name, vid, known in self._outputs}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import erf as sp_erf
-from scipy.special import expit as sp_expit
 
 from kiln.ir.dtypes import as_dtype
 
@@ -23,8 +22,22 @@ def gelu(x, approximate="none"):
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0).astype(x.dtype)))
 
 
+def sigmoid_into(x, out):
+    """1 / (1 + exp(-x)) into out (which may be x), in four vectorized passes.
+
+    exp(-x) overflows to inf only where the logistic is below the smallest normal float,
+    and 1 / inf gives its limit, 0.
+    """
+    np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    np.add(out, 1, out=out)
+    np.true_divide(1, out, out=out)
+    return out
+
+
 def sigmoid(x):
-    return sp_expit(x)  # the logistic function without overflow, as one ufunc pass
+    return sigmoid_into(x, np.empty_like(x))
 
 
 _UNARY = {
