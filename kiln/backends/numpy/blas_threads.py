@@ -101,14 +101,15 @@ class ThreadChoice:
 
     @contextmanager
     def run(self):
-        """Time one run under the chosen thread count."""
-        if pool_size() <= 1:
-            yield
+        """Time one run under the chosen thread count, which the block receives."""
+        pool = pool_size()
+        if pool <= 1:
+            yield 1
             return
         choice = self.next()
         t = time.perf_counter()
         with blas_threads(1) if choice == 1 else _nothing():
-            yield
+            yield 1 if choice == 1 else pool
         self.record(choice, time.perf_counter() - t)
 
 

@@ -14,8 +14,8 @@ Fallbacks (never a silent approximation: these compute the reference semantics):
 
 | ops | runs as |
 |---|---|
-| softmax/log_softmax over a non-last axis; max/min/argmax of integers; sum/mean/max/min over non-consecutive axes; group_norm; pad; gather; take_along_axis; one_hot; index_add; scatter_add; pixel_shuffle/unshuffle; slice with a negative step; attention with a value head dim unlike q's; conv1-3d; conv_transpose1-3d; matmul whose batch dims do not collapse to two | torch on the GPU (`fallback.py`; captured in the CUDA graph) |
-| everything else (pools, interpolate, interpolate_backward, attention_backward, ...) | the NumPy reference kernel on the host (device round trip; the plan then runs without a CUDA graph) |
+| softmax/log_softmax over a non-last axis; max/min/argmax of integers; sum/mean/max/min over non-consecutive axes; group_norm; pad; gather; take_along_axis; one_hot; index_add; scatter_add; pixel_shuffle/unshuffle; slice with a negative step; attention with a value head dim unlike q's; attention_backward; conv1-3d; conv_transpose1-3d; matmul whose batch dims do not collapse to two | torch on the GPU (`fallback.py`; captured in the CUDA graph) |
+| everything else (pools, interpolate, interpolate_backward, ...) | the NumPy reference kernel on the host (device round trip; the plan then runs without a CUDA graph) |
 
 `TritonExecutor(plan)` has the NumPy executor's `run(inputs, params)` interface plus
 `params_changed`, `run_device` (device tensors, KV cache kept on the GPU) and `stats()`.

@@ -151,18 +151,19 @@ def _slice(x, axes, starts, ends, steps=None):
     return out
 
 
-def _attention(q, k, v, mask=None, causal=False, scale=None, window=None, softcap=None, lse=False):
-    qf, kf, vf = _up(q), _up(k), _up(v)
+def _scores(q, k, mask, causal, scale, window, softcap):
+    """float32 scores [B, Hq, Sq, Sk] (capped, then masked), the scale, and k with heads repeated (GQA)."""
+    qf, kf = _up(q), _up(k)
     hq, hk = q.shape[1], k.shape[1]
     if hq != hk:
         kf = kf.repeat_interleave(hq // hk, dim=1)
-        vf = vf.repeat_interleave(hq // hk, dim=1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = torch.matmul(qf, kf.transpose(-1, -2)) * scale
     if softcap is not None:
         s = torch.tanh(s / softcap) * softcap
+    masked = s
     if mask is not None:
-        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + _up(mask)
+        masked = masked.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else masked + _up(mask)
     sq, sk = q.shape[2], k.shape[2]
     if causal or window is not None:
         qpos = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
@@ -174,7 +175,22 @@ def _attention(q, k, v, mask=None, causal=False, scale=None, window=None, softca
             allowed &= qpos - kpos < window
             if not causal:
                 allowed &= kpos - qpos < window
-        s = s.masked_fill(~allowed, float("-inf"))
+        masked = masked.masked_fill(~allowed, float("-inf"))
+    return s, masked, scale, kf
+
+
+def _repeat_heads(x, hq):
+    return x.repeat_interleave(hq // x.shape[1], dim=1) if x.shape[1] != hq else x
+
+
+def _sum_heads(x, hk):
+    b, hq = x.shape[:2]
+    return x.reshape((b, hk, hq // hk) + tuple(x.shape[2:])).sum(2) if hq != hk else x
+
+
+def _attention(q, k, v, mask=None, causal=False, scale=None, window=None, softcap=None, lse=False):
+    _, s, _, _ = _scores(q, k, mask, causal, scale, window, softcap)
+    vf = _repeat_heads(_up(v), q.shape[1])
     m = s.amax(-1, keepdim=True)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(s - m_safe)
@@ -186,6 +202,33 @@ def _attention(q, k, v, mask=None, causal=False, scale=None, window=None, softca
     lse_v = torch.where(tot[..., 0] > 0, torch.log(tot[..., 0]) + m_safe[..., 0],
                         torch.full_like(tot[..., 0], float("-inf")))
     return out, lse_v
+
+
+def _attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, scale=None, window=None,
+                        softcap=None, mask_grad=False):
+    """dq, dk, dv (and the scores' gradient with mask_grad) with probabilities recomputed from lse;
+    0 for masked entries and fully masked rows (lse = -inf), as the NumPy kernel."""
+    capped, masked, scale, kf = _scores(q, k, mask, causal, scale, window, softcap)
+    hq, hk = q.shape[1], k.shape[1]
+    lf = _up(lse)[..., None]
+    finite = torch.isfinite(lf)
+    p = torch.where(finite, torch.exp(masked - torch.where(finite, lf, torch.zeros_like(lf))), torch.zeros_like(masked))
+    do = _up(dout)
+    vf = _repeat_heads(_up(v), hq)
+    dv = _sum_heads(torch.matmul(p.transpose(-1, -2), do), hk)
+    dp = torch.matmul(do, vf.transpose(-1, -2))
+    row = (do * _up(out)).sum(-1, keepdim=True)
+    if dlse is not None:
+        row = row - _up(dlse)[..., None]
+    ds = p * (dp - row)
+    dmask = ds
+    if softcap is not None:
+        ds = ds * (1 - torch.square(capped / softcap))
+    ds = ds * scale
+    dq = torch.matmul(ds, kf)
+    dk = _sum_heads(torch.matmul(ds.transpose(-1, -2), _up(q)), hk)
+    grads = (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype))
+    return grads + (dmask.to(q.dtype),) if mask_grad else grads
 
 
 def _attention_lse(q, k, v, mask=None, **attrs):
@@ -223,6 +266,7 @@ TORCH_FALLBACKS = {
     "one_hot": _one_hot, "repeat_interleave": _repeat_interleave, "index_add": _index_add,
     "scatter_add": _scatter_add, "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_unshuffle,
     "slice": _slice, "attention": _attention, "attention_lse": _attention_lse,
+    "attention_backward": _attention_backward,
     "gelu": _pointwise("gelu"), "clamp": _pointwise("clamp"),
     **{f"conv{n}d": _conv(n) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": _conv_transpose(n) for n in (1, 2, 3)},
