@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import pytest
 import kiln
 from kiln.backends.numpy.blas_threads import ThreadChoice, blas_threads, pool_size
 from kiln.backends.numpy.kernels import KERNELS
-from kiln.backends.numpy.row_blocks import row_blocks, run_row_blocks
 from kiln.backends.numpy.transposed_weights import TRANSPOSED
 from kiln.ir.ops.fused import LINEAR_ACTIVATIONS
 from kiln.runtime.kv_cache import StaticKVCache, present_name
@@ -48,70 +46,6 @@ def test_fused_linear_with_bound_weights_matches_the_reference(dtype, activation
     assert cg.executor.reference_steps == {}, "the step fell back to the reference kernel"
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-
-
-class _TwoThreads:
-    """Stands in for the executor's measured thread choice: every run gets two threads."""
-
-    @contextmanager
-    def run(self):
-        yield 2
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("activation,residual_shape", [("gelu", (3, 300, 512)), ("swiglu", (512,)),
-                                                       ("geglu_tanh", (300, 512))])
-def test_large_fused_linear_runs_its_epilogue_in_row_blocks(activation, residual_shape, threads, rng):
-    """Outputs over 1 MB: the epilogue runs block by block (and on two threads) and still matches."""
-    k, n = 64, 1024 if activation in ("swiglu", "geglu_tanh") else 512
-    g = kiln.Graph()
-    x = g.input("x", (3, 300, k))
-    w, b, r = g.parameter("w", (n, k)), g.parameter("b", (n,)), g.input("r", residual_shape)
-    g.output("y", g.fused_linear(x, w, b, r, activation=activation))
-    cg = kiln.compile(g, optimize=False)
-    if threads == 2:
-        cg.executor.threads = _TwoThreads()
-    feeds = {name: rng.standard_normal(v.shape).astype(np.float32) for name, v in {**g.inputs, **g.parameters}.items()}
-    cg.load_params({"w": feeds["w"], "b": feeds["b"]})
-    got = cg.run(x=feeds["x"], r=feeds["r"])["y"]
-    want = KERNELS["fused_linear"](feeds["x"], feeds["w"], feeds["b"], feeds["r"], activation=activation)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_large_norms_and_attention_run_in_blocks(threads, rng):
-    g = kiln.Graph()
-    x = g.input("x", (700, 512))
-    g.output("ln", g.layer_norm(x, g.input("lw", (512,)), g.input("lb", (512,)), eps=1e-5))
-    g.output("rms", g.rms_norm(x, g.input("rw", (512,)), eps=1e-6))
-    q, kk, v = g.input("q", (16, 4, 80, 16)), g.input("k", (16, 2, 80, 16)), g.input("v", (16, 2, 80, 16))
-    keep = g.input("keep", (16, 1, 1, 80), "bool")
-    g.output("att", g.attention(q, kk, v, keep, causal=True))
-    cg = kiln.compile(g, optimize=False)
-    if threads == 2:
-        cg.executor.threads = _TwoThreads()
-    feeds = {name: rng.standard_normal(t.shape).astype(np.float32) for name, t in g.inputs.items() if name != "keep"}
-    feeds["keep"] = rng.random((16, 1, 1, 80)) < 0.7
-    feeds["keep"][3] = False                                   # a sequence with nothing to attend to
-    out = cg.run(**feeds)
-    np.testing.assert_allclose(out["ln"], KERNELS["layer_norm"](feeds["x"], feeds["lw"], feeds["lb"], eps=1e-5),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["rms"], KERNELS["rms_norm"](feeds["x"], feeds["rw"], eps=1e-6), rtol=1e-6, atol=1e-6)
-    want = KERNELS["attention"](feeds["q"], feeds["k"], feeds["v"], feeds["keep"], causal=True)
-    np.testing.assert_allclose(out["att"], want, rtol=1e-5, atol=1e-5)
-    assert np.all(out["att"][3] == 0)
-
-
-def test_run_row_blocks_covers_every_row_once():
-    hits = np.zeros(1000, np.int64)
-
-    def fn(r0, r1):
-        hits[r0:r1] += 1
-
-    blocks = row_blocks(1000, 4096)
-    assert len(blocks) > 2 and blocks[0][0] == 0 and blocks[-1][1] == 1000
-    run_row_blocks(fn, blocks, threads=3, total_bytes=1 << 30)
-    np.testing.assert_array_equal(hits, 1)
 
 
 def test_matmul_against_a_transposed_parameter(rng):

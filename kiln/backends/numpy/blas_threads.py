@@ -15,7 +15,7 @@ The switch goes through threadpoolctl, and the pool is restored after every run.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 _controller = None
 
@@ -101,18 +101,12 @@ class ThreadChoice:
 
     @contextmanager
     def run(self):
-        """Time one run under the chosen thread count, which the block receives."""
-        pool = pool_size()
-        if pool <= 1:
-            yield 1
+        """Time one run under the chosen thread count."""
+        if pool_size() <= 1:
+            yield
             return
         choice = self.next()
         t = time.perf_counter()
-        with blas_threads(1) if choice == 1 else _nothing():
-            yield 1 if choice == 1 else pool
+        with blas_threads(1) if choice == 1 else nullcontext():
+            yield
         self.record(choice, time.perf_counter() - t)
-
-
-@contextmanager
-def _nothing():
-    yield

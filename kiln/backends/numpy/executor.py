@@ -9,9 +9,8 @@ only on parameters and constants) run, every argument that does not change betwe
 (slots, parameters, constants, load-time results and views of these) is resolved, and each
 compute step becomes one callable that writes its slot: a specialized `out=` kernel
 (out_kernels.py) where one applies, else the reference kernel plus one copy. A run then
-only patches in the arguments that come from the inputs and calls the list. How many threads
-a run gets (for BLAS and for row-blocked NumPy work, row_blocks.py) is measured per executor
-(blas_threads.py).
+only patches in the arguments that come from the inputs and calls the list. How many BLAS
+threads a run's matmuls get is measured per executor (blas_threads.py).
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ class NumpyExecutor:
         self._outputs: list[tuple[str, int, np.ndarray | None]] = []
         self._scratch: dict[tuple, np.ndarray] = {}
         self.threads = ThreadChoice()
-        self.threads_now = 1  # threads the current run may use (BLAS and row-blocked NumPy work alike)
         self.reference_steps: dict[str, int] = {}  # op -> steps run by the reference kernel plus a copy
 
     def params_changed(self, params: dict[int, np.ndarray]) -> None:
@@ -85,8 +83,7 @@ class NumpyExecutor:
                       (self.plan.types[x] if x is not None else None)) for x in step.inputs]
             binding = StepBinding(step.op, step.attrs, outs[0], types,
                                   _resolve(step.inputs, fixed, missing=None),
-                                  _resolve(step.inputs, const, missing=None), self._scratch_buffer,
-                                  lambda: self.threads_now)
+                                  _resolve(step.inputs, const, missing=None), self._scratch_buffer)
             fn = build(binding)
             if fn is not None:
                 return fn
@@ -116,7 +113,7 @@ class NumpyExecutor:
             self._bind(params)
         env = {vid: np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a)  # ascontiguousarray makes 0-d 1-d
                for vid, a in inputs.items()}
-        with self.threads.run() as self.threads_now:
+        with self.threads.run():
             for fn, args, patches, views in self._program:
                 if patches:
                     args = _patched(args, patches, env)
@@ -128,8 +125,8 @@ class NumpyExecutor:
                         env.update(zip(views, result))
                     else:
                         env[views[0]] = result
-        return {name: np.array(env[vid] if known is None else known, copy=copy_outputs)
-                for name, vid, known in self._outputs}
+        outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
+        return {name: np.array(a, copy=True) for name, a in outs.items()} if copy_outputs else outs
 
 
 def _flat(inputs):

@@ -27,7 +27,6 @@ from kiln.ir.ops.fused import GATED_ACTIVATIONS
 
 from .kernels.attention import attention_bias
 from .kernels.elementwise import sigmoid_into
-from .row_blocks import row_blocks, run_row_blocks
 from .transposed_weights import TRANSPOSED
 
 Kernel = Callable[..., None]
@@ -55,7 +54,6 @@ class StepBinding:
     const: list            # per input: the array when its values are known before runs (params, constants,
                            # load-time results; not arena slots, which runs rewrite), else None
     scratch: Callable[[str, tuple, np.dtype], np.ndarray]  # a buffer shared by steps, by (role, shape, dtype)
-    threads: Callable[[], int] = lambda: 1                 # threads the current run may use
 
     def wide(self) -> bool:
         """True when no input or output is half precision (those take the upcasting reference)."""
@@ -321,8 +319,6 @@ def _build_linear(b: StepBinding):
     wt = TRANSPOSED.get(b.const[1]) if b.const[1] is not None else None
     zero = np.zeros((), dt)
     half = n // 2
-    nout = out2.shape[1]
-    blocks = row_blocks(rows, n * dt.itemsize)
 
     def run(x, weight, bias=None, residual=None, norm_weight=None, norm_bias=None):
         x2 = x.reshape(rows, k)
@@ -333,66 +329,42 @@ def _build_linear(b: StepBinding):
             _layer_norm_into(x2, norm_weight, norm_bias, eps, xn, ln_tmp)
             x2 = xn
         np.matmul(x2, wt if wt is not None else weight.T, out=y)
-        if bias is None and residual is None and activation == "none":
-            return
-        res2 = None if residual is None else np.broadcast_to(residual, out.shape).reshape(rows, nout)
-
-        def epilogue(r0, r1):
-            yb, ob = y[r0:r1], out2[r0:r1]
-            if bias is not None:
-                np.add(yb, bias, out=yb)
-            if activation == "relu":
-                np.maximum(yb, zero, out=yb)
-            elif activation == "silu":
-                _silu_into(yb, yb, act[0][r0:r1])
-            elif activation in ("gelu", "gelu_tanh"):
-                _gelu_into(yb, yb, [t[r0:r1] for t in act], "tanh" if activation == "gelu_tanh" else "none")
-            elif gated:
-                gate, up, a0 = yb[:, :half], yb[:, half:], act[0][r0:r1]
-                if activation == "swiglu":
-                    _silu_into(gate, a0, a0)
-                else:
-                    _gelu_into(gate, a0, (ob, act[1][r0:r1], act[2][r0:r1]),
-                               "tanh" if activation == "geglu_tanh" else "none")
-                np.multiply(a0, up, out=ob)
-            if res2 is not None:
-                np.add(ob, res2[r0:r1], out=ob)
-
-        run_row_blocks(epilogue, blocks, b.threads(), rows * n * dt.itemsize)
+        if bias is not None:
+            np.add(y, bias, out=y)
+        if activation == "relu":
+            np.maximum(y, zero, out=y)
+        elif activation == "silu":
+            _silu_into(y, y, act[0])
+        elif activation in ("gelu", "gelu_tanh"):
+            _gelu_into(y, y, act, "tanh" if activation == "gelu_tanh" else "none")
+        elif gated:
+            gate, up = y[:, :half], y[:, half:]
+            if activation == "swiglu":
+                _silu_into(gate, act[0], act[0])
+            else:
+                _gelu_into(gate, act[0], (out2, act[1], act[2]), "tanh" if activation == "geglu_tanh" else "none")
+            np.multiply(act[0], up, out=out2)
+        if residual is not None:
+            np.add(out, residual, out=out)
     return run
 
 
 # ---- normalization and softmax --------------------------------------------------------------------
 
-def _row_blocked_norm(b: StepBinding, norm):
-    """A norm over the last axis, run over blocks of rows: norm(x_rows, weight, bias, out_rows, tmp_rows)."""
-    out = b.out
-    k = out.shape[-1] if out.ndim else 1
-    rows = out.size // max(k, 1)
-    out2 = out.reshape(rows, k)
-    tmp = b.scratch("norm", (rows, k), out.dtype)
-    blocks = row_blocks(rows, k * out.dtype.itemsize)
-
-    def run(x, weight=None, bias=None):
-        x2 = x.reshape(rows, k)
-        run_row_blocks(lambda r0, r1: norm(x2[r0:r1], weight, bias, out2[r0:r1], tmp[r0:r1]),
-                       blocks, b.threads(), out.nbytes)
-    return run
-
-
 def _build_rms_norm(b: StepBinding):
-    if not b.wide() or b.aliased(0) or b.out.ndim == 0:
+    if not b.wide() or b.aliased(0):
         return None
-    eps = np.asarray(b.attrs.get("eps", 1e-6), b.out.dtype)
+    out, eps = b.out, np.asarray(b.attrs.get("eps", 1e-6), b.out.dtype)
     unit_offset = b.attrs.get("add_unit_offset", False)
-    return _row_blocked_norm(b, lambda x, w, _bias, out, _tmp: _rms_norm_into(x, w, eps, unit_offset, out))
+    return lambda x, weight=None: _rms_norm_into(x, weight, eps, unit_offset, out)
 
 
 def _build_layer_norm(b: StepBinding):
-    if not b.wide() or b.aliased(0) or b.out.ndim == 0:
+    if not b.wide() or b.aliased(0):
         return None
-    eps = np.asarray(b.attrs.get("eps", 1e-5), b.out.dtype)
-    return _row_blocked_norm(b, lambda x, w, bias, out, tmp: _layer_norm_into(x, w, bias, eps, out, tmp))
+    out, eps = b.out, np.asarray(b.attrs.get("eps", 1e-5), b.out.dtype)
+    tmp = b.scratch("layer_norm", out.shape, out.dtype)
+    return lambda x, weight=None, bias=None: _layer_norm_into(x, weight, bias, eps, out, tmp)
 
 
 def _softmax_inplace(s, axis=-1):
@@ -446,33 +418,20 @@ def _build_attention(b: StepBinding):
         minus_inf = np.asarray(-np.inf, dt)
         zero = np.zeros((), dt)
 
-    blocks = row_blocks(bsz, s[0].nbytes)
-
     def run(q, k, v, mask=None):
-        qg = q.reshape(bsz, hk, g * sq, d)
-        kt = np.swapaxes(k, -1, -2)
-        bias = None
+        np.matmul(q.reshape(bsz, hk, g * sq, d), np.swapaxes(k, -1, -2), out=s)
+        np.multiply(s, scale, out=s)
+        if softcap is not None:
+            np.true_divide(s, softcap, out=s)
+            np.tanh(s, out=s)
+            np.multiply(s, softcap, out=s)
         if mask is not None:
             m = mask.reshape(mask5)
-            bias = np.where(m, zero, minus_inf) if bool_mask else m
-            per_batch = bias.shape[0] != 1
-
-        def part(b0, b1):   # batch rows [b0, b1)
-            sb, s5b = s[b0:b1], s5[b0:b1]
-            np.matmul(qg[b0:b1], kt[b0:b1], out=sb)
-            np.multiply(sb, scale, out=sb)
-            if softcap is not None:
-                np.true_divide(sb, softcap, out=sb)
-                np.tanh(sb, out=sb)
-                np.multiply(sb, softcap, out=sb)
-            if bias is not None:
-                np.add(s5b, bias[b0:b1] if per_batch else bias, out=s5b)
-            if blocked is not None:
-                np.add(s5b, blocked, out=s5b)
-            _attention_softmax(sb)
-            np.matmul(sb, v[b0:b1], out=out4[b0:b1])
-
-        run_row_blocks(part, blocks, b.threads(), s.nbytes)
+            np.add(s5, np.where(m, zero, minus_inf) if bool_mask else m, out=s5)
+        if blocked is not None:
+            np.add(s5, blocked, out=s5)
+        _attention_softmax(s)
+        np.matmul(s, v, out=out4)
     return run
 
 
