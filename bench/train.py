@@ -231,24 +231,36 @@ def bench_kiln(torch, args, ckpt: Path, batch: dict, res: dict) -> None:
     res["kiln_losses"] = losses
     log(f"  kiln: {res['kiln_ms']:.2f} ms/step, losses {', '.join(f'{x:.5f}' for x in losses)}")
     if args.profile:
-        res["kiln_profile"] = profile_launches(torch, step.ex)
+        res["kiln_profile"] = profile_launches(torch, step.ex, step.feeds)
 
 
-def profile_launches(torch, ex, reps: int = 3) -> list:
-    """Device time per launch label (events around every launch of an eager pass), top 15."""
+def profile_launches(torch, ex, feeds: dict, reps: int = 3) -> list:
+    """Device time per launch label (events around every launch of an eager pass), top 15.
+
+    Each pass is a training step: the batch is fed first (inputs live in the arena, whose bytes
+    the previous pass reused; stale token ids would index out of bounds)."""
     from collections import defaultdict
     times, counts = defaultdict(float), defaultdict(int)
+    gpu = torch.cuda.is_available()
     for _ in range(reps):
+        ex.feed(feeds)
         evs = []
         for fn, fargs in ex.calls:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn(*fargs)
-            e.record()
-            evs.append((s, e))
-        torch.cuda.synchronize()
-        for (s, e), launch in zip(evs, ex.program.launches):
-            times[launch.label] += s.elapsed_time(e) / reps
+            if gpu:
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn(*fargs)
+                e.record()
+                evs.append((s, e))
+            else:   # (a CPU smoke run: wall clock per launch)
+                t = time.perf_counter()
+                fn(*fargs)
+                evs.append((time.perf_counter() - t) * 1e3)
+        if gpu:
+            torch.cuda.synchronize()
+            evs = [s.elapsed_time(e) for s, e in evs]
+        for ms, launch in zip(evs, ex.program.launches):
+            times[launch.label] += ms / reps
             counts[launch.label] += 1
     rows = sorted(times.items(), key=lambda kv: -kv[1])
     log(f"    per-launch device time, eager pass: {sum(times.values()):.2f} ms over {len(ex.calls)} launches")
@@ -403,7 +415,7 @@ def main(argv=None) -> int:
                 bench_torch(torch, args, ckpt, batch, res, compiled=peer == "compile")
             else:
                 raise ValueError(f"unknown peer {peer!r}; expected kiln, eager or compile")
-        except Exception as e:  # report and go on with the other peers
+        except Exception as e:  # noqa: BLE001 -- report and go on with the other peers
             import traceback
             traceback.print_exc()
             res[f"{peer}_error"] = f"{type(e).__name__}: {str(e)[:300]}"

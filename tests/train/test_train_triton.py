@@ -19,9 +19,9 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("KILN_CACHE_DIR", tempfile.mkdtemp(prefix="kiln-train-triton-tests-"))
 
-import kiln  # noqa: E402
-from kiln.models.llama import LlamaConfig, LlamaGraphs  # noqa: E402
-from kiln.train import SGD, AdamW, TrainStep, cross_entropy, mse_loss  # noqa: E402
+import kiln
+from kiln.models.llama import LlamaConfig, LlamaGraphs
+from kiln.train import SGD, AdamW, TrainStep, cross_entropy, mse_loss
 
 
 def _mlp(batch=8):
@@ -114,13 +114,13 @@ def test_attention_backward_on_triton_matches_numpy(case):
     v = g.input("v", (b, hk, sk, d))
     feeds = {n: rng.standard_normal(x.shape).astype(np.float32) for n, x in (("q", q), ("k", k), ("v", v))}
     if case == "gqa_causal_bool_mask":
-        attrs = dict(causal=True)
+        attrs = {"causal": True}
         mask = g.input("mask", (b, 1, sq, sk), "bool")
         feeds["mask"] = rng.random((b, 1, sq, sk)) > 0.3
         feeds["mask"][0, 0, 2] = False            # a fully masked query row
         dlse = None
     else:
-        attrs = dict(softcap=2.0, window=3, scale=0.3)
+        attrs = {"softcap": 2.0, "window": 3, "scale": 0.3}
         mask = g.input("mask", (b, 1, sq, sk))
         feeds["mask"] = rng.standard_normal((b, 1, sq, sk)).astype(np.float32)
         dlse = g.input("dlse", (b, hq, sq))
