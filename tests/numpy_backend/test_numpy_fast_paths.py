@@ -13,7 +13,7 @@ import pytest
 import kiln
 from kiln.backends.numpy.blas_threads import ThreadChoice, blas_threads, pool_size
 from kiln.backends.numpy.kernels import KERNELS
-from kiln.backends.numpy.transposed_weights import TRANSPOSED
+from kiln.backends.numpy.transposed_weights import TRANSPOSED, transpose_tiled
 from kiln.ir.ops.fused import LINEAR_ACTIVATIONS
 from kiln.runtime.kv_cache import StaticKVCache, present_name
 
@@ -83,6 +83,14 @@ def test_transposed_weights_are_made_once_and_shared_by_executors(rng):
     del a, b, cg, wt, w
     gc.collect()
     assert key not in TRANSPOSED._entries, "the copy must go away with its weight"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 200), (257, 129), (128, 384)])
+def test_tiled_transpose_is_the_transpose(shape, rng):
+    w = rng.standard_normal(shape).astype(np.float32)
+    wt = transpose_tiled(w)
+    assert wt.flags.c_contiguous and wt.dtype == w.dtype
+    np.testing.assert_array_equal(wt, w.T)
 
 
 @pytest.mark.parametrize("picked", [[], [0], [5], [1, 4, 7]])

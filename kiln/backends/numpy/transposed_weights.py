@@ -26,7 +26,7 @@ class TransposedWeights:
         hit = self._entries.get(key)
         if hit is not None and hit[0]() is w:
             return hit[1]
-        wt = np.ascontiguousarray(w.T)
+        wt = transpose_tiled(w)
 
         def forget(ref, key=key):
             if self._entries.get(key, (None,))[0] is ref:
@@ -37,3 +37,17 @@ class TransposedWeights:
 
 
 TRANSPOSED = TransposedWeights()
+
+
+TILE = 128
+
+
+def transpose_tiled(w: np.ndarray) -> np.ndarray:
+    """`np.ascontiguousarray(w.T)` for a 2-D w, tile by tile: each tile is read and written within the
+    cache, where the plain strided copy misses it on every element (about 2x slower, more when w's
+    pages are first read from a memory-mapped checkpoint)."""
+    out = np.empty((w.shape[1], w.shape[0]), w.dtype)
+    for i in range(0, w.shape[0], TILE):
+        for j in range(0, w.shape[1], TILE):
+            out[j:j + TILE, i:i + TILE] = w[i:i + TILE, j:j + TILE].T
+    return out
