@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.ir.ops.attention import allowed_positions as attention_bias
+
 from ._registry import kernel, up
 from .reduction import softmax
-
-
-def attention_bias(sq: int, sk: int, causal: bool, window: int | None) -> np.ndarray | None:
-    """[Sq, Sk] bool of allowed positions; query i sits at key position i + sk - sq."""
-    if not causal and window is None:
-        return None
-    qpos = np.arange(sq)[:, None] + (sk - sq)
-    kpos = np.arange(sk)[None, :]
-    allowed = np.ones((sq, sk), bool)
-    if causal:
-        allowed &= kpos <= qpos
-    if window is not None:
-        allowed &= qpos - kpos < window
-        if not causal:
-            allowed &= kpos - qpos < window
-    return allowed
 
 
 def attention_scores(q, k, mask=None, causal=False, scale=None, window=None, softcap=None):
