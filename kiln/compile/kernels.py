@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from kiln.ir import get_op
 
+from .step_inputs import flat_ids
+
 ARCHETYPES = ("pointwise", "reduction", "matmul", "attention", "layout")
 _BY_CATEGORY = {"pointwise": "pointwise", "reduction": "reduction", "norm": "reduction", "matmul": "matmul",
                 "attention": "attention"}
@@ -40,7 +42,7 @@ def group_kernels(steps, keep: set[int]) -> list[Kernel]:
     producer: dict[int, int] = {}  # value id -> step index
     readers: Counter = Counter()
     for i, s in enumerate(steps):
-        for v in set(_flat(s.inputs)):
+        for v in set(flat_ids(s.inputs)):
             readers[v] += 1
         for o in s.outputs:
             producer[o] = i
@@ -51,7 +53,7 @@ def group_kernels(steps, keep: set[int]) -> list[Kernel]:
         arch = archetype_of(s.op)
         target, index = None, -1
         if arch in ("pointwise", "reduction") and s.kind == "compute":
-            for v in _flat(s.inputs):
+            for v in flat_ids(s.inputs):
                 j = producer.get(v)
                 if j is None or steps[j].kernel < 0 or readers[v] != 1 or v in keep:
                     continue
@@ -59,7 +61,7 @@ def group_kernels(steps, keep: set[int]) -> list[Kernel]:
                 if not _joinable(k.archetype, arch):
                     continue
                 first = k.steps[0]
-                others = [producer.get(u) for u in _flat(s.inputs) if u != v]
+                others = [producer.get(u) for u in flat_ids(s.inputs) if u != v]
                 if all(p is None or p < first or steps[p].kernel == steps[j].kernel for p in others):
                     target, index = k, steps[j].kernel
                     break
@@ -82,11 +84,3 @@ def _joinable(producer_arch: str, consumer_arch: str) -> bool:
 def kernel_counts(kernels: list[Kernel]) -> dict[str, int]:
     c = Counter(k.archetype for k in kernels)
     return {a: c[a] for a in ARCHETYPES if c[a]}
-
-
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from kiln.ir import get_op
 
+from .step_inputs import flat_ids
+
 ALIGN = 64
 
 
@@ -61,7 +63,7 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True) -> Memor
     storages: dict[int, Storage] = {}
     for i, s in enumerate(steps):
         if s.kind == "view":
-            base = next(_flat(s.inputs))
+            base = next(flat_ids(s.inputs))
             for o in s.outputs:
                 if base in value_storage:
                     value_storage[o] = value_storage[base]
@@ -71,7 +73,7 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True) -> Memor
             storages[o] = Storage(o, t.dtype.name, t.nbytes, i, i)
             value_storage[o] = o
     for i, s in enumerate(steps):
-        for v in _flat(s.inputs):
+        for v in flat_ids(s.inputs):
             st = value_storage.get(v)
             if st is not None:
                 storages[st].end = max(storages[st].end, i)
@@ -119,7 +121,7 @@ def _inplace_donor(step, out: int, plan: MemoryPlan, types, i: int):
     except KeyError:
         return None
     t = types[out]
-    for v in _flat(step.inputs):
+    for v in flat_ids(step.inputs):
         owner = plan.value_storage.get(v)
         if owner != v:  # only a value that owns its storage has the output's layout
             continue
@@ -169,11 +171,3 @@ def _release(free, blocks, arenas, dtype: str, off: int, size: int) -> None:
 def _insert(free, blocks, dtype, off, size):
     bisect.insort(free.setdefault(dtype, []), (size, off))
     blocks.setdefault(dtype, {})[off] = size
-
-
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x

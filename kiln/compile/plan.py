@@ -18,6 +18,7 @@ from kiln.ir import SOURCE_OPS, Graph, TensorType
 from .kernels import Kernel, group_kernels
 from .memory import MemoryPlan, plan_memory
 from .precision import step_precision
+from .step_inputs import flat_ids
 
 # Ops whose result can be a view of their (contiguous) input, for every backend.
 VIEW_OPS = ("reshape", "transpose", "slice", "split", "broadcast_to")
@@ -78,7 +79,7 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
             continue
         ins = [([x.id for x in i] if isinstance(i, list) else (i.id if i is not None else None)) for i in n.inputs]
         step = Step(n.op, n.attrs, ins, [o.id for o in n.outputs], name=n.name)
-        flat = list(_flat(ins))
+        flat = list(flat_ids(ins))
         if flat and all(v in static for v in flat):
             static.update(step.outputs)
             load_steps.append(step)
@@ -105,18 +106,10 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
 def _assign_releases(steps: list[Step], keep: set[int]) -> None:
     last: dict[int, int] = {}
     for i, s in enumerate(steps):
-        for x in _flat(s.inputs):
+        for x in flat_ids(s.inputs):
             last[x] = i
         for o in s.outputs:
             last.setdefault(o, i)
     for vid, i in last.items():
         if vid not in keep:
             steps[i].release.append(vid)
-
-
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x

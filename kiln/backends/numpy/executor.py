@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from kiln.compile.plan import Plan
+from kiln.compile.step_inputs import flat_ids
 
 from .blas_threads import ThreadChoice
 from .kernels import KERNELS
@@ -65,7 +66,7 @@ class NumpyExecutor:
                     result = fn(*_resolve(step.inputs, fixed))
                     for vid, r in zip(step.outputs, result if isinstance(result, tuple) else (result,)):
                         fixed[vid] = r
-                        if all(x in const for x in _flat(step.inputs)):
+                        if all(x in const for x in flat_ids(step.inputs)):
                             const[vid] = r
                     continue
                 program.append((fn, _resolve(step.inputs, fixed), patches, step.outputs))
@@ -128,13 +129,6 @@ class NumpyExecutor:
         outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
         return {name: np.array(a, copy=True) for name, a in outs.items()} if copy_outputs else outs
 
-
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x
 
 
 def _resolve(inputs, known: dict, missing=0):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kiln.compile.plan import Plan
+from kiln.compile.step_inputs import flat_ids
 
 from .kernels.pointwise import supports as pointwise_supports
 
@@ -43,13 +44,6 @@ class FusionPlan:
     absorbed: set[int] = field(default_factory=set)                  # steps run inside another launch
 
 
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x
-
 
 def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
     steps = plan.steps
@@ -57,7 +51,7 @@ def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
     producer: dict[int, int] = {}
     readers: dict[int, list[int]] = {}
     for i, s in enumerate(steps):
-        for v in _flat(s.inputs):
+        for v in flat_ids(s.inputs):
             readers.setdefault(v, []).append(i)
         for o in s.outputs:
             producer[o] = i
@@ -152,7 +146,7 @@ def plan_fusions(plan: Plan, keep: set[int], pointwise_ok=None) -> FusionPlan:
         while changed:
             changed = False
             produced = {o for m in members for o in steps[m].outputs}
-            for v in {v for m in members for v in _flat(steps[m].inputs)} - produced:
+            for v in {v for m in members for v in flat_ids(steps[m].inputs)} - produced:
                 p = producer.get(v)
                 if p is None or group_of.get(p) != p or p in fp.absorbed or p not in fp.groups or v in keep:
                     continue

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from kiln.compile.plan import Plan
+from kiln.compile.step_inputs import flat_ids
 
 from .device import interpreting, kiln_dtype, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
@@ -84,13 +85,6 @@ class Program:
     fused: Counter = field(default_factory=Counter)
 
 
-def _flat(inputs):
-    for x in inputs:
-        if isinstance(x, list):
-            yield from x
-        elif x is not None:
-            yield x
-
 
 def _literal(arr: np.ndarray):
     """A Python scalar when a constant can be inlined into generated code, else None."""
@@ -121,7 +115,7 @@ class Lowering:
         self.input_name = {vid: n for n, (vid, _) in plan.inputs.items()}
         self.producer, self.readers = {}, {}
         for i, s in enumerate(plan.steps):
-            for v in _flat(s.inputs):
+            for v in flat_ids(s.inputs):
                 self.readers.setdefault(v, []).append(i)
             for o in s.outputs:
                 self.producer[o] = i
