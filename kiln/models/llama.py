@@ -444,6 +444,18 @@ def load_llama(path, device: str = "cpu", dtype: str = "float32", *, optimize: b
     d = Path(path)
     cfg, raw, filename = read_llama_config(d)
     weights = WeightMap(load_checkpoint_dir(d, filename=filename), source=str(d))
+    tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
+    return causal_lm_from_weights(cfg, weights, tokenizer=tokenizer, generation_config=GenerationConfig.from_dir(d, raw),
+                                  device=device, dtype=dtype, optimize=optimize, progress=progress, name=str(d))
+
+
+def causal_lm_from_weights(cfg: LlamaConfig, weights: WeightMap, *, tokenizer=None,
+                           generation_config: GenerationConfig | None = None, device: str = "cpu",
+                           dtype: str = "float32", optimize: bool = True, progress: bool = False,
+                           name: str = "model") -> CausalLM:
+    """A CausalLM from a parsed config and checkpoint tensors in HF or original key layout.
+
+    The entry point for every weight source (safetensors directories, GGUF files, ...)."""
     _, layout = detect_layout(weights)
     cfg = replace(cfg, rope_layout="interleaved" if layout == "meta" else "half")
     if layout == "meta" and not weights.has("output.weight"):
@@ -454,7 +466,5 @@ def load_llama(path, device: str = "cpu", dtype: str = "float32", *, optimize: b
 
         layers = tqdm(layers, desc="loading weights", unit="layer", leave=False)
     params = llama_params(weights, cfg, dtype, layers=layers)
-    tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
-    gen = GenerationConfig.from_dir(d, raw)
-    return CausalLM(LlamaGraphs(cfg, dtype), params, tokenizer=tokenizer, generation_config=gen, device=device,
-                    dtype=dtype, optimize=optimize, name=str(d))
+    return CausalLM(LlamaGraphs(cfg, dtype), params, tokenizer=tokenizer, generation_config=generation_config,
+                    device=device, dtype=dtype, optimize=optimize, name=name)

@@ -508,7 +508,15 @@ def load_whisper(path, device: str = "cpu", dtype: str = "float32", *, optimize:
         raise CheckpointError(f"{raw.path}: model_type {raw.get('model_type')!r} is not 'whisper'")
     cfg = WhisperConfig.from_dict(raw)
     weights = WeightMap(load_checkpoint_dir(d), source=str(d))
-    params = whisper_params(weights, cfg, dtype, progress=progress)
     tok = Tokenizer.from_dir(d) if (d / "tokenizer.json").exists() else None
     gen = WhisperGenerationConfig.from_dir(d, cfg, tok)
-    return WhisperModel(cfg, params, gen, tok, device, dtype, optimize)
+    return whisper_from_weights(cfg, weights, tokenizer=tok, generation_config=gen, device=device, dtype=dtype,
+                                optimize=optimize, progress=progress)
+
+
+def whisper_from_weights(cfg: "WhisperConfig", weights: WeightMap, *, tokenizer, generation_config,
+                         device: str = "cpu", dtype: str = "float32", optimize: bool = True,
+                         progress: bool = False) -> "WhisperModel":
+    """A WhisperModel from a parsed config and checkpoint tensors in HF key layout (any weight source)."""
+    params = whisper_params(weights, cfg, dtype, progress=progress)
+    return WhisperModel(cfg, params, generation_config, tokenizer, device, dtype, optimize)
