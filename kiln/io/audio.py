@@ -39,16 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from kiln.errors import AudioError
+
 __all__ = ["AudioError", "load_audio", "resample", "to_mono", "MAX_CHANNELS"]
 
 #: Largest channel count accepted when the channel axis of a 2-D array is
 #: detected automatically (pass ``channel_axis`` to go beyond it).
 MAX_CHANNELS = 32
-
-
-class AudioError(ValueError):
-    """Bad audio input: missing/empty/unreadable file, empty or non-finite
-    samples, wrong number of dimensions, bad sample rate."""
 
 
 # ----------------------------------------------------------------------------

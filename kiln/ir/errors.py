@@ -1,5 +1,7 @@
-"""The error raised for an ill-formed graph: it names the node, op and what was expected."""
+"""The error raised for an ill-formed graph: it names the node, op and what was expected.
 
+Defined in :mod:`kiln.errors` (a ``KilnError`` and a ``ValueError``) and re-exported here."""
 
-class GraphError(ValueError):
-    """A graph is ill-formed: wrong shape, wrong dtype, unknown value or name."""
+from kiln.errors import GraphError
+
+__all__ = ["GraphError"]

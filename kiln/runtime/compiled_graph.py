@@ -7,11 +7,8 @@ from typing import Mapping
 import numpy as np
 
 from kiln.compile.plan import Plan
+from kiln.errors import InputError  # noqa: F401  (defined in kiln.errors; importable from here)
 from kiln.ir import TensorType, as_dtype
-
-
-class InputError(ValueError):
-    """A run input or parameter is missing, unexpected, or of the wrong shape or dtype."""
 
 
 class CompiledGraph:
