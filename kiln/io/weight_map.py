@@ -9,20 +9,35 @@ key, supports aliases, transposes and load-time fusion (QKV, gate/up), and
 records which keys were used so that leftovers can be reported.
 
 dtype conversion happens only when a caller passes ``dtype=``; a tensor is
-never cast behind the caller's back.
+never cast behind the caller's back, and never across dtype classes: asking
+for a float dtype from an integer or bool tensor (or the reverse) is a
+``CheckpointError`` naming the tensor, as is narrowing integers that do not fit.
+
+Every floating-point tensor taken is checked for NaN/Inf (after conversion, so
+an overflow to Inf in a narrower dtype is caught too). The policy is the
+``nonfinite`` argument: ``"error"`` (the default) raises ``CheckpointError``
+naming the tensor, ``"warn"`` warns and returns the tensor, ``"allow"`` skips
+the check. The environment variable ``KILN_NONFINITE_WEIGHTS`` sets the
+default for maps built without the argument (e.g. inside ``kiln.load``).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from typing import Iterable, Iterator, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from kiln.io.errors import CheckpointError
 
-__all__ = ["WeightMap"]
+__all__ = ["WeightMap", "NONFINITE_POLICIES"]
+
+#: Accepted values of ``WeightMap(nonfinite=...)`` and of ``$KILN_NONFINITE_WEIGHTS``.
+NONFINITE_POLICIES = ("error", "warn", "allow")
+_NONFINITE_ENV = "KILN_NONFINITE_WEIGHTS"
 
 Shape = Sequence[int | None]
 
@@ -46,9 +61,10 @@ class WeightMap:
     matches any size along that axis.
     """
 
-    def __init__(self, tensors: dict[str, np.ndarray], source: str):
+    def __init__(self, tensors: dict[str, np.ndarray], source: str, *, nonfinite: str | None = None):
         self._tensors = dict(tensors)
         self.source = str(source)
+        self.nonfinite = _nonfinite_policy(nonfinite)
         self._used: set[str] = set()
         self._parent: WeightMap | None = None
         self._parent_key: dict[str, str] = {}
@@ -160,8 +176,7 @@ class WeightMap:
                 f"{self.source}: concatenation along axis {axis} of {found} has shape "
                 f"{_fmt_shape(out_shape)}, expected {_fmt_shape(shape)}"
             )
-        if dtype is not None:
-            parts = [self._convert(k, p, dtype) for k, p in zip(keys, parts)]
+        parts = [self._convert(k, p, dtype) for k, p in zip(keys, parts)]
         out = np.concatenate(parts, axis=ax)
         for k in keys:
             self._mark(k)
@@ -183,7 +198,8 @@ class WeightMap:
                     f"{self.source}: stripping prefix '{prefix}' maps both '{renamed[new]}' and '{k}' to '{new}'"
                 )
             renamed[new] = k
-        child = WeightMap({new: self._tensors[old] for new, old in renamed.items()}, self.source)
+        child = WeightMap({new: self._tensors[old] for new, old in renamed.items()}, self.source,
+                          nonfinite=self.nonfinite)
         child._parent = self
         child._parent_key = renamed
         child._used = {new for new, old in renamed.items() if old in self._used}
@@ -242,10 +258,82 @@ class WeightMap:
             )
 
     def _convert(self, key: str, arr: np.ndarray, dtype) -> np.ndarray:
+        """``arr`` as ``dtype`` (None: as stored), refusing cross-class casts, then the non-finite check."""
         if dtype is None:
-            return arr
-        try:
-            target = np.dtype(dtype)
-        except TypeError:
-            raise CheckpointError(f"{self.source}: tensor '{key}': unknown target dtype {dtype!r}") from None
-        return arr if arr.dtype == target else arr.astype(target)
+            out = arr
+        else:
+            try:
+                target = np.dtype(dtype)
+            except TypeError:
+                raise CheckpointError(f"{self.source}: tensor '{key}': unknown target dtype {dtype!r}") from None
+            found, wanted = _dtype_class(arr.dtype), _dtype_class(target)
+            if found != wanted:
+                raise CheckpointError(
+                    f"{self.source}: tensor '{key}' is stored as {arr.dtype} ({found}), expected {_ARTICLE[wanted]} {wanted} "
+                    f"tensor ({target}); kiln does not cast across dtype classes"
+                )
+            if wanted == "integer" and arr.size and not np.can_cast(arr.dtype, target):
+                lo, hi, info = int(arr.min()), int(arr.max()), np.iinfo(target)
+                if lo < info.min or hi > info.max:
+                    raise CheckpointError(
+                        f"{self.source}: tensor '{key}' ({arr.dtype}) holds values in [{lo}, {hi}], "
+                        f"outside the range of {target}"
+                    )
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow to Inf is reported just below
+                out = arr if arr.dtype == target else arr.astype(target)
+        if self.nonfinite != "allow" and _dtype_class(out.dtype) == "float":
+            self._check_finite(key, arr, out)
+        return out
+
+    def _check_finite(self, key: str, stored: np.ndarray, out: np.ndarray) -> None:
+        bad = _count_nonfinite(out)
+        if not bad:
+            return
+        n, first = bad
+        idx = tuple(int(i) for i in np.unravel_index(first, out.shape)) if out.ndim else ()
+        what = (f"after conversion from {stored.dtype} to {out.dtype} (the stored values overflow it)"
+                if stored is not out and _dtype_class(stored.dtype) == "float" and not _count_nonfinite(stored)
+                else "")
+        msg = (f"{self.source}: tensor '{key}' ({out.dtype}, shape {_fmt_shape(out.shape)}) holds {n} non-finite "
+               f"values (NaN/Inf){' ' + what if what else ''}, first at index {idx}; pass nonfinite='allow' "
+               f"(or set {_NONFINITE_ENV}=allow) to load it anyway")
+        if self.nonfinite == "warn":
+            warnings.warn(msg, stacklevel=4)
+        else:
+            raise CheckpointError(msg)
+
+
+def _nonfinite_policy(value: str | None) -> str:
+    where = "nonfinite"
+    if value is None:
+        value, where = os.environ.get(_NONFINITE_ENV) or "error", f"${_NONFINITE_ENV}"
+    if value not in NONFINITE_POLICIES:
+        raise CheckpointError(f"{where} must be one of {list(NONFINITE_POLICIES)}, found {value!r}")
+    return value
+
+
+_ML_FLOATS = {np.dtype(t) for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)}
+
+
+def _dtype_class(dt: np.dtype) -> str:
+    """'float', 'integer', 'bool' or 'other' (complex, strings, ...): casts never cross a class."""
+    if dt in _ML_FLOATS or dt.kind == "f":
+        return "float"
+    if dt.kind in "iu":
+        return "integer"
+    return "bool" if dt.kind == "b" else "other"
+
+
+_ARTICLE = {"float": "a", "integer": "an", "bool": "a", "other": "an"}
+_CHUNK = 1 << 22  # elements per isfinite pass: bounds the temporary to a few MB however large the tensor
+
+
+def _count_nonfinite(arr: np.ndarray) -> tuple[int, int] | None:
+    """None if every value is finite, else (count, flat index of the first non-finite value)."""
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        ok = np.isfinite(flat[start:start + _CHUNK])
+        if not ok.all():
+            bad = ~np.isfinite(flat[start:])
+            return int(bad.sum()), start + int(np.argmax(bad))
+    return None
