@@ -3,8 +3,9 @@
 `build_plan` schedules a graph (its node order is already topological), hoists steps
 that depend only on parameters and constants into `load_steps` (run once when weights
 are bound, e.g. a concatenated Q/K/V weight), marks data-movement ops that can be views
-(`kind="view"`), groups steps into kernels by archetype, plans arena memory and annotates
-each step with the precision policy.
+(`kind="view"`), groups steps into kernels (the launches every backend makes), plans
+memory over those kernels' lifetimes (states updated in place where they can be) and
+annotates each step with the precision policy.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ class Step:
 class Plan:
     graph: Graph
     steps: list[Step]
-    inputs: dict[str, tuple[int, TensorType]]
+    inputs: dict[str, tuple[int, TensorType]]     # run inputs (states excluded)
     params: dict[str, tuple[int, TensorType]]
     constants: dict[int, np.ndarray]
-    outputs: dict[str, int]
+    outputs: dict[str, int]                       # run outputs (state updates excluded)
     load_steps: list[Step] = field(default_factory=list)
     kernels: list[Kernel] = field(default_factory=list)
     memory: MemoryPlan | None = None
     types: dict[int, TensorType] = field(default_factory=dict)
+    states: dict[str, tuple[int, int, TensorType]] = field(default_factory=dict)  # name -> (read, assigned, type)
 
 
 def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
@@ -93,14 +95,36 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
         prec = step_precision(n.op, [types[v].dtype.name for v in flat], [o.type.dtype.name for o in n.outputs])
         step.compute_dtype, step.accumulate_dtype = prec.compute_dtype, prec.accumulate_dtype
         steps.append(step)
-    outputs = {k: v.id for k, v in graph.outputs.items()}
-    keep = set(outputs.values())
+    states = {name: (vin.id, vout.id, vin.type) for name, (vin, vout) in graph.states.items()}
+    for name in states:
+        del inputs[name]
+    outputs = {k: v.id for k, v in graph.outputs.items() if k not in states}
+    keep = set(outputs.values()) | {vout for _, vout, _ in states.values()}
     _assign_releases(steps, keep | static)
-    kernels = group_kernels(steps, keep)
-    memory = plan_memory(steps, types, keep, reuse=reuse_memory)
+    kernels = group_kernels(steps, keep, types, _sole_cache_writes(steps, states))
+    memory = plan_memory(steps, types, keep, reuse=reuse_memory, kernels=kernels,
+                         states={n: (vin, vout) for n, (vin, vout, _) in states.items()})
     for s in steps:
-        s.inplace = any(memory.storages[o].inplace_of is not None for o in s.outputs if o in memory.storages)
-    return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types)
+        s.inplace = any(o in memory.storages and memory.storages[o].inplace_of is not None
+                        or memory.value_storage.get(o) in memory.storages and o not in memory.storages
+                        for o in s.outputs)
+    return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types, states)
+
+
+def _sole_cache_writes(steps, states) -> dict[int, int]:
+    """State value -> assigned value, for states read only by the cache_write that makes their new
+    value (always updated in place, whatever the kernels)."""
+    readers: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        for v in flat_ids(s.inputs):
+            readers.setdefault(v, []).append(i)
+    out = {}
+    for vin, vout, _ in states.values():
+        r = readers.get(vin, [])
+        if len(r) == 1 and steps[r[0]].op == "cache_write" and steps[r[0]].outputs == [vout] \
+                and steps[r[0]].inputs[0] == vin and steps[r[0]].inputs[1] != vin:
+            out[vin] = vout
+    return out
 
 
 def _assign_releases(steps: list[Step], keep: set[int]) -> None:

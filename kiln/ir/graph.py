@@ -106,6 +106,28 @@ class Graph:
     def parameter(self, name: str, shape: Sequence[int], dtype="float32") -> Value:
         return self._source("parameter", name, TensorType(tuple(shape), as_dtype(dtype)))
 
+    def state(self, name: str, shape: Sequence[int], dtype="float32") -> Value:
+        """A buffer that persists across runs (a KV cache, weights being trained, optimizer moments).
+
+        It is read like an input; `assign` sets its value after the run. In the IR a state is
+        an input with an output of the same name; runs do not pass it, its compiled graph keeps it
+        where its backend lives (see CompiledGraph's state methods)."""
+        return self.input(name, shape, dtype)
+
+    def assign(self, state: Value, value: Value) -> Value:
+        """Make `value` the state's content after the run (in place when the planner can)."""
+        node = state.node if isinstance(state, Value) else None
+        if node is None or node.op != "input" or state.graph is not self:
+            raise GraphError(f"assign: {state!r} is not a state (an input) of this graph")
+        if not isinstance(value, Value) or value.type != state.type:
+            raise GraphError(f"assign to state {node.name!r}: value {value!r} must have the state's type {state.type}")
+        return self.output(node.name, value)
+
+    @property
+    def states(self) -> dict[str, tuple[Value, Value]]:
+        """State name -> (value read, value assigned): the inputs that have an output of the same name."""
+        return {n: (v, self.outputs[n]) for n, v in self.inputs.items() if n in self.outputs}
+
     def constant(self, value, dtype=None, name: str | None = None) -> Value:
         arr = np.asarray(value, dtype=as_dtype(dtype).np_dtype if dtype is not None else None)
         as_dtype(arr.dtype)  # raises for unsupported dtypes
@@ -220,6 +242,8 @@ class Graph:
         for name, v in self.outputs.items():
             if v.id not in defined:
                 raise GraphError(f"output {name!r} refers to {v!r}, which no node defines")
+            if name in names and names[name].op == "input" and names[name].outputs[0].type != v.type:
+                raise GraphError(f"state {name!r}: assigned {v!r}, expected its type {names[name].outputs[0].type}")
 
     # ---- internals -------------------------------------------------------
     def _new_node(self, op, inputs, attrs, name) -> Node:

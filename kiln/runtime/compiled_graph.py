@@ -1,4 +1,12 @@
-"""A compiled graph: validated inputs and parameters in, NumPy arrays out."""
+"""A compiled graph: validated inputs and parameters in, NumPy arrays out, state kept where the backend lives.
+
+States (`Graph.state` / `Graph.assign`) are buffers that persist across runs: a KV cache,
+weights being trained, optimizer moments. They start as zeros, live in the backend's
+memory (host arrays for NumPy, device tensors for Triton) and are read or written from
+the host only when asked (`get_state` / `set_state`). Two compiled graphs of one backend
+can share a state buffer (`state_buffer` / `bind_state`), e.g. a prefill and a decode
+graph writing one KV cache.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +36,37 @@ class CompiledGraph:
     @property
     def param_types(self) -> dict[str, TensorType]:
         return {k: t for k, (_, t) in self.plan.params.items()}
+
+    @property
+    def state_types(self) -> dict[str, TensorType]:
+        return {k: t for k, (_, _, t) in self.plan.states.items()}
+
+    # ---- state ------------------------------------------------------------------------
+    def get_state(self, name: str) -> np.ndarray:
+        """A host copy of state `name`."""
+        self._state_type(name)
+        return self.executor.get_state(name)
+
+    def set_state(self, name: str, value) -> None:
+        """Copy `value` (shape and dtype of the state, nothing cast) into state `name`."""
+        self.executor.set_state(name, _checked("state", name, value, self._state_type(name)))
+
+    def state_buffer(self, name: str):
+        """The backend's own buffer of state `name` (a NumPy array or a device tensor), not a copy."""
+        self._state_type(name)
+        return self.executor.state[name]
+
+    def bind_state(self, name: str, buffer) -> None:
+        """Use another compiled graph's `state_buffer(name)` as this graph's state `name` (shared)."""
+        t = self._state_type(name)
+        if tuple(buffer.shape) != t.shape:
+            raise InputError(f"state {name!r}: buffer has shape {tuple(buffer.shape)}, expected {t.shape}")
+        self.executor.bind_state(name, buffer)
+
+    def _state_type(self, name: str) -> TensorType:
+        if name not in self.plan.states:
+            raise InputError(f"unknown state {name!r}; this graph's states are {sorted(self.plan.states)}")
+        return self.plan.states[name][2]
 
     def load_params(self, params: Mapping[str, np.ndarray], strict: bool = True) -> None:
         """Bind parameter arrays by name; with strict, every parameter must be given and no other."""

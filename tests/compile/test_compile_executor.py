@@ -101,20 +101,29 @@ def test_load_time_steps_rerun_when_parameters_change():
         np.testing.assert_allclose(cg.run(x=x_)["y"], _reference(g, {"x": x_, **params})["y"], rtol=1e-6)
 
 
-def test_kernels_group_by_archetype():
+def test_kernels_are_the_launches_every_backend_makes():
+    """Pointwise chains fuse into one launch; a matmul keeps only a cast epilogue (other epilogues
+    are the optimizer's fused_linear); reductions take no pointwise prologue."""
     g = Graph()
     x = g.input("x", (4, 8))
     y = g.linear(x, g.parameter("w", (8, 8)))
-    y = g.tanh(y) * 2.0 + x                        # epilogue of the matmul
-    e = g.exp(y - 1.0)                             # prologue of the reduction
+    y = g.tanh(y) * 2.0 + x                        # a pointwise chain after the matmul
+    e = g.exp(y - 1.0)                             # a pointwise chain before the reduction
     s = g.sum(e, axes=[-1], keepdims=True)
     p = g.softmax(g.transpose(y, perm=[1, 0]))     # a view, then a reduction
     g.output("s", s)
     g.output("p", p)
     plan = build_plan(g)
-    assert kernel_counts(plan.kernels) == {"reduction": 2, "matmul": 1}
-    matmul = next(k for k in plan.kernels if k.archetype == "matmul")
-    assert [plan.steps[i].op for i in matmul.steps] == ["linear", "tanh", "mul", "add"]
+    assert kernel_counts(plan.kernels) == {"pointwise": 2, "reduction": 2, "matmul": 1}
+    chains = [[plan.steps[i].op for i in k.steps] for k in plan.kernels if k.archetype == "pointwise"]
+    assert chains == [["tanh", "mul", "add"], ["sub", "exp"]]
+
+    h = Graph()
+    xb = h.input("x", (4, 8), "bfloat16")
+    h.output("logits", h.cast(h.linear(xb, h.parameter("w", (16, 8), "bfloat16")), dtype="float32"))
+    plan = build_plan(h)
+    assert [(k.pattern, [plan.steps[i].op for i in k.steps]) for k in plan.kernels] == \
+        [("matmul_cast", ["linear", "cast"])]
 
 
 def test_half_precision_policy_computes_norms_matmuls_and_softmax_in_float32():

@@ -3,6 +3,9 @@
 The arenas (one byte buffer per dtype) and a view for every planned slot are created
 once; each run writes every computed value into its slot, so the results need no new
 buffers in steady state. View steps (reshape, transpose, slices) alias their input.
+States are arrays that outlive a run (zeros at first); a value the plan computes into a
+state's buffer is written there directly, any other assigned value is copied there at the
+end of the run.
 
 Binding happens once per set of parameters, not per run: load-time steps (those that depend
 only on parameters and constants) run, every argument that does not change between runs
@@ -34,17 +37,46 @@ class NumpyExecutor:
             raise NotImplementedError(f"the NumPy backend has no kernel for op(s) {missing}")
         self.plan = plan
         self.arenas = {dt: np.empty(max(n, 1), np.uint8) for dt, n in plan.memory.arenas.items()}
-        self.slots: dict[int, np.ndarray] = {}
-        for vid, st in plan.memory.storages.items():
-            t = plan.types[vid]
-            self.slots[vid] = np.ndarray(t.shape, t.dtype.np_dtype, buffer=self.arenas[st.dtype], offset=st.offset)
+        self.state: dict[str, np.ndarray] = {n: np.zeros(t.shape, t.dtype.np_dtype)
+                                             for n, (_, _, t) in plan.states.items()}
+        self._make_slots()
         self._program: list[tuple] | None = None
         self._outputs: list[tuple[str, int, np.ndarray | None]] = []
         self._scratch: dict[tuple, np.ndarray] = {}
         self.threads = ThreadChoice()
         self.reference_steps: dict[str, int] = {}  # op -> steps run by the reference kernel plus a copy
 
+    def _make_slots(self) -> None:
+        plan = self.plan
+        self.slots: dict[int, np.ndarray] = {}
+        for vid, st in plan.memory.storages.items():
+            if st.state is not None:
+                self.slots[vid] = self.state[st.state]
+                continue
+            t = plan.types[vid]
+            self.slots[vid] = np.ndarray(t.shape, t.dtype.np_dtype, buffer=self.arenas[st.dtype], offset=st.offset)
+        for name, vout in plan.memory.state_in_place.items():
+            self.slots[vout] = self.state[name]
+        self._state_copies = [(self.state[n], vout) for n, (_, vout, _) in plan.states.items()
+                              if plan.memory.state_in_place.get(n) != vout]
+
     def params_changed(self, params: dict[int, np.ndarray]) -> None:
+        self._program = None
+
+    def get_state(self, name: str) -> np.ndarray:
+        return np.array(self.state[name], copy=True)
+
+    def set_state(self, name: str, value: np.ndarray) -> None:
+        np.copyto(self.state[name], value)
+
+    def bind_state(self, name: str, array: np.ndarray) -> None:
+        """Use `array` (shared with another compiled graph, say) as state `name`'s buffer from now on."""
+        t = self.plan.states[name][2]
+        if not isinstance(array, np.ndarray) or array.dtype != t.dtype.np_dtype or not array.flags.c_contiguous:
+            raise TypeError(f"state {name!r}: the NumPy backend needs a C-contiguous {t.dtype} array, got "
+                            f"{type(array).__name__} {getattr(array, 'dtype', '')}")
+        self.state[name] = array
+        self._make_slots()
         self._program = None
 
     # ---- binding ------------------------------------------------------------------------------
@@ -74,6 +106,10 @@ class NumpyExecutor:
             program.append((self._compute(step, fixed, const), _resolve(step.inputs, fixed), patches, None))
         self._program = program
         self._outputs = [(name, vid, fixed.get(vid)) for name, vid in plan.outputs.items()]
+        self._fixed = fixed
+
+    def _known(self, vid: int) -> np.ndarray:
+        return self._fixed[vid]
 
     def _compute(self, step, fixed: dict, const: dict) -> Callable:
         """One callable that computes `step` into its slot(s)."""
@@ -126,6 +162,8 @@ class NumpyExecutor:
                         env.update(zip(views, result))
                     else:
                         env[views[0]] = result
+        for buf, vid in self._state_copies:
+            np.copyto(buf, env[vid] if vid in env else self._known(vid))
         outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
         return {name: np.array(a, copy=True) for name, a in outs.items()} if copy_outputs else outs
 

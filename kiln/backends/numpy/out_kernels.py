@@ -500,6 +500,19 @@ def _build_embedding(b: StepBinding):
     return run
 
 
+def _build_cache_write(b: StepBinding):
+    """Writes only the new rows when the output is the cache itself (a state updated in place)."""
+    from .kernels.layout import cache_rows
+    out, axis, in_place = b.out, b.attrs["axis"], b.aliased(0)
+
+    def run(cache, new, position):
+        rows = cache_rows(cache.shape, new.shape, position, axis)
+        if not in_place:
+            np.copyto(out, cache)
+        out[rows] = new
+    return run
+
+
 BUILDERS: dict[str, Callable[[StepBinding], Kernel | None]] = {name: _binary(f) for name, f in _UFUNC2.items()}
 BUILDERS.update({name: _unary(f) for name, f in _UFUNC1.items()})
 BUILDERS.update({
@@ -507,5 +520,5 @@ BUILDERS.update({
     "where": _build_where, "cast": _build_cast, "matmul": _build_matmul, "linear": _build_linear,
     "fused_linear": _build_linear, "rms_norm": _build_rms_norm, "layer_norm": _build_layer_norm,
     "softmax": _build_softmax, "attention": _build_attention, "rope": _build_rope, "reshape": _build_reshape,
-    "concat": _build_concat, "embedding": _build_embedding,
+    "concat": _build_concat, "embedding": _build_embedding, "cache_write": _build_cache_write,
 })

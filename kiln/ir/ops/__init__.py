@@ -3,4 +3,5 @@
 from . import elementwise, reduction, matmul, layout, norm, attention  # noqa: F401
 from . import conv  # noqa: F401
 from . import fused  # noqa: F401
+from . import cache  # noqa: F401  (state updates)
 from . import grad  # noqa: F401  (ops that backward passes need)

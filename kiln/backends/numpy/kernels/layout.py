@@ -86,3 +86,23 @@ def _one_hot(ids, num_classes, dtype="float32"):
 @kernel("repeat_interleave")
 def _repeat_interleave(x, repeats, axis=0):
     return np.repeat(x, repeats, axis=axis)
+
+
+
+def cache_rows(cache_shape, new_shape, position, axis: int) -> tuple:
+    """The index of the rows cache_write replaces; raises IndexError naming a position out of range."""
+    axis %= len(cache_shape)
+    pos, n = int(np.asarray(position).reshape(-1)[0]), new_shape[axis]
+    if not 0 <= pos <= cache_shape[axis] - n:
+        raise IndexError(f"cache_write: position {pos} with {n} new rows is out of range for "
+                         f"{cache_shape[axis]} rows along axis {axis}")
+    idx = [slice(None)] * len(cache_shape)
+    idx[axis] = slice(pos, pos + n)
+    return tuple(idx)
+
+
+@kernel("cache_write")
+def _cache_write(cache, new, position, axis=2):
+    out = np.array(cache, copy=True)
+    out[cache_rows(cache.shape, new.shape, position, axis)] = new
+    return out
