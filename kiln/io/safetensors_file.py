@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from kiln.io.errors import CheckpointError
+from kiln.io.files import open_regular, read_json_file
 
 __all__ = [
     "SAFETENSORS_DTYPES",
@@ -76,6 +77,20 @@ class TensorInfo:
         return f"TensorInfo({self.name!r}, {self.tag}, shape={self.shape}, offsets=[{self.begin}, {self.end}])"
 
 
+def _unique_keys(where: str):
+    """A json ``object_pairs_hook`` refusing duplicate keys, which would let one name mean two things."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise CheckpointError(f"{where} has the key {k!r} twice; a duplicate key is ambiguous")
+            out[k] = v
+        return out
+
+    return hook
+
+
 def _is_nonneg_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -88,33 +103,30 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
     and the offending tensor for any inconsistency.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(
-                    f"{path}: truncated safetensors file: {size} bytes, "
-                    "expected at least the 8-byte header length prefix"
-                )
-            (n,) = struct.unpack("<Q", prefix)
-            if n > size - 8:
-                raise CheckpointError(
-                    f"{path}: header length {n} bytes exceeds the file size ({size} bytes, "
-                    f"so at most {size - 8} header bytes); the file is truncated or not safetensors"
-                )
-            if n > _MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path}: header length {n} bytes exceeds the 100 MB safetensors limit")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: safetensors file not found") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: expected a safetensors file, found a directory") from None
+    with open_regular(path, "safetensors file", CheckpointError) as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: {size} bytes, "
+                "expected at least the 8-byte header length prefix"
+            )
+        (n,) = struct.unpack("<Q", prefix)
+        if n > size - 8:
+            raise CheckpointError(
+                f"{path}: header length {n} bytes exceeds the file size ({size} bytes, "
+                f"so at most {size - 8} header bytes); the file is truncated or not safetensors"
+            )
+        if n > _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {n} bytes exceeds the 100 MB safetensors limit")
+        raw = f.read(n)
 
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys(f"{path}: header"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header ({n} bytes) is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: header ({n} bytes) is JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header must be a JSON object, found {type(header).__name__}")
 
@@ -165,13 +177,30 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
             )
         infos[name] = TensorInfo(name, tag, dtype, tuple(shape), begin, end)
 
-    # Overlapping tensors mean a corrupt header (two names reading the same bytes).
-    spans = sorted((i.begin, i.end, i.name) for i in infos.values() if i.end > i.begin)
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
+    # As the safetensors library requires: sorted by offsets, the tensors tile the data buffer exactly,
+    # with no overlap (two names reading the same bytes), no hole and no trailing bytes (so a file
+    # cannot be valid in two formats at once, and every byte of it is accounted for).
+    expected, prev = 0, None
+    for info in sorted(infos.values(), key=lambda i: (i.begin, i.end, i.name)):
+        if info.begin < expected:
             raise CheckpointError(
-                f"{path}: tensors '{n0}' [{b0}, {e0}] and '{n1}' [{b1}, {e1}] overlap in the data buffer"
+                f"{path}: tensors '{prev.name}' [{prev.begin}, {prev.end}] and '{info.name}' "
+                f"[{info.begin}, {info.end}] overlap in the data buffer"
             )
+        if info.begin > expected:
+            after = f"after tensor '{prev.name}' " if prev is not None else "at the start of the data buffer "
+            raise CheckpointError(
+                f"{path}: hole of {info.begin - expected} bytes [{expected}, {info.begin}] in the data buffer "
+                f"{after}before tensor '{info.name}' [{info.begin}, {info.end}]; safetensors requires the "
+                "tensors to cover the data buffer contiguously"
+            )
+        expected, prev = info.end, info
+    if expected != data_size:
+        raise CheckpointError(
+            f"{path}: {data_size - expected} trailing bytes after the last tensor: the tensors cover "
+            f"[0, {expected}] of a {data_size}-byte data buffer; safetensors requires the tensors to cover "
+            "it exactly"
+        )
     return infos, metadata, data_start
 
 
@@ -192,7 +221,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             arr.flags.writeable = False
         else:
             if mm is None:
-                with open(path, "rb") as f:
+                with open_regular(path, "safetensors file", CheckpointError) as f:
                     mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 if len(mm) < data_start + max(i.end for i in infos.values()):
                     # The file shrank between reading the header and mapping it.
@@ -223,9 +252,9 @@ def load_checkpoint_dir(directory: str | os.PathLike, filename: str = "model.saf
         raise CheckpointError(f"{directory}: checkpoint directory does not exist or is not a directory")
     single = directory / filename
     index_path = directory / (filename + ".index.json")
-    if single.is_file():
+    if os.path.lexists(single):
         return load_safetensors(single)
-    if not index_path.is_file():
+    if not os.path.lexists(index_path):
         present = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
         hint = ""
         if any(not p.endswith(".safetensors") for p in present):
@@ -235,10 +264,8 @@ def load_checkpoint_dir(directory: str | os.PathLike, filename: str = "model.saf
             f"Weight files present: {present or 'none'}{hint}"
         )
 
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{index_path}: not valid JSON: {e}") from None
+    index = read_json_file(index_path, "checkpoint index", CheckpointError, expect=None,
+                           object_pairs_hook=_unique_keys(f"{index_path}: index"))
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: expected a non-empty 'weight_map' object of tensor name -> shard file")
@@ -248,7 +275,7 @@ def load_checkpoint_dir(directory: str | os.PathLike, filename: str = "model.saf
         _safe_child(directory, shard, index_path)
         by_shard.setdefault(shard, []).append(name)
     for shard, names in by_shard.items():
-        if not (directory / shard).is_file():
+        if not os.path.lexists(directory / shard):
             raise CheckpointError(
                 f"{index_path}: shard '{shard}' (holding {len(names)} tensors, e.g. '{names[0]}') "
                 f"is missing from {directory}"
