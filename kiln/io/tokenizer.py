@@ -33,6 +33,7 @@ import tokenizers
 from tokenizers import AddedToken
 
 from kiln.io.errors import TokenizerError
+from kiln.io.files import read_json_file, read_text_file
 
 __all__ = ["Tokenizer", "StreamDecoder", "SPECIAL_TOKEN_NAMES", "clean_up_tokenization"]
 
@@ -57,10 +58,11 @@ def _added_token(value: dict) -> AddedToken:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: invalid JSON: {e}") from None
+    return read_json_file(path, "tokenizer file", TokenizerError, expect=None)
+
+
+def _read_text(path: Path) -> str:
+    return read_text_file(path, "tokenizer file", TokenizerError)
 
 
 class Tokenizer:
@@ -102,19 +104,21 @@ class Tokenizer:
         """Load tokenizer.json + tokenizer_config.json (+ special_tokens_map.json, chat templates)."""
         d = Path(directory)
         tj = d / "tokenizer.json"
-        if not tj.is_file():
+        if not os.path.lexists(tj):
             others = sorted(p.name for p in d.glob("*")) if d.is_dir() else []
             raise TokenizerError(
                 f"{d}: no tokenizer.json (the HF fast-tokenizer file kiln loads); "
                 f"files present: {others or 'none (directory missing?)'}"
             )
         try:
-            backend = tokenizers.Tokenizer.from_file(str(tj))
+            backend = tokenizers.Tokenizer.from_str(_read_text(tj))
+        except TokenizerError:
+            raise
         except Exception as e:
             raise TokenizerError(f"{tj}: the tokenizers library cannot load it: {e}") from None
 
         cfg_path = d / "tokenizer_config.json"
-        cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
+        cfg = _read_json(cfg_path) if os.path.lexists(cfg_path) else {}
         if not isinstance(cfg, dict):
             raise TokenizerError(f"{cfg_path}: expected a JSON object")
 
@@ -126,7 +130,7 @@ class Tokenizer:
         # As HF: special_tokens_map.json (legacy) overrides the config unless the config
         # carries the modern added_tokens_decoder.
         stm_path = d / "special_tokens_map.json"
-        if "added_tokens_decoder" not in cfg and stm_path.is_file():
+        if "added_tokens_decoder" not in cfg and os.path.lexists(stm_path):
             stm = _read_json(stm_path)
             if not isinstance(stm, dict):
                 raise TokenizerError(f"{stm_path}: expected a JSON object")
@@ -193,15 +197,15 @@ class Tokenizer:
     def _load_chat_template(d: Path, cfg: dict) -> str | dict[str, str] | None:
         """chat_template.jinja and additional_chat_templates/*.jinja win over tokenizer_config.json, as in HF."""
         templates: dict[str, str] = {}
-        if (d / "chat_template.jinja").is_file():
-            templates["default"] = (d / "chat_template.jinja").read_text(encoding="utf-8")
+        if os.path.lexists(d / "chat_template.jinja"):
+            templates["default"] = _read_text(d / "chat_template.jinja")
         extra_dir = d / "additional_chat_templates"
         if extra_dir.is_dir():
             for f in sorted(extra_dir.glob("*.jinja")):
-                templates[f.name.removesuffix(".jinja")] = f.read_text(encoding="utf-8")
+                templates[f.name.removesuffix(".jinja")] = _read_text(f)
         if templates:
             return templates["default"] if list(templates) == ["default"] else templates
-        if (d / "chat_template.json").is_file():  # processor-style file: {"chat_template": "..."}
+        if os.path.lexists(d / "chat_template.json"):  # processor-style file: {"chat_template": "..."}
             ct = _read_json(d / "chat_template.json")
             if isinstance(ct, dict) and ct.get("chat_template"):
                 return ct["chat_template"]
