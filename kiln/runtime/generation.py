@@ -10,7 +10,9 @@ from, in increasing priority: HF's defaults, the checkpoint's generation_config.
 (or config.json's special token ids), and the caller's arguments.
 
 The model is anything with `new_cache(batch, max_length)`, `prefill(ids, mask,
-positions, cache) -> [B, V]` and `decode(tokens, positions, cache) -> [B, V]`.
+positions, cache) -> [B, V]` and `decode(tokens, positions, cache) -> [B, V]`; a model
+with `device_greedy` also takes `greedy=True` there and returns the argmax ids [B]
+instead (used for plain greedy decoding, so logits never leave the device).
 """
 
 from __future__ import annotations
@@ -211,20 +213,26 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
 
     positions = position_ids_from_mask(mask)
     cache = model.new_cache(batch, max_length)
-    logits = model.prefill(ids, mask, positions, cache)
+    # plain greedy: the model picks the argmax where it runs, so only token ids come back
+    on_device = getattr(model, "device_greedy", False) and not do_sample and not processors \
+        and not output_scores and not output_logits
+    logits = model.prefill(ids, mask, positions, cache, **({"greedy": True} if on_device else {}))
     if streamer is not None:
         streamer.put(ids)
     unfinished = np.ones(batch, bool)
     all_scores, all_logits = [], []
     last_pos = positions[:, -1]
     while True:
-        raw = np.asarray(logits, np.float32)
-        scores = apply_processors(processors, ids, raw)
-        if output_scores:
-            all_scores.append(scores)
-        if output_logits:
-            all_logits.append(raw)
-        nxt = _sample(softmax(scores), rng) if do_sample else np.argmax(scores, axis=-1).astype(np.int64)
+        if on_device:
+            nxt = np.asarray(logits, np.int64)
+        else:
+            raw = np.asarray(logits, np.float32)
+            scores = apply_processors(processors, ids, raw)
+            if output_scores:
+                all_scores.append(scores)
+            if output_logits:
+                all_logits.append(raw)
+            nxt = _sample(softmax(scores), rng) if do_sample else np.argmax(scores, axis=-1).astype(np.int64)
         if eos:
             nxt = np.where(unfinished, nxt, pad)
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
@@ -235,7 +243,7 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
         if not unfinished.any() or ids.shape[1] >= max_length:
             break
         last_pos = last_pos + 1
-        logits = model.decode(nxt, last_pos, cache)
+        logits = model.decode(nxt, last_pos, cache, **({"greedy": True} if on_device else {}))
     if streamer is not None:
         streamer.end()
     if return_dict_in_generate:

@@ -1,95 +1,59 @@
-"""A static key/value cache for decoder-only LMs: fixed-size arrays that decode graphs read and rewrite.
+"""The static KV cache of decoder-only LMs: graph states that prefill and decode graphs share.
 
-Why static: kiln graphs have static shapes, so the cache is allocated once at its
-final length `max_len` ([batch, kv_heads, max_len, head_dim] per layer) and the
-decode graph takes it as inputs and returns the updated arrays. One compiled
-decode graph then serves every step of a generation. Slots past `length` hold
-zeros; an attention mask over the cache (1 where a slot holds a real token)
-keeps padding and empty slots out of attention.
+Why static: kiln graphs have static shapes, so the cache is allocated once at its final
+length `max_len` ([batch, kv_heads, max_len, head_dim] per layer, plus a [batch, max_len]
+slot mask) and one compiled decode graph serves every step of a generation. The buffers
+are states of the compiled graphs (`Graph.state`): they live where the backend lives (on
+the GPU for `device="cuda"`), the decode graph writes the new token's key, value and mask
+slot in place (`cache_write`), and the prefill graph of the same (batch, max_len) shares
+the buffers. Slots past `length` hold stale values that the mask keeps out of attention.
 
-Graph I/O names (every decoder family follows them): `past.{i}.key` /
-`past.{i}.value` are decode inputs, `present.{i}.key` / `present.{i}.value`
-the outputs (prefill graphs return only the prompt's slots).
+State names (every decoder family follows them): `cache.{i}.key`, `cache.{i}.value`
+(model dtype) and `cache.mask` (int64, 1 where a slot holds a real token).
 """
 
 from __future__ import annotations
 
-import numpy as np
+MASK = "cache.mask"
+
+
+def cache_name(layer: int, kind: str) -> str:
+    """The state holding layer `layer`'s keys (kind "key") or values (kind "value")."""
+    return f"cache.{layer}.{kind}"
+
+
+class StaticKVCache:
+    """One generation's position in a static cache: `length` slots written of `max_len`.
+
+    The buffers themselves are states of the model's compiled graphs for (batch, max_len).
+    """
+
+    def __init__(self, batch: int, max_len: int):
+        if min(batch, max_len) < 1:
+            raise ValueError(f"cache dimensions must be positive: batch={batch}, max_len={max_len}")
+        self.batch, self.max_len = batch, max_len
+        self.length = 0
+
+    def start(self, prompt_len: int) -> None:
+        """A prefill of `prompt_len` tokens fills slots [0, prompt_len)."""
+        if self.length != 0:
+            raise ValueError(f"prefill writes an empty cache, but {self.length} slots are already filled")
+        if prompt_len > self.max_len:
+            raise ValueError(f"prompt of {prompt_len} tokens does not fit a cache of max_len {self.max_len}")
+        self.length = prompt_len
+
+    def next_slot(self) -> int:
+        """The slot a decode step writes; advances `length`."""
+        if self.length >= self.max_len:
+            raise ValueError(f"the KV cache is full ({self.max_len} slots)")
+        self.length += 1
+        return self.length - 1
 
 
 def past_name(layer: int, kind: str) -> str:
+    """Transitional: the old past/present graph I/O names (Whisper's decoder still uses them)."""
     return f"past.{layer}.{kind}"
 
 
 def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
-
-
-class StaticKVCache:
-    """Per-layer key and value arrays of shape [batch, kv_heads, max_len, head_dim] plus a slot mask.
-
-    `length` is the number of slots written (the next write position);
-    `mask[b, j]` is 1 where sequence b has a real token in slot j.
-    """
-
-    def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype):
-        if min(num_layers, batch, num_kv_heads, max_len, head_dim) < 1:
-            raise ValueError(f"cache dimensions must be positive: layers={num_layers}, batch={batch}, "
-                             f"kv_heads={num_kv_heads}, max_len={max_len}, head_dim={head_dim}")
-        shape = (batch, num_kv_heads, max_len, head_dim)
-        self.num_layers, self.batch, self.max_len = num_layers, batch, max_len
-        self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
-        self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
-        self.mask = np.zeros((batch, max_len), np.int64)
-        self.length = 0
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self.keys[0].shape
-
-    def write_prefill(self, outputs: dict[str, np.ndarray], attention_mask: np.ndarray) -> None:
-        """Store a prefill graph's `present.*` outputs (the prompt's S slots) at slots [0, S)."""
-        s = attention_mask.shape[1]
-        if self.length != 0:
-            raise ValueError(f"prefill writes an empty cache, but {self.length} slots are already filled")
-        if s > self.max_len:
-            raise ValueError(f"prompt of {s} tokens does not fit a cache of max_len {self.max_len}")
-        for i in range(self.num_layers):
-            for kind, store in (("key", self.keys), ("value", self.values)):
-                arr = outputs[present_name(i, kind)]
-                if arr.shape[:2] != store[i].shape[:2] or arr.shape[2] != s or arr.shape[3] != store[i].shape[3]:
-                    raise ValueError(f"{present_name(i, kind)} has shape {arr.shape}, expected "
-                                     f"{store[i].shape[:2] + (s, store[i].shape[3])}")
-                store[i][:, :, :s] = arr
-        self.mask[:, :s] = attention_mask
-        self.length = s
-
-    def decode_inputs(self) -> dict[str, np.ndarray]:
-        """The `past.*` inputs of a decode graph."""
-        out = {}
-        for i in range(self.num_layers):
-            out[past_name(i, "key")] = self.keys[i]
-            out[past_name(i, "value")] = self.values[i]
-        return out
-
-    def write_slot(self, outputs: dict[str, np.ndarray], new_mask: np.ndarray) -> None:
-        """Copy slot `length` of a decode graph's `present.*` outputs (the one slot a step writes) into
-        the cache; the outputs may then be reused buffers (`CompiledGraph.run_borrowed`)."""
-        if self.length >= self.max_len:
-            raise ValueError(f"the KV cache is full ({self.max_len} slots)")
-        j = self.length
-        for i in range(self.num_layers):
-            self.keys[i][:, :, j] = outputs[present_name(i, "key")][:, :, j]
-            self.values[i][:, :, j] = outputs[present_name(i, "value")][:, :, j]
-        self.mask[:, j] = new_mask
-        self.length += 1
-
-    def advance(self, outputs: dict[str, np.ndarray], new_mask: np.ndarray) -> None:
-        """Adopt a decode graph's `present.*` outputs, which hold one more slot (at `length`)."""
-        if self.length >= self.max_len:
-            raise ValueError(f"the KV cache is full ({self.max_len} slots)")
-        for i in range(self.num_layers):
-            self.keys[i] = outputs[present_name(i, "key")]
-            self.values[i] = outputs[present_name(i, "value")]
-        self.mask[:, self.length] = new_mask
-        self.length += 1

@@ -1,20 +1,26 @@
 """`CausalLM`: a loaded decoder-only language model that runs compiled prefill and decode graphs.
 
 A model family (kiln.models.*) supplies `DecoderGraphs`: builders for a prefill graph
-per (batch, prompt length) and a decode graph per (batch, cache length), with the
-I/O names below, plus its parameters. This class compiles each shape once, caches
-the compiled graphs, keeps the static KV cache between steps, and offers the HF-style
-surface: `model(input_ids, attention_mask)` -> logits, `generate(...)`, and the
-text-in/text-out `generate_text(...)`.
+per (batch, prompt length[, cache length]) and a decode graph per (batch, cache length),
+with the I/O below, plus its parameters. This class compiles each shape once, keeps the
+KV cache as state of the compiled graphs (on the device for device="cuda"; only token
+ids, positions and the slot go up, and only logits or the chosen token ids come down),
+and offers the HF-style surface: `model(input_ids, attention_mask)` -> logits,
+`generate(...)`, and the text-in/text-out `generate_text(...)`.
 
-Graph I/O contract:
+Graph contract (names in kiln.runtime.kv_cache):
   prefill  inputs  input_ids, attention_mask, position_ids            [B, S] int64
-           outputs logits [B, S, V] (or [B, 1, V] for the last position) float32,
-                   present.{i}.key / present.{i}.value                 [B, Hkv, S, D]
-  decode   inputs  input_ids, position_ids [B, 1] int64, cache_position [1] int64 (the slot
-                   to write), attention_mask [B, max_len] int64 (slots holding real tokens,
-                   the new one included), past.{i}.key / past.{i}.value [B, Hkv, max_len, D]
-           outputs logits [B, 1, V] float32, present.{i}.key / .value  [B, Hkv, max_len, D]
+           outputs logits [B, S, V] (or [B, 1, V] for the last position) float32
+           states  (with a cache length L) cache.mask [B, L] int64 := attention_mask padded
+                   with zeros; cache.{i}.key / cache.{i}.value [B, Hkv, L, D] with the
+                   prompt's keys/values written at slots [0, S)
+  decode   inputs  input_ids, position_ids [B, 1] int64, cache_position [1] int64 (the slot)
+           outputs logits [B, 1, V] float32
+           states  cache.mask (1 written at the slot), cache.{i}.key / .value (the new
+                   token's key/value written at the slot); attention over slots <= slot
+                   that the mask marks (and the layer's sliding window)
+For greedy decoding the runtime appends `next_token` = argmax of the last logits [B]
+int64 and drops the logits output, so a step returns only the ids.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ class DecoderGraphs(Protocol):
     head_dim: int
     vocab_size: int
 
-    def prefill_graph(self, batch: int, seq: int, last_only: bool) -> Graph: ...
+    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None) -> Graph: ...
 
     def decode_graph(self, batch: int, max_len: int) -> Graph: ...
 
@@ -55,6 +61,7 @@ class CausalLM:
         self.generation_config = generation_config or GenerationConfig()
         self.device, self.dtype, self.optimize, self.name = device, dtype, optimize, name
         self._compiled: dict[tuple, Any] = {}
+        self._cache_owner: dict[tuple, Any] = {}  # (batch, cache_len) -> the compiled graph owning the buffers
         self.compile_seconds = 0.0
 
     @property
@@ -66,36 +73,53 @@ class CausalLM:
         return getattr(self.config, "max_position_embeddings", None)
 
     # ---- compiled graphs ------------------------------------------------------
-    def compiled(self, kind: str, *shape: int, last_only: bool = False):
-        """The compiled prefill (batch, seq) or decode (batch, max_len) graph, built on first use."""
-        key = (kind, *shape, last_only)
+    def compiled(self, kind: str, *shape: int, last_only: bool = False, select: str = "logits"):
+        """The compiled graph of `kind` and shape, built on first use.
+
+        "forward" (batch, seq): logits, no cache. "prefill" (batch, seq, cache_len) and "decode"
+        (batch, cache_len) read and write the KV-cache states; all graphs of one (batch,
+        cache_len) share one set of cache buffers. select="greedy" returns `next_token` ids.
+        """
+        key = (kind, *shape, last_only, select)
         if key not in self._compiled:
-            import kiln  # the compile entry point lives at the top of the package
+            from .compiler import compile as compile_graph
 
             t0 = time.perf_counter()
-            if kind == "prefill":
+            if kind == "forward":
                 g = self.graphs.prefill_graph(*shape, last_only=last_only)
+            elif kind == "prefill":
+                batch, seq, cache_len = shape
+                g = self.graphs.prefill_graph(batch, seq, last_only=last_only, cache_len=cache_len)
             elif kind == "decode":
                 g = self.graphs.decode_graph(*shape)
             else:
-                raise ValueError(f"unknown graph kind {kind!r}; expected 'prefill' or 'decode'")
-            cg = kiln.compile(g, device=self.device, optimize=self.optimize)
+                raise ValueError(f"unknown graph kind {kind!r}; expected 'forward', 'prefill' or 'decode'")
+            if select == "greedy":
+                _select_greedy(g)
+            cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
+            if cg.state_types:
+                owner = self._cache_owner.setdefault((shape[0], shape[-1]), cg)
+                if owner is not cg:
+                    for name in cg.state_types:
+                        cg.bind_state(name, owner.state_buffer(name))
             self._compiled[key] = cg
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
 
-    def warmup(self, batch: int, prompt_len: int, max_new_tokens: int, progress: bool = False) -> None:
+    def warmup(self, batch: int, prompt_len: int, max_new_tokens: int, progress: bool = False,
+               select: str = "logits") -> None:
         """Compile the graphs a generation of this shape needs (e.g. before timing it)."""
-        todo = [("prefill", batch, prompt_len), ("decode", batch, self.cache_length(prompt_len + max_new_tokens))]
+        cache_len = self.cache_length(prompt_len + max_new_tokens)
+        todo = [("prefill", (batch, prompt_len, cache_len)), ("decode", (batch, cache_len))]
         if progress:
             from tqdm import tqdm
 
             todo = tqdm(todo, desc="compiling", unit="graph", leave=False)
-        for kind, b, n in todo:
+        for kind, shape in todo:
             if progress:
-                todo.set_postfix_str(f"{kind} batch {b} length {n}")
-            self.compiled(kind, b, n, last_only=kind == "prefill")
+                todo.set_postfix_str(f"{kind} batch {shape[0]} cache {cache_len}")
+            self.compiled(kind, *shape, last_only=kind == "prefill", select=select)
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
@@ -110,37 +134,38 @@ class CausalLM:
             pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
         else:
             pos = np.broadcast_to(self._ids("position_ids", position_ids), ids.shape).copy()
-        out = self.compiled("prefill", *ids.shape, last_only=False).run(
+        out = self.compiled("forward", *ids.shape, last_only=False).run(
             input_ids=ids, attention_mask=mask, position_ids=pos)
         return out["logits"]
 
     # ---- the interface `generate` drives --------------------------------------------
+    device_greedy = True  # prefill/decode(greedy=True) pick argmax ids where the model runs
+
     def new_cache(self, batch: int, max_length: int) -> StaticKVCache:
-        g = self.graphs
-        return StaticKVCache(g.num_layers, batch, g.num_kv_heads, self.cache_length(max_length), g.head_dim,
-                             _np_dtype(self.dtype))
+        return StaticKVCache(batch, self.cache_length(max_length))
 
-    def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
-        """Run the prompt, fill the cache; return the last position's logits [B, V]."""
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
+                greedy: bool = False) -> np.ndarray:
+        """Run the prompt into the cache; return the last position's logits [B, V] (greedy: ids [B])."""
         ids = self._ids("input_ids", ids)
-        out = self.compiled("prefill", *ids.shape, last_only=True).run(
-            input_ids=ids, attention_mask=mask, position_ids=positions)
-        cache.write_prefill(out, mask)
-        return out["logits"][:, -1]
+        b, s = ids.shape
+        cache.start(s)
+        select = "greedy" if greedy else "logits"
+        out = self.compiled("prefill", b, s, cache.max_len, last_only=True, select=select).run(
+            input_ids=ids, attention_mask=np.asarray(mask, np.int64), position_ids=np.asarray(positions, np.int64))
+        return out["next_token"] if greedy else out["logits"][:, -1]
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
-        """Feed one token per row at the cache's next slot; return its logits [B, V]."""
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
+               greedy: bool = False) -> np.ndarray:
+        """Feed one token per row at the cache's next slot; return its logits [B, V] (greedy: ids [B])."""
         b = tokens.shape[0]
-        slot = cache.length
-        mask = cache.mask.copy()
-        mask[:, slot] = 1
-        inputs = {"input_ids": tokens.reshape(b, 1).astype(np.int64),
-                  "position_ids": np.asarray(positions, np.int64).reshape(b, 1),
-                  "cache_position": np.array([slot], np.int64), "attention_mask": mask,
-                  **cache.decode_inputs()}
-        out = self.compiled("decode", b, cache.max_len).run_borrowed(**inputs)  # no copy of the whole cache
-        cache.write_slot(out, np.ones(b, np.int64))
-        return out["logits"][:, -1].copy()
+        slot = cache.next_slot()
+        select = "greedy" if greedy else "logits"
+        out = self.compiled("decode", b, cache.max_len, select=select).run(
+            input_ids=np.asarray(tokens, np.int64).reshape(b, 1),
+            position_ids=np.asarray(positions, np.int64).reshape(b, 1),
+            cache_position=np.array([slot], np.int64))
+        return out["next_token"] if greedy else out["logits"][:, -1]
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,
@@ -235,7 +260,9 @@ class CausalLM:
             raise ValueError(f"{name} has shape {a.shape}, expected input_ids' shape {ids.shape}")
 
 
-def _np_dtype(name: str) -> np.dtype:
-    from kiln.ir import as_dtype
-
-    return as_dtype(name).np_dtype
+def _select_greedy(g: Graph) -> None:
+    """Replace the `logits` output [B, S, V] by `next_token` [B] = argmax of the last position."""
+    logits = g.outputs.pop("logits")
+    b, s, v = logits.shape
+    last = logits if s == 1 else g.slice(logits, axes=[1], starts=[s - 1], ends=[s])
+    g.output("next_token", g.argmax(g.reshape(last, shape=[b, v]), axis=-1))

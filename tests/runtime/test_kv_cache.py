@@ -1,4 +1,4 @@
-"""StaticKVCache bookkeeping and GenerationConfig resolution (no model needed)."""
+"""StaticKVCache slot bookkeeping and GenerationConfig resolution (no model needed)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,19 @@ import numpy as np
 import pytest
 
 from kiln.runtime.generation import GenerationConfig, position_ids_from_mask
-from kiln.runtime.kv_cache import StaticKVCache, present_name
+from kiln.runtime.kv_cache import StaticKVCache
 
 
-def _presents(layers, shape, fill):
-    return {present_name(i, kind): np.full(shape, fill + i, np.float32) for i in range(layers) for kind in ("key", "value")}
-
-
-def test_prefill_then_decode_fills_slots_in_order():
-    cache = StaticKVCache(2, batch=2, num_kv_heads=1, max_len=4, head_dim=3, dtype=np.float32)
-    mask = np.array([[0, 1], [1, 1]])
-    cache.write_prefill(_presents(2, (2, 1, 2, 3), 1.0), mask)
-    assert cache.length == 2 and (cache.keys[1][:, :, :2] == 2.0).all() and (cache.keys[1][:, :, 2:] == 0).all()
-    np.testing.assert_array_equal(cache.mask, [[0, 1, 0, 0], [1, 1, 0, 0]])
-    cache.advance(_presents(2, (2, 1, 4, 3), 5.0), np.ones(2, np.int64))
-    assert cache.length == 3 and (cache.values[0] == 5.0).all()
-    np.testing.assert_array_equal(cache.mask[:, 2], [1, 1])
-
-
-def test_cache_errors_name_the_problem():
-    cache = StaticKVCache(1, batch=1, num_kv_heads=1, max_len=2, head_dim=2, dtype=np.float32)
-    with pytest.raises(ValueError, match="does not fit a cache of max_len 2"):
-        cache.write_prefill(_presents(1, (1, 1, 3, 2), 0.0), np.ones((1, 3), np.int64))
-    with pytest.raises(ValueError, match=r"present.0.key has shape \(1, 1, 1, 3\)"):
-        cache.write_prefill(_presents(1, (1, 1, 1, 3), 0.0), np.ones((1, 1), np.int64))
-    cache.write_prefill(_presents(1, (1, 1, 2, 2), 0.0), np.ones((1, 2), np.int64))
+def test_cache_counts_slots_and_names_the_problem():
+    cache = StaticKVCache(batch=2, max_len=4)
+    with pytest.raises(ValueError, match="does not fit a cache of max_len 4"):
+        cache.start(5)
+    cache.start(3)
+    with pytest.raises(ValueError, match="already filled"):
+        cache.start(1)
+    assert cache.next_slot() == 3 and cache.length == 4
     with pytest.raises(ValueError, match="full"):
-        cache.advance(_presents(1, (1, 1, 2, 2), 0.0), np.ones(1, np.int64))
+        cache.next_slot()
 
 
 def test_position_ids_follow_hf_generation():

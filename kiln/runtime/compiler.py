@@ -1,0 +1,33 @@
+"""Graph in, runnable compiled graph out: optimize, plan, and bind the device's backend."""
+
+from __future__ import annotations
+
+from kiln.ir import Graph
+
+DEVICES = ("cpu", "cuda")
+
+
+def reference_evaluate(op: str, inputs: list, attrs: dict):
+    """Evaluate one op with the NumPy reference kernels (constant folding uses this)."""
+    from kiln.backends.numpy.kernels import KERNELS
+    return KERNELS[op](*inputs, **attrs)
+
+
+def compile(graph: Graph, device: str = "cpu", optimize: bool = True):
+    """Optimize (unless optimize=False, for debugging), plan and bind a backend for `graph`.
+
+    The returned CompiledGraph carries `.report` (a CompileReport: fusions, kernels,
+    memory, time per stage).
+    """
+    from kiln.compile import compile_graph
+
+    from .compiled_graph import CompiledGraph
+
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate)
+    if device == "cuda":
+        from kiln.backends.triton import TritonExecutor
+        return CompiledGraph(plan, TritonExecutor(plan), device, report=report)
+    from kiln.backends.numpy.executor import NumpyExecutor
+    return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)
