@@ -1,0 +1,22 @@
+"""kiln.nn: building blocks that own their parameters and emit kiln graph ops.
+
+Each block declares its parameters once (`Module.own_params`), builds its ops in
+`__call__(g, x, ...)`, and its parameter spec (`Module.params()`) is what a family's
+checkpoint key table (`keys.KeyTable`) loads. Model families (kiln.models) are wiring
+of these blocks plus a config dataclass and a key table.
+"""
+
+from .attention import Attention, CrossAttention, merge_heads, split_heads
+from .block import TransformerBlock
+from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Zeros
+from .kv_cache import AppendCache, DecodeCache, PromptCache
+from .linear import Embedding, Linear
+from .mlp import MLP, activation, gated_activation
+from .module import Module, ParamSpec
+from .norm import LayerNorm, RMSNorm
+from .rope import Rope, RopeConfig
+
+__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Concat", "KeyTable",
+           "Layout", "OrMake", "Transposed", "Zeros", "AppendCache", "DecodeCache", "PromptCache", "Embedding",
+           "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
+           "Rope", "RopeConfig"]

@@ -1,0 +1,102 @@
+"""The graph side of KV caches: what a self-attention block attends with, and what it writes.
+
+A cache object is passed to `Attention(..., cache=...)`; its `attend(g, attn, q, k, v)` gets
+the block's fresh q/k/v [B, H, S, D] and returns the attention output. Every decoder family
+uses these, so the runtime's state names and masking rules (kiln.runtime.kv_cache) live here:
+
+* `PromptCache` (prefill): attends causally over the prompt's own k/v with its padding mask
+  (`attention_mask` [B, S]). With a cache length L it also declares the cache states
+  (`cache.mask` [B, L] int64, `cache.{i}.key/value` [B, Hkv, L, D]), writes the prompt's
+  k/v at slot 0 and sets the mask to the attention mask padded with zeros to L.
+* `DecodeCache` (one token against the cache): input `cache_position` [1] (the slot),
+  writes 1 into `cache.mask[:, slot]` and the new k/v at the slot, and attends over the
+  cache under the mask (real tokens at slots <= slot, within the block's sliding window).
+* `AppendCache` (Whisper's bucketed cache, kept outside the graph): inputs `self_k.{i}` /
+  `self_v.{i}` [B, H, C, D] and `cache_mask` [1, 1, S, C + S] bool; attends over
+  concat(cache, new) and outputs only the new `new_k.{i}` / `new_v.{i}`. With C = 0 it
+  attends causally over the new tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import Graph, Value
+from kiln.runtime.kv_cache import MASK, cache_name
+
+
+class _States:
+    """The cache states of one (batch, length): the slot mask and each layer's keys and values."""
+
+    def __init__(self, g: Graph, batch: int, length: int, kv_heads: int, head_dim: int, dtype: str):
+        self.shape, self.dtype = (batch, kv_heads, length, head_dim), dtype
+        self.mask = g.state(MASK, (batch, length), "int64")
+
+    def write(self, g: Graph, layer: int, k: Value, v: Value, position: Value) -> tuple[Value, Value]:
+        """Write k/v [B, Hkv, S, D] at slots [position, position + S); the whole updated cache."""
+        out = []
+        for kind, new in (("key", k), ("value", v)):
+            state = g.state(cache_name(layer, kind), self.shape, self.dtype)
+            out.append(g.assign(state, g.cache_write(state, new, position, axis=2)))
+        return out[0], out[1]
+
+
+class PromptCache:
+    def __init__(self, g: Graph, attention_mask: Value, cache_len: int | None = None, *, kv_heads: int = 0,
+                 head_dim: int = 0, dtype: str = "float32"):
+        b, s = attention_mask.shape
+        self.keep = g.reshape(g.greater(attention_mask, g.scalar(0, "int64")), shape=[b, 1, 1, s])
+        self.states = None
+        if cache_len is not None:
+            if s > cache_len:
+                raise ValueError(f"a prompt of {s} tokens does not fit a cache of {cache_len} slots")
+            self.states = _States(g, b, cache_len, kv_heads, head_dim, dtype)
+            g.assign(self.states.mask, g.pad(attention_mask, pads=[[0, 0], [0, cache_len - s]], value=0))
+            self.start = g.constant(np.zeros(1, np.int64), name="cache_start")
+
+    def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
+        if self.states is not None:
+            self.states.write(g, attn.layer, k, v, self.start)
+        return attn.attend(g, q, k, v, self.keep, causal=True)
+
+
+class DecodeCache:
+    def __init__(self, g: Graph, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype: str):
+        self.states = _States(g, batch, max_len, kv_heads, head_dim, dtype)
+        self.batch, self.max_len = batch, max_len
+        self.slot = g.input("cache_position", (1,), "int64")
+        filled = g.cache_write(self.states.mask, g.constant(np.ones((batch, 1), np.int64), name="cache_filled"),
+                               self.slot, axis=1)
+        g.assign(self.states.mask, filled)
+        self.slots = g.constant(np.arange(max_len, dtype=np.int64), name="cache_slots")
+        self.visible = g.logical_and(g.greater(filled, g.scalar(0, "int64")), g.less_equal(self.slots, self.slot))
+        self.masks: dict[int | None, Value] = {}
+
+    def mask(self, g: Graph, window: int | None) -> Value:
+        """[B, 1, 1, L] bool: real tokens at slots <= the written one (and, with a window, within it)."""
+        if window not in self.masks:
+            m = self.visible
+            if window is not None:  # HF: key slot j is visible from slot p when p - j < window
+                m = g.logical_and(m, g.less(g.sub(self.slot, self.slots), g.scalar(window, "int64")))
+            self.masks[window] = g.reshape(m, shape=[self.batch, 1, 1, self.max_len])
+        return self.masks[window]
+
+    def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
+        k_all, v_all = self.states.write(g, attn.layer, k, v, self.slot)
+        return attn.attend(g, q, k_all, v_all, self.mask(g, attn.window), causal=False, window=None)
+
+
+class AppendCache:
+    def __init__(self, g: Graph, rows: int, seq: int, cache: int, heads: int, head_dim: int, dtype: str):
+        self.cache, self.shape, self.dtype = cache, (rows, heads, cache, head_dim), dtype
+        self.mask = g.input("cache_mask", (1, 1, seq, cache + seq), "bool") if cache else None
+
+    def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
+        i = attn.layer
+        g.output(f"new_k.{i}", k)
+        g.output(f"new_v.{i}", v)
+        if not self.cache:
+            return attn.attend(g, q, k, v, causal=True)
+        k = g.concat([g.input(f"self_k.{i}", self.shape, self.dtype), k], axis=2)
+        v = g.concat([g.input(f"self_v.{i}", self.shape, self.dtype), v], axis=2)
+        return attn.attend(g, q, k, v, self.mask, causal=False)

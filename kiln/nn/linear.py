@@ -1,0 +1,48 @@
+"""Linear projections and embedding tables."""
+
+from __future__ import annotations
+
+from kiln.ir import Graph, Value
+
+from .module import Module, ParamSpec
+
+
+class Linear(Module):
+    """y = x W^T + b with W [out, in] (HF's layout); `parts` names a load-time fusion's row blocks."""
+
+    def __init__(self, name: str, in_features: int, out_features: int, bias: bool = False, *,
+                 parts: tuple[int, ...] | None = None, dtype="float32"):
+        super().__init__(name, dtype)
+        if parts is not None and sum(parts) != out_features:
+            raise ValueError(f"Linear {name!r}: parts {parts} do not add up to out_features {out_features}")
+        self.in_features, self.out_features, self.bias, self.parts = in_features, out_features, bias, parts
+
+    def own_params(self) -> dict[str, ParamSpec]:
+        p = {"weight": ParamSpec((self.out_features, self.in_features), self.dtype, self.parts)}
+        if self.bias:
+            p["bias"] = ParamSpec((self.out_features,), self.dtype, self.parts)
+        return p
+
+    def __call__(self, g: Graph, x: Value) -> Value:
+        return g.linear(x, self.param(g, "weight"), self.param(g, "bias") if self.bias else None)
+
+
+class Embedding(Module):
+    """A [num, dim] table looked up by ids; `as_linear` reuses it as a tied output projection."""
+
+    def __init__(self, name: str, num: int, dim: int, *, dtype="float32"):
+        super().__init__(name, dtype)
+        self.num, self.dim = num, dim
+
+    def own_params(self) -> dict[str, ParamSpec]:
+        return {"weight": ParamSpec((self.num, self.dim), self.dtype)}
+
+    def weight(self, g: Graph) -> Value:
+        return self.param(g, "weight")
+
+    def __call__(self, g: Graph, ids: Value) -> Value:
+        return g.embedding(ids, self.weight(g))
+
+    def as_linear(self, g: Graph, x: Value) -> Value:
+        """x @ table^T: logits over the table's rows (tied input/output embeddings)."""
+        return g.linear(x, self.weight(g))
