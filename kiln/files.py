@@ -1,4 +1,8 @@
-"""Opening checkpoint side files safely: regular files only, errors that name the file.
+"""Opening input files safely: regular files only, errors that name the file.
+
+A leaf module like :mod:`kiln.errors` (stdlib and ``kiln.errors`` only), so every
+layer can use it: ``kiln.io`` loaders, ``kiln.ir``'s graph JSON, the runtime's
+``generation_config.json`` and the model families' side files.
 
 A loader that opens whatever sits at a path can hang forever (a named pipe
 blocks ``open`` until a writer appears), read a device without end, or die
@@ -26,7 +30,7 @@ from typing import Any, BinaryIO
 from kiln.errors import CheckpointError, ConfigError
 
 __all__ = ["open_regular", "is_regular_file", "read_text_file", "read_json_file", "read_json_if_present",
-           "MAX_SIDE_FILE_BYTES"]
+           "reject_duplicate_keys", "MAX_SIDE_FILE_BYTES"]
 
 #: Largest JSON/text side file read into memory (config.json, index, chat template ...).
 MAX_SIDE_FILE_BYTES = 100_000_000
@@ -105,19 +109,21 @@ def read_text_file(path: str | os.PathLike, what: str = "file", error: type[Exce
 
 def read_json_file(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = ConfigError, *,
                    expect: type | tuple[type, ...] | None = dict, max_bytes: int = MAX_SIDE_FILE_BYTES,
-                   object_pairs_hook=None) -> Any:
+                   unique_keys: bool = False) -> Any:
     """The parsed JSON of a regular file.
 
     ``expect`` (default ``dict``) is the required type of the top-level value
     (``None``: any). Every failure (missing, not a regular file, not UTF-8,
     invalid JSON, wrong top-level type, nesting too deep) is ``error`` naming
-    the file, with the line and column of a syntax error. ``object_pairs_hook``
-    goes to ``json.loads`` (e.g. to refuse duplicate keys).
+    the file, with the line and column of a syntax error. ``unique_keys=True``
+    also refuses an object with the same key twice (JSON itself lets the last
+    one win silently).
     """
     path = Path(path)
     text = read_text_file(path, what, error, max_bytes)
     try:
-        value = json.loads(text, object_pairs_hook=object_pairs_hook)
+        hook = reject_duplicate_keys(error, f"{path}:") if unique_keys else None
+        value = json.loads(text, object_pairs_hook=hook)
     except json.JSONDecodeError as e:
         raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except RecursionError:
@@ -127,6 +133,20 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", error: type
         kind = {"dict": "a JSON object", "list": "a JSON array"}.get(names, names)
         raise error(f"{path}: expected {kind} at top level, found {type(value).__name__}")
     return value
+
+
+def reject_duplicate_keys(error: type[Exception], where: str):
+    """A ``json.loads`` ``object_pairs_hook`` raising ``error`` (prefixed by ``where``) on a repeated key."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"{where} the key {k!r} appears twice in one JSON object; a duplicate key is ambiguous")
+            out[k] = v
+        return out
+
+    return hook
 
 
 def read_json_if_present(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = ConfigError, *,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from kiln.io.errors import ConfigError
-from kiln.io.files import read_json_file
+from kiln.files import read_json_file
 
 __all__ = ["ModelConfig", "read_config", "config_get", "config_int", "config_float", "config_bool", "config_str",
            "check_divisible"]

@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from kiln.io.errors import CheckpointError
-from kiln.io.files import open_regular, read_json_file
+from kiln.files import open_regular, read_json_file, reject_duplicate_keys
 
 __all__ = [
     "SAFETENSORS_DTYPES",
@@ -77,20 +77,6 @@ class TensorInfo:
         return f"TensorInfo({self.name!r}, {self.tag}, shape={self.shape}, offsets=[{self.begin}, {self.end}])"
 
 
-def _unique_keys(where: str):
-    """A json ``object_pairs_hook`` refusing duplicate keys, which would let one name mean two things."""
-
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise CheckpointError(f"{where} has the key {k!r} twice; a duplicate key is ambiguous")
-            out[k] = v
-        return out
-
-    return hook
-
-
 def _is_nonneg_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -122,7 +108,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
         raw = f.read(n)
 
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys(f"{path}: header"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys(CheckpointError, f"{path}: header:"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header ({n} bytes) is not valid UTF-8 JSON: {e}") from None
     except RecursionError:
@@ -265,7 +251,7 @@ def load_checkpoint_dir(directory: str | os.PathLike, filename: str = "model.saf
         )
 
     index = read_json_file(index_path, "checkpoint index", CheckpointError, expect=None,
-                           object_pairs_hook=_unique_keys(f"{index_path}: index"))
+                           unique_keys=True)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: expected a non-empty 'weight_map' object of tensor name -> shard file")

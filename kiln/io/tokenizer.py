@@ -33,7 +33,7 @@ import tokenizers
 from tokenizers import AddedToken
 
 from kiln.io.errors import TokenizerError
-from kiln.io.files import read_json_file, read_text_file
+from kiln.files import read_json_file, read_text_file
 
 __all__ = ["Tokenizer", "StreamDecoder", "SPECIAL_TOKEN_NAMES", "clean_up_tokenization"]
 
