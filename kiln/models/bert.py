@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-import kiln
 from kiln.io.config import read_config
 from kiln.io.errors import CheckpointError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
-
-ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_python": "none"}
+from kiln.nn import MLP, Attention, Concat, Embedding, KeyTable, LayerNorm, Layout, Linear, Module, TransformerBlock
+from kiln.nn.mlp import HF_ACTIVATIONS
+from kiln.runtime.compiler import compile as compile_graph
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class BertConfig:
         if pet != "absolute":
             raise CheckpointError(f"BERT position_embedding_type {pet!r} is not supported; expected 'absolute'")
         act = cfg.get("hidden_act", "gelu")
-        if act not in ACTIVATIONS:
-            raise CheckpointError(f"BERT hidden_act {act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+        if act not in HF_ACTIVATIONS:
+            raise CheckpointError(f"BERT hidden_act {act!r} is not supported; expected one of {sorted(HF_ACTIVATIONS)}")
         try:
             c = cls(cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
                     cfg["intermediate_size"], cfg.get("max_position_embeddings", 512), cfg.get("type_vocab_size", 2),
@@ -62,91 +62,70 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+class Bert(Module):
+    """Word + position + token-type embeddings and a LayerNorm, then post-norm blocks (HF BertModel)."""
+
+    def __init__(self, cfg: BertConfig, dtype="float32", with_pooler: bool = False):
+        super().__init__("", dtype)
+        h, eps, dt = cfg.hidden_size, cfg.layer_norm_eps, self.dtype
+        self.word = Embedding("embeddings.word_embeddings", cfg.vocab_size, h, dtype=dt)
+        self.position = Embedding("embeddings.position_embeddings", cfg.max_position_embeddings, h, dtype=dt)
+        self.token_type = Embedding("embeddings.token_type_embeddings", cfg.type_vocab_size, h, dtype=dt)
+        self.embed_norm = LayerNorm("embeddings.LayerNorm", h, eps, dtype=dt)
+        self.layers = [TransformerBlock(
+            LayerNorm(f"encoder.layer.{i}.attention.output.LayerNorm", h, eps, dtype=dt),
+            Attention(f"encoder.layer.{i}.attention", h, cfg.num_attention_heads, qkv_bias=True, out_bias=True,
+                      names={"qkv": "self.qkv", "out": "output.dense"}, dtype=dt),
+            LayerNorm(f"encoder.layer.{i}.output.LayerNorm", h, eps, dtype=dt),
+            MLP(f"encoder.layer.{i}", h, cfg.intermediate_size, HF_ACTIVATIONS[cfg.hidden_act], bias=True,
+                names={"up": "intermediate.dense", "down": "output.dense"}, dtype=dt),
+            post_norm=True) for i in range(cfg.num_hidden_layers)]
+        self.pooler = Linear("pooler.dense", h, h, bias=True, dtype=dt) if with_pooler else None
+
+    def __call__(self, g: Graph, ids, mask, token_types):
+        """(last_hidden_state, pooler_output or None)."""
+        b, s = ids.shape
+        pos = g.slice(self.position.weight(g), axes=[0], starts=[0], ends=[s])
+        x = self.word(g, ids) + g.reshape(pos, shape=[1, s, self.word.dim])
+        x = self.embed_norm(g, x + self.token_type(g, token_types))
+        keep = g.reshape(g.greater(mask, g.scalar(0, "int64")), shape=[b, 1, 1, s])
+        for block in self.layers:
+            x = block(g, x, mask=keep)
+        if self.pooler is None:
+            return x, None
+        cls_tok = g.reshape(g.slice(x, axes=[1], starts=[0], ends=[1]), shape=[b, self.word.dim])
+        return x, g.tanh(self.pooler(g, cls_tok))
+
+
 def build_bert_graph(cfg: BertConfig, batch: int, seq: int, dtype="float32", with_pooler: bool = False) -> Graph:
     """The encoder for one static (batch, seq) shape: HF BertModel's forward."""
     if seq > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {seq} exceeds max_position_embeddings {cfg.max_position_embeddings}")
-    dt = as_dtype(dtype)
     g = Graph(f"bert_b{batch}_s{seq}")
-    h, nh, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
     ids = g.input("input_ids", (batch, seq), "int64")
     mask = g.input("attention_mask", (batch, seq), "int64")
     types = g.input("token_type_ids", (batch, seq), "int64")
-
-    def p(name, shape):
-        return g.parameter(name, shape, dt)
-
-    x = g.embedding(ids, p("embeddings.word_embeddings.weight", (cfg.vocab_size, h)))
-    pos = g.slice(p("embeddings.position_embeddings.weight", (cfg.max_position_embeddings, h)),
-                  axes=[0], starts=[0], ends=[seq])
-    x = x + g.reshape(pos, shape=[1, seq, h])
-    x = x + g.embedding(types, p("embeddings.token_type_embeddings.weight", (cfg.type_vocab_size, h)))
-    x = g.layer_norm(x, p("embeddings.LayerNorm.weight", (h,)), p("embeddings.LayerNorm.bias", (h,)),
-                     eps=cfg.layer_norm_eps)
-    keep = g.reshape(g.greater(mask, g.scalar(0, "int64")), shape=[batch, 1, 1, seq])
-    approx = ACTIVATIONS[cfg.hidden_act]
-
-    def heads(t):
-        return g.transpose(g.reshape(t, shape=[batch, seq, nh, hd]), perm=[0, 2, 1, 3])
-
-    for i in range(cfg.num_hidden_layers):
-        pre = f"encoder.layer.{i}."
-        qkv = g.linear(x, p(pre + "attention.self.qkv.weight", (3 * h, h)), p(pre + "attention.self.qkv.bias", (3 * h,)))
-        q, k, v = g.split(qkv, sizes=[h, h, h], axis=-1)
-        a = g.attention(heads(q), heads(k), heads(v), keep)
-        a = g.reshape(g.transpose(a, perm=[0, 2, 1, 3]), shape=[batch, seq, h])
-        a = g.linear(a, p(pre + "attention.output.dense.weight", (h, h)), p(pre + "attention.output.dense.bias", (h,)))
-        x = g.layer_norm(a + x, p(pre + "attention.output.LayerNorm.weight", (h,)),
-                         p(pre + "attention.output.LayerNorm.bias", (h,)), eps=cfg.layer_norm_eps)
-        m = g.linear(x, p(pre + "intermediate.dense.weight", (cfg.intermediate_size, h)),
-                     p(pre + "intermediate.dense.bias", (cfg.intermediate_size,)))
-        m = g.gelu(m, approximate=approx)
-        m = g.linear(m, p(pre + "output.dense.weight", (h, cfg.intermediate_size)), p(pre + "output.dense.bias", (h,)))
-        x = g.layer_norm(m + x, p(pre + "output.LayerNorm.weight", (h,)), p(pre + "output.LayerNorm.bias", (h,)),
-                         eps=cfg.layer_norm_eps)
+    x, pooled = Bert(cfg, dtype, with_pooler)(g, ids, mask, types)
     g.output("last_hidden_state", x)
-    if with_pooler:
-        cls_tok = g.reshape(g.slice(x, axes=[1], starts=[0], ends=[1]), shape=[batch, h])
-        pooled = g.tanh(g.linear(cls_tok, p("pooler.dense.weight", (h, h)), p("pooler.dense.bias", (h,))))
+    if pooled is not None:
         g.output("pooler_output", pooled)
     return g
 
 
+KEYS = KeyTable("BERT", Layout("hf", "embeddings.word_embeddings.weight", strip=("bert.",), keys={
+    "encoder.layer.{i}.attention.self.qkv.{kind}": Concat(*(f"encoder.layer.{{i}}.attention.self.{p}.{{kind}}"
+                                                           for p in ("query", "key", "value"))),
+    "encoder.layer.{i}.{name}": "encoder.layer.{i}.{name}",
+    "{name}": "{name}",
+}, ignore=("embeddings.position_ids",)))
+
+
 def bert_params(weights: WeightMap, cfg: BertConfig, dtype="float32") -> tuple[dict[str, np.ndarray], bool]:
-    """Map HF BertModel keys (with or without a `bert.` prefix) to graph parameters; fuse Q/K/V."""
-    if not weights.has("embeddings.word_embeddings.weight") and weights.has_prefix("bert."):
-        weights = weights.strip_prefix("bert.")
-    dt = as_dtype(dtype).np_dtype
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    out: dict[str, np.ndarray] = {}
-
-    def put(name, shape):
-        out[name] = weights.take(name, shape=shape, dtype=dt)
-
-    put("embeddings.word_embeddings.weight", (cfg.vocab_size, h))
-    put("embeddings.position_embeddings.weight", (cfg.max_position_embeddings, h))
-    put("embeddings.token_type_embeddings.weight", (cfg.type_vocab_size, h))
-    put("embeddings.LayerNorm.weight", (h,))
-    put("embeddings.LayerNorm.bias", (h,))
-    for i in range(cfg.num_hidden_layers):
-        pre = f"encoder.layer.{i}."
-        att = pre + "attention.self."
-        out[att + "qkv.weight"] = weights.take_concat([att + n + ".weight" for n in ("query", "key", "value")],
-                                                      axis=0, shape=(3 * h, h), dtype=dt)
-        out[att + "qkv.bias"] = weights.take_concat([att + n + ".bias" for n in ("query", "key", "value")],
-                                                    axis=0, shape=(3 * h,), dtype=dt)
-        for name, shape in [("attention.output.dense.weight", (h, h)), ("attention.output.dense.bias", (h,)),
-                            ("attention.output.LayerNorm.weight", (h,)), ("attention.output.LayerNorm.bias", (h,)),
-                            ("intermediate.dense.weight", (inter, h)), ("intermediate.dense.bias", (inter,)),
-                            ("output.dense.weight", (h, inter)), ("output.dense.bias", (h,)),
-                            ("output.LayerNorm.weight", (h,)), ("output.LayerNorm.bias", (h,))]:
-            put(pre + name, shape)
-    has_pooler = weights.has("pooler.dense.weight")
-    if has_pooler:
-        put("pooler.dense.weight", (h, h))
-        put("pooler.dense.bias", (h,))
-    weights.warn_unused(ignore=["embeddings.position_ids"])
-    return out, has_pooler
+    """Graph parameters from HF BertModel keys (with or without a `bert.` prefix), Q/K/V fused; and
+    whether the checkpoint has the pooler."""
+    has_pooler = KEYS.detect(weights)[1].has("pooler.dense.weight")
+    spec = Bert(cfg, dtype, with_pooler=has_pooler).params()
+    return KEYS.load(weights, spec, layers=range(cfg.num_hidden_layers)), has_pooler
 
 
 @dataclass(frozen=True)
@@ -201,7 +180,7 @@ class BertModel:
         key = (batch, seq)
         if key not in self._compiled:
             g = build_bert_graph(self.config, batch, seq, self.dtype, with_pooler=self.has_pooler)
-            cg = kiln.compile(g, device=self.device)
+            cg = compile_graph(g, device=self.device)
             cg.load_params(self.params)
             self._compiled[key] = cg
         return self._compiled[key]

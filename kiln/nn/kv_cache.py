@@ -51,7 +51,9 @@ class PromptCache:
             if s > cache_len:
                 raise ValueError(f"a prompt of {s} tokens does not fit a cache of {cache_len} slots")
             self.states = _States(g, b, cache_len, kv_heads, head_dim, dtype)
-            g.assign(self.states.mask, g.pad(attention_mask, pads=[[0, 0], [0, cache_len - s]], value=0))
+            filled = attention_mask if cache_len == s else g.concat(
+                [attention_mask, g.constant(np.zeros((b, cache_len - s), np.int64), name="cache_empty")], axis=1)
+            g.assign(self.states.mask, filled)
             self.start = g.constant(np.zeros(1, np.int64), name="cache_start")
 
     def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:

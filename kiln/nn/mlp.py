@@ -13,6 +13,9 @@ from .module import Module
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
 NAMES = {"up": "up_proj", "gate_up": "gate_up_proj", "down": "down_proj"}
+# HF config `hidden_act` / `activation_function` values -> ours
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 def activation(g: Graph, x: Value, act: str) -> Value:
