@@ -163,6 +163,30 @@ class Tokenizer:
             source=str(d),
         )
 
+    @classmethod
+    def from_gguf_metadata(cls, meta: Mapping[str, Any], source: str = "<gguf>") -> "Tokenizer":
+        """A tokenizer from a GGUF file's ``tokenizer.*`` metadata (see :mod:`kiln.io.gguf`).
+
+        ``tokenizer.ggml.model`` "gpt2": byte-level BPE with the file's merges, split as
+        llama.cpp splits for ``tokenizer.ggml.pre``; "llama": SentencePiece-style BPE
+        (``▁`` for spaces, byte fallback), merges from the file or derived from the scores.
+        Control tokens (type 3) become special added tokens, user-defined ones (type 4)
+        plain added tokens; bos/eos/unk/pad and the chat template come from the metadata.
+        """
+        from kiln.io.gguf import tokenizer_backend
+
+        backend, specials = tokenizer_backend(meta, source)
+        add_bos = meta.get("tokenizer.ggml.add_bos_token")
+        add_eos = meta.get("tokenizer.ggml.add_eos_token")
+        return cls(
+            backend,
+            special_tokens=specials,
+            chat_template=meta.get("tokenizer.chat_template"),
+            add_bos_token=None if add_bos is None else bool(add_bos),
+            add_eos_token=None if add_eos is None else bool(add_eos),
+            source=source,
+        )
+
     @staticmethod
     def _add_declared_tokens(backend: tokenizers.Tokenizer, decoder: dict, raw_special: dict, extra: list) -> None:
         """Add tokens the config declares but tokenizer.json lacks, as HF's constructor does.

