@@ -5,9 +5,9 @@ kernel's steps in order, the Triton backend emits one launch per kernel. Fusions
 change the math (a matmul's norm prologue, activation and residual epilogue, attention)
 are the optimizer's fused ops; grouping only decides what runs in one launch:
 
-- pointwise chains: a pointwise step joins the kernel that produced its input when that
-  input has no other reader and is not an output, and every other input of the step
-  exists when the kernel starts (the launch then runs at the kernel's last step);
+- pointwise chains: a pointwise step takes in the pointwise kernels before it whose
+  results only the chain reads and that are not outputs (a DAG of pointwise ops is one
+  expression); the launch runs at the chain's last step;
 - a matmul's cast to float32 (half-precision logits): the launch rounds its result to
   the matmul dtype and stores float32;
 - a decode step's q/k/v epilogue: rope(q), rope(k) written into its cache, and v written
@@ -54,67 +54,79 @@ def archetype_of(op: str) -> str:
 
 
 def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int, int] | None = None) -> list[Kernel]:
-    """Assign `step.kernel` for every compute step (views stay -1) and return the kernels.
+    """Assign `step.kernel` for every compute step (views stay -1) and return the kernels in launch
+    order (each launches at its last step).
 
     `keep`: values read after the plan (graph outputs, assigned states); `types`: value id ->
     TensorType; `in_place_states`: state value id -> the value assigned to it, for the
-    states whose update the memory plan makes in place.
+    states whose update is always in place.
     """
     producer: dict[int, int] = {}  # value id -> step index
-    readers: Counter = Counter()
+    readers: dict[int, set[int]] = {}
     for i, s in enumerate(steps):
-        for v in set(flat_ids(s.inputs)):
-            readers[v] += 1
+        for v in flat_ids(s.inputs):
+            readers.setdefault(v, set()).add(i)
         for o in s.outputs:
             producer[o] = i
-    groups = decode_qkv_groups(steps, producer, readers, keep, in_place_states or {})
-    member_of = {m: g for g in groups for m in g}
-    kernels: list[Kernel] = []
+    groups: dict[int, tuple[str, str, list[int]]] = {}   # last step -> (archetype, pattern, members)
+    group_of: dict[int, int] = {}                          # step -> last step of its group
+    for members in decode_qkv_groups(steps, producer, readers, keep, in_place_states or {}):
+        groups[members[-1]] = ("layout", "rope_qkv_cache", list(members))
+        group_of.update((m, members[-1]) for m in members)
     for i, s in enumerate(steps):
-        if s.kind == "view":
-            continue  # an alias, not a launch
-        group = member_of.get(i)
-        if group is not None:
-            if i == group[0]:
-                kernels.append(Kernel("layout", pattern="rope_qkv_cache"))
-            s.kernel = steps[group[0]].kernel if i != group[0] else len(kernels) - 1
-            kernels[s.kernel].steps.append(i)
+        if s.kind == "view" or i in group_of:
             continue
         arch = archetype_of(s.op)
-        index = _join_target(steps, kernels, i, arch, producer, readers, keep, types)
-        if index is None:
-            index = len(kernels)
-            kernels.append(Kernel(arch))
-        else:
-            k = kernels[index]
-            k.pattern = "matmul_cast" if k.archetype == "matmul" else "pointwise_chain"
-        s.kernel = index
-        kernels[index].steps.append(i)
+        members = [i]
+        pattern = "single"
+        if arch == "pointwise" and len(s.outputs) == 1:
+            cast_of = _matmul_cast_source(steps, i, producer, readers, keep, types, groups)
+            if cast_of is not None:
+                del groups[cast_of]
+                arch, pattern, members = "matmul", "matmul_cast", [cast_of, i]
+            else:
+                members = _pointwise_chain(steps, i, producer, readers, keep, groups)
+                pattern = "pointwise_chain" if len(members) > 1 else "single"
+        groups[i] = (arch, pattern, members)
+        group_of.update((m, i) for m in members)
+    kernels = []
+    for last in sorted(groups):
+        arch, pattern, members = groups[last]
+        for m in members:
+            steps[m].kernel = len(kernels)
+        kernels.append(Kernel(arch, sorted(members), pattern))
     return kernels
 
 
-def _join_target(steps, kernels, i, arch, producer, readers, keep, types) -> int | None:
+def _matmul_cast_source(steps, i, producer, readers, keep, types, groups) -> int | None:
+    """The matmul step whose half-precision result step i casts to float32, when nothing else reads it."""
     s = steps[i]
-    if arch != "pointwise":
+    if s.op != "cast" or types[s.outputs[0]].dtype.name != "float32":
         return None
-    for v in flat_ids(s.inputs):
-        j = producer.get(v)
-        if j is None or steps[j].kernel < 0 or readers[v] != 1 or v in keep:
-            continue
-        k = kernels[steps[j].kernel]
-        if k.pattern == "rope_qkv_cache" or k.pattern == "matmul_cast":
-            continue
-        if k.archetype == "matmul":
-            out = types[s.outputs[0]].dtype.name
-            if not (s.op == "cast" and out == "float32" and types[v].dtype.name in HALF
-                    and steps[j].op in MATMUL_OPS and len(k.steps) == 1):
+    v = s.inputs[0]
+    j = producer.get(v)
+    if j is None or j not in groups or groups[j][2] != [j] or steps[j].op not in MATMUL_OPS \
+            or readers.get(v) != {i} or v in keep or types[v].dtype.name not in HALF:
+        return None
+    return j
+
+
+def _pointwise_chain(steps, i, producer, readers, keep, groups) -> list[int]:
+    """Step i and the pointwise groups before it whose results only the chain reads (a DAG is fine:
+    a value read by several steps joins once all of its readers are in the chain)."""
+    members = {i}
+    changed = True
+    while changed:
+        changed = False
+        produced = {o for m in members for o in steps[m].outputs}
+        for v in {v for m in members for v in flat_ids(steps[m].inputs)} - produced:
+            p = producer.get(v)
+            if p is None or p not in groups or groups[p][0] != "pointwise" or v in keep \
+                    or not readers.get(v, set()) <= members:
                 continue
-        elif k.archetype != "pointwise":
-            continue
-        others = [producer.get(u) for u in flat_ids(s.inputs) if u != v]
-        if all(p is None or p < k.first or steps[p].kernel == steps[j].kernel for p in others):
-            return steps[j].kernel
-    return None
+            members.update(groups.pop(p)[2])
+            changed = True
+    return sorted(members)
 
 
 def decode_qkv_groups(steps, producer, readers, keep, in_place_states) -> list[tuple[int, ...]]:
@@ -137,7 +149,7 @@ def decode_qkv_groups(steps, producer, readers, keep, in_place_states) -> list[t
         qa, kb = steps[a], steps[b]
         ok = (qa.inputs[1:] == kb.inputs[1:] and qa.attrs == kb.attrs
               and cw_k.inputs[2] == cw_v.inputs[2] and cw_k.attrs["axis"] == cw_v.attrs["axis"] == 2
-              and readers[qa.outputs[0]] == 1 and readers[kb.outputs[0]] == 1
+              and len(readers[qa.outputs[0]]) == 1 and len(readers[kb.outputs[0]]) == 1
               and qa.outputs[0] not in keep and kb.outputs[0] not in keep
               and cw_k.outputs[0] in assigned and cw_v.outputs[0] in assigned
               and all(steps[m].kind == "compute" for m in (a, b, c, d)))

@@ -25,6 +25,9 @@ from .step_inputs import flat_ids
 VIEW_OPS = ("reshape", "transpose", "slice", "split", "broadcast_to")
 # Views of anything: these never need contiguous input.
 ALWAYS_VIEW = ("transpose", "slice", "split", "broadcast_to")
+# Ops whose kernels on every backend can store their output permuted, so that the transpose
+# after them is a contiguous view (attention -> transpose -> reshape merges heads for free).
+PERMUTED_WRITERS = ("attention", "attention_lse")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Plan:
     memory: MemoryPlan | None = None
     types: dict[int, TensorType] = field(default_factory=dict)
     states: dict[str, tuple[int, int, TensorType]] = field(default_factory=dict)  # name -> (read, assigned, type)
+    layouts: dict[int, list[int]] = field(default_factory=dict)  # value -> perm: stored as transpose(perm) wants
 
 
 def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
@@ -64,6 +68,13 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     static: set[int] = set()       # values known once parameters are bound
     contiguous: set[int] = set()   # values laid out C-contiguously (arena slots, bound arrays)
     steps, load_steps = [], []
+    readers: dict[int, int] = {}
+    for n in graph.nodes:
+        for x in n.flat_inputs():
+            readers[x.id] = readers.get(x.id, 0) + 1
+    graph_outputs = {v.id for v in graph.outputs.values()}
+    layouts: dict[int, list[int]] = {}
+    producer_op: dict[int, str] = {}
     for n in graph.nodes:
         for o in n.outputs:
             types[o.id] = o.type
@@ -86,9 +97,16 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
             static.update(step.outputs)
             load_steps.append(step)
             continue
+        for o in n.outputs:
+            producer_op[o.id] = n.op
         if n.op in ALWAYS_VIEW or (n.op == "reshape" and flat[0] in contiguous):
             step.kind = "view"
             if n.op == "reshape":
+                contiguous.update(step.outputs)
+            x = flat[0]
+            if n.op == "transpose" and producer_op.get(x) in PERMUTED_WRITERS and readers.get(x) == 1 \
+                    and x not in graph_outputs and x in contiguous and types[x].rank == len(n.attrs["perm"]):
+                layouts[x] = [p % types[x].rank for p in n.attrs["perm"]]
                 contiguous.update(step.outputs)
         else:
             contiguous.update(step.outputs)
@@ -108,7 +126,8 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
         s.inplace = any(o in memory.storages and memory.storages[o].inplace_of is not None
                         or memory.value_storage.get(o) in memory.storages and o not in memory.storages
                         for o in s.outputs)
-    return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types, states)
+    return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types, states,
+                layouts)
 
 
 def _sole_cache_writes(steps, states) -> dict[int, int]:

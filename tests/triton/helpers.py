@@ -13,13 +13,20 @@ from kiln.runtime.compiled_graph import CompiledGraph
 TOL = {"float32": 2e-5, "float64": 1e-9, "bfloat16": 2e-2, "float16": 4e-3}
 
 
-def compiled_pair(graph):
-    plan = build_plan(graph)
+def compiled_pair(graph, optimize: bool = False):
+    """The graph planned as written (single-kernel tests), or through the e-graph optimizer."""
+    if optimize:
+        from kiln.api import reference_evaluate
+        from kiln.compile import compile_graph
+        plan, report = compile_graph(graph, optimize=True, evaluate=reference_evaluate)
+        assert not report.optimizer_fell_back, report.optimizer_reason
+    else:
+        plan = build_plan(graph)
     return CompiledGraph(plan, NumpyExecutor(plan), "cpu"), CompiledGraph(plan, TritonExecutor(plan), "cuda")
 
 
-def run_both(graph, inputs: dict, params: dict | None = None):
-    ref_cg, cg = compiled_pair(graph)
+def run_both(graph, inputs: dict, params: dict | None = None, optimize: bool = False):
+    ref_cg, cg = compiled_pair(graph, optimize)
     if params:
         ref_cg.load_params(params)
         cg.load_params(params)
@@ -46,8 +53,8 @@ def assert_close(out: dict, ref: dict, tol: dict | None = None, floor: float = 0
         assert err <= limit, f"{name}: max error {err:.3g} > {limit:.3g}"
 
 
-def check(graph, inputs: dict, params: dict | None = None, tol: dict | None = None):
-    ref, out, cg = run_both(graph, inputs, params)
+def check(graph, inputs: dict, params: dict | None = None, tol: dict | None = None, optimize: bool = False):
+    ref, out, cg = run_both(graph, inputs, params, optimize)
     arrays = list(inputs.values()) + list((params or {}).values())
     half = [TOL[a.dtype.name] for a in arrays if a.dtype.name in ("bfloat16", "float16")]
     assert_close(out, ref, tol, floor=max(half, default=0.0))

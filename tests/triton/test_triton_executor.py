@@ -1,5 +1,5 @@
-"""The executor: arena planning, the on-disk kernel cache, load steps, state kept on the device,
-a whole Llama decoder (prefill + decode) against the NumPy backend, and errors."""
+"""The executor: the Plan's memory, the on-disk kernel cache, load steps, states kept on the device,
+a whole Llama decoder (prefill + decode, optimizer on) against the NumPy backend, and errors."""
 
 import os
 
@@ -29,14 +29,15 @@ def _chain_graph(n=12):
     return g
 
 
-def test_arena_storages_that_live_at_once_never_share_bytes(rng):
+def test_the_backend_runs_in_the_plans_memory(rng):
+    """One memory plan for both backends: every arena slot is the Plan's, and no second arena exists."""
     ex = check(_chain_graph(), {"x": randn(rng, (8, 16))}, {"w": randn(rng, (16, 16), scale=0.3)})
-    sts = [s for s in ex.program.storages if s.kind in ("arena", "input", "scratch") and s.last >= s.first]
-    for a in sts:
-        for b in sts:
-            if a.index < b.index and not (a.last < b.first or b.last < a.first):
-                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
-    assert ex.arena_bytes < sum(s.nbytes for s in sts)   # reuse happened
+    mem = ex.plan.memory
+    slots = [st for st in ex.program.storages if st.kind == "arena"]
+    assert slots and all(st.offset == mem.storages[mem.value_storage[st.vid]].offset for st in slots)
+    assert ex.arena_bytes == mem.planned_bytes < mem.unplanned_bytes   # reuse happened
+    assert {k.archetype for k in ex.plan.kernels} >= {"matmul", "reduction"}
+    assert len(ex.program.launches) == len(ex.plan.kernels)            # one launch per kernel
 
 
 def test_kernel_cache_persists_generated_sources_on_disk(tmp_path):
@@ -78,97 +79,75 @@ def _llama_params(plan, rng, np_dtype):
                    0.2 * rng.standard_normal(t.shape)).astype(np_dtype) for name, (_, t) in plan.params.items()}
 
 
+def _optimized_pair(graph):
+    from kiln.api import reference_evaluate
+    from kiln.backends.numpy.executor import NumpyExecutor
+    from kiln.compile import compile_graph
+    from kiln.runtime.compiled_graph import CompiledGraph
+
+    plan, report = compile_graph(graph, optimize=True, evaluate=reference_evaluate)
+    assert not report.optimizer_fell_back and report.fusions
+    return CompiledGraph(plan, NumpyExecutor(plan), "cpu"), CompiledGraph(plan, TritonExecutor(plan), "cuda")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
-    """The decoder's KV cache (past.* -> present.*) stays in the executor's state buffers: decode
-    steps fed only the new token match the NumPy backend fed the full cache each step."""
+    """The KV cache is state: prefill writes it, decode steps fed only the new token read and write it
+    on the device, sharing the prefill's buffers, and match the NumPy backend doing the same."""
     graphs = LlamaGraphs(TINY, dtype)
     B, S, L = 2, 5, 16
     np_dt = as_dtype(dtype).np_dtype
-    pre_ref, pre = compiled_pair(graphs.prefill_graph(B, S))
-    dec_ref, dec = compiled_pair(graphs.decode_graph(B, L))
+    pre_ref, pre = _optimized_pair(graphs.prefill_graph(B, S, last_only=True, cache_len=L))
+    dec_ref, dec = _optimized_pair(graphs.decode_graph(B, L))
     params = _llama_params(pre.plan, rng, np_dt)
     for cg in (pre_ref, pre, dec_ref, dec):
         cg.load_params({k: v for k, v in params.items() if k in cg.param_types})
+    for a, b in ((pre_ref, dec_ref), (pre, dec)):
+        for name in a.state_types:
+            b.bind_state(name, a.state_buffer(name))
     ids = rng.integers(0, 64, (B, S))
     mask = np.ones((B, S), np.int64)
     mask[1, :2] = 0                                             # left padding
     pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
     feeds = dict(input_ids=ids, attention_mask=mask, position_ids=pos)
-    ref = pre_ref.run(**feeds)
-    out = pre.run(**feeds)
-    assert_close(out, ref, floor=2e-2 if dtype != "float32" else 0.0)
-
-    ex: TritonExecutor = dec.executor
-    assert ex.state == {f"present.{i}.{k}": f"past.{i}.{k}" for i in range(2) for k in ("key", "value")}
-    caches = {f"past.{i}.{k}": np.zeros((B, 2, L, 8), np_dt) for i in range(2) for k in ("key", "value")}
-    for name in caches:
-        caches[name][:, :, :S] = ref[name.replace("past", "present")]
-    ex.feed({name: torch.from_numpy(c.astype(np.float32)).to(ex.inputs[name].dtype).to(ex.device)
-             for name, c in caches.items()})
-    full_mask = np.zeros((B, L), np.int64)
-    full_mask[:, :S] = mask
+    ref, out = pre_ref.run(**feeds), pre.run(**feeds)
+    floor = 2e-2 if dtype != "float32" else 0.0
+    assert_close(out, ref, floor=floor)
     tok = ref["logits"][:, -1].argmax(-1)
     for step in range(3):
-        slot = S + step
-        full_mask[:, slot] = 1
         feeds = dict(input_ids=tok[:, None], position_ids=pos[:, -1:] + 1 + step,
-                     cache_position=np.array([slot]), attention_mask=full_mask.copy())
-        ref = dec_ref.run(**feeds, **caches)
-        got = ex.run_device(feeds)                                  # no cache fed: it lives on the device
-        logits = got["logits"].float().cpu().numpy()
-        assert_close({"logits": logits}, {"logits": ref["logits"]}, floor=2e-2 if dtype != "float32" else 0.0)
-        caches = {name: ref[name.replace("past", "present")] for name in caches}
+                     cache_position=np.array([S + step]))
+        ref, got = dec_ref.run(**feeds), dec.run(**feeds)
+        assert_close(got, ref, floor=floor)
         tok = ref["logits"][:, -1].argmax(-1)
-    stats = ex.stats()
+    for name in dec.state_types:
+        assert_close({name: dec.get_state(name)}, {name: dec_ref.get_state(name)}, floor=floor)
+    stats = dec.executor.stats()
     assert stats["fused"]["rope_qkv_cache"] == 2 and not stats["fallbacks"]   # rope(q, k) + both cache writes
     # per layer: qkv, o, gate_up, down (norms, residual adds and swiglu fused in); + the head
     assert stats["by_archetype"]["matmul"] == 2 * 4 + 1
-    assert stats["by_archetype"]["attention"] == 2 and stats["by_archetype"]["layout"] == 2 + 1   # + embedding
+    assert stats["by_archetype"]["attention"] == 2
+    assert not any(l.label.startswith("state ") or "copy" in l.label for l in dec.executor.program.launches)
 
 
-def test_optimized_plan_of_a_decoder_runs(rng):
-    """The e-graph optimizer's output (fused_linear with norm prologue, swiglu and residual) runs."""
-    from kiln.api import reference_evaluate
-    from kiln.compile import compile_graph
-    from kiln.backends.numpy.executor import NumpyExecutor
-    from kiln.runtime.compiled_graph import CompiledGraph
-
-    plan, report = compile_graph(LlamaGraphs(TINY, "float32").decode_graph(2, 16), optimize=True,
-                                 evaluate=reference_evaluate)
-    assert not report.optimizer_fell_back and report.fusions
-    ref, cg = CompiledGraph(plan, NumpyExecutor(plan), "cpu"), CompiledGraph(plan, TritonExecutor(plan), "cuda")
-    params = _llama_params(plan, rng, np.float32)
-    ref.load_params(params)
-    cg.load_params(params)
-    mask = np.zeros((2, 16), np.int64)
-    mask[:, :4] = 1
-    feeds = dict(input_ids=rng.integers(0, 64, (2, 1)), position_ids=np.full((2, 1), 3),
-                 cache_position=np.array([3]), attention_mask=mask,
-                 **{f"past.{i}.{k}": randn(rng, (2, 2, 16, 8)) for i in range(2) for k in ("key", "value")})
-    assert_close(cg.run(**feeds), ref.run(**feeds))
-    assert "fused_linear" in {s.op for s in plan.steps} and not cg.executor.stats()["fallbacks"]
-
-
-def test_kv_cache_pattern_writes_one_row_in_place(rng):
-    """present = where(slot == arange(L), new, past) with present -> past as state: a row write."""
+def test_cache_write_into_a_state_writes_one_row_in_place(rng):
     g = Graph()
-    past = g.input("past", (2, 3, 8, 4))
+    past = g.state("cache", (2, 3, 8, 4))
     new = g.input("new", (2, 3, 1, 4))
     slot = g.input("slot", (1,), "int64")
-    here = g.reshape(g.equal(g.constant(np.arange(8, dtype=np.int64)), slot), shape=[1, 1, 8, 1])
-    g.output("present", g.where(here, new, past))
+    g.assign(past, g.cache_write(past, new, slot))
+    g.output("sum", g.sum(new, axes=[2]))
     plan = build_plan(g)
-    ex = TritonExecutor(plan, state={"present": "past"})
-    assert ex.stats()["fused"]["kv_cache_write"] == 1
+    ex = TritonExecutor(plan)
+    assert [l.label for l in ex.program.launches] == ["cache_write", "sum"]   # no copy of the cache
     cache = randn(rng, (2, 3, 8, 4))
     ex.params_changed({})
-    ex.feed({"past": cache})
+    ex.set_state("cache", cache)
     for s in (2, 5):
         row = randn(rng, (2, 3, 1, 4))
-        out = ex.run_device({"new": row, "slot": np.array([s])})["present"]
+        ex.run({plan.inputs["new"][0]: row, plan.inputs["slot"][0]: np.array([s])}, {})
         cache[:, :, s:s + 1] = row
-        np.testing.assert_array_equal(out.cpu().numpy(), cache)
+        np.testing.assert_array_equal(ex.get_state("cache"), cache)
 
 
 def test_errors_name_the_problem(rng):
@@ -182,13 +161,10 @@ def test_errors_name_the_problem(rng):
                 TritonExecutor(plan)
         finally:
             os.environ["TRITON_INTERPRET"] = "1"
-    ex = TritonExecutor(plan)
-    with pytest.raises(RuntimeError, match="parameters are not uploaded"):
-        ex.run_device({})
-    ex.params_changed({})
-    with pytest.raises(KeyError, match="unknown input 'z'"):
-        ex.run_device({"z": torch.zeros(2)})
-    with pytest.raises(ValueError, match="input 'x': expected"):
-        ex.run_device({"x": torch.zeros(3, device=ex.device)})
-    with pytest.raises(ValueError, match="state pair"):
-        TritonExecutor(plan, state={"y": "nope"})
+    g = Graph()
+    st = g.state("s", (2,))
+    g.assign(st, g.exp(st))
+    ex = TritonExecutor(build_plan(g))
+    with pytest.raises(TypeError, match="state 's': expected a contiguous torch.float32 tensor of shape"):
+        ex.bind_state("s", torch.zeros(3, device=ex.device))
+

@@ -44,7 +44,8 @@ def test_linear_and_fused_linear(rng, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
-    """norm -> linear becomes a prologue; + residual, split + swiglu, cast become epilogues."""
+    """The optimizer makes norm -> linear a prologue and + residual, split + swiglu epilogues
+    (fused_linear); the Plan's matmul_cast kernel takes the cast: four launches in all."""
     g = Graph()
     x = g.input("x", (2, 5, 16), dtype)
     p = {n: g.parameter(n, s, dtype) for n, s in
@@ -56,18 +57,9 @@ def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
     g.output("logits", g.cast(g.linear(h, p["head"]), dtype="float32"))
     shapes = {"n1": (16,), "wo": (16, 16), "n2": (16,), "wgu": (48, 16), "wd": (16, 24), "head": (11, 16)}
     params = {n: randn(rng, s, dtype, 0.3) for n, s in shapes.items()}
-    ex = check(g, {"x": randn(rng, (2, 5, 16), dtype)}, params)
+    ex = check(g, {"x": randn(rng, (2, 5, 16), dtype)}, params, optimize=True)
     assert ex.stats()["by_archetype"] == {"matmul": 4}, ex.describe()
-    fused = ex.stats()["fused"]
-    assert fused["norm_prologue"] == 2 and fused["matmul_residual"] == 2 and fused["matmul_activation"] == 1
-
-
-def test_residual_that_is_computed_after_the_matmul_is_not_fused(rng):
-    g = Graph()
-    x = g.input("x", (4, 8))
-    w = g.parameter("w", (8, 8))
-    y = g.linear(x, w)
-    later = g.exp(x)              # produced after the matmul: cannot be its epilogue operand
-    g.output("y", y + later)
-    ex = check(g, {"x": randn(rng, (4, 8))}, {"w": randn(rng, (8, 8))})
-    assert "matmul_residual" not in ex.stats()["fused"]
+    fused = [s.attrs for s in ex.plan.steps if s.op == "fused_linear"]
+    assert sorted(a["norm"] for a in fused) == ["layer_norm", "none", "rms_norm"]
+    assert [a["activation"] for a in fused if a["activation"] != "none"] == ["swiglu"]
+    assert ("+cast" in ex.describe()) == (dtype != "float32")   # float32: the optimizer drops the no-op cast

@@ -54,7 +54,13 @@ class NumpyExecutor:
                 self.slots[vid] = self.state[st.state]
                 continue
             t = plan.types[vid]
-            self.slots[vid] = np.ndarray(t.shape, t.dtype.np_dtype, buffer=self.arenas[st.dtype], offset=st.offset)
+            perm = plan.layouts.get(vid)
+            if perm is None:
+                self.slots[vid] = np.ndarray(t.shape, t.dtype.np_dtype, buffer=self.arenas[st.dtype], offset=st.offset)
+            else:  # stored in the layout the transpose after it wants
+                base = np.ndarray([t.shape[p] for p in perm], t.dtype.np_dtype, buffer=self.arenas[st.dtype],
+                                  offset=st.offset)
+                self.slots[vid] = base.transpose([perm.index(i) for i in range(t.rank)])
         for name, vout in plan.memory.state_in_place.items():
             self.slots[vout] = self.state[name]
         self._state_copies = [(self.state[n], vout) for n, (_, vout, _) in plan.states.items()

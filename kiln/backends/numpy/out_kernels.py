@@ -407,7 +407,9 @@ def _build_attention(b: StepBinding):
     softcap = a.get("softcap")
     s = b.scratch("attention.scores", (bsz, hk, g * sq, sk), dt)
     s5 = s.reshape(bsz, hk, g, sq, sk)
-    out4 = out.reshape(bsz, hk, g * sq, dv)
+    # a slot stored permuted (the Plan's layouts): multiply into a scratch, then one strided copy
+    direct = out.flags.c_contiguous
+    out4 = out.reshape(bsz, hk, g * sq, dv) if direct else b.scratch("attention.out", (bsz, hk, g * sq, dv), dt)
     allowed = attention_bias(sq, sk, a.get("causal", False), a.get("window"))
     blocked = None if allowed is None else np.where(allowed, 0, -np.inf).astype(dt)
     mask5 = None
@@ -432,6 +434,8 @@ def _build_attention(b: StepBinding):
             np.add(s5, blocked, out=s5)
         _attention_softmax(s)
         np.matmul(s, v, out=out4)
+        if not direct:
+            np.copyto(out, out4.reshape(out.shape))
     return run
 
 

@@ -8,7 +8,7 @@ Kernels per archetype (`kernels/`):
 | reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` |
 | matmul | matmul (one collapsible batch dim), linear, fused_linear; + norm prologue, bias / activation / gated / residual / cast epilogue | Triton GEMM for M < 128, cuBLAS + generated epilogue above (`matmul.py`) |
 | attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask) | flash forward, split-KV decode (`attention.py`) |
-| layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; KV-cache write | `layout.py`, pointwise copies |
+| layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; cache_write (rows only when the Plan updates the state in place); the Plan's rope_qkv_cache kernel | `layout.py`, pointwise copies |
 
 Fallbacks (never a silent approximation: these compute the reference semantics):
 
@@ -17,11 +17,12 @@ Fallbacks (never a silent approximation: these compute the reference semantics):
 | softmax/log_softmax over a non-last axis; max/min/argmax of integers; sum/mean/max/min over non-consecutive axes; group_norm; pad; gather; take_along_axis; one_hot; index_add; scatter_add; pixel_shuffle/unshuffle; slice with a negative step; attention with a value head dim unlike q's; attention_backward; conv1-3d; conv_transpose1-3d; matmul whose batch dims do not collapse to two | torch on the GPU (`fallback.py`; captured in the CUDA graph) |
 | everything else (pools, interpolate, interpolate_backward, ...) | the NumPy reference kernel on the host (device round trip; the plan then runs without a CUDA graph) |
 
-`TritonExecutor(plan)` has the NumPy executor's `run(inputs, params)` interface plus
-`params_changed`, `run_device` (device tensors, KV cache kept on the GPU) and `stats()`.
+`TritonExecutor(plan)` launches one kernel per `plan.kernels` entry over `plan.memory`; it has
+the NumPy executor's `run(inputs, params)` and state interface (states are device tensors)
+plus `params_changed` and `stats()`.
 Tests run the same kernels on the CPU under `TRITON_INTERPRET=1`.
 """
 
-from .executor import TritonExecutor, kv_state_pairs
+from .executor import TritonExecutor
 
-__all__ = ["TritonExecutor", "kv_state_pairs"]
+__all__ = ["TritonExecutor"]

@@ -1,20 +1,18 @@
-"""Runs a Plan on the GPU as Triton kernels over one torch-allocated arena, replayed as a CUDA graph.
+"""Runs a Plan on the GPU as Triton kernels over the Plan's memory, replayed as a CUDA graph.
 
 Lifecycle:
-1. construction lowers the Plan to launches (`lowering.py`), plans the activation arena by
-   liveness over those launches and allocates it once, with the inputs' buffers in it;
-   parameters, values computed from parameters only (the Plan's load steps) and constants
-   get one persistent buffer each, and so does the state (e.g. a KV cache updated in place).
+1. construction lowers the Plan to one launch per kernel (`lowering.py`) and allocates the
+   Plan's arenas (one per dtype, offsets from the Plan's memory plan) once; inputs, states,
+   parameters, values computed from parameters only (the Plan's load steps), constants
+   and contiguous copies get buffers of their own; launch workspaces share one buffer.
 2. `params_changed(params)` uploads weights once (into fixed addresses, so a captured graph
    stays valid) and evaluates the load steps.
 3. the first run compiles every kernel (Triton caches the binaries on disk) and runs eagerly;
    on a GPU the launch sequence is then captured as a CUDA graph, and later runs copy the
    inputs in, replay the graph and copy the outputs out.
 
-`run(inputs, params)` is the backend interface (NumPy in and out, like the NumPy executor);
-`run_device(feeds)` takes and returns device tensors, so a decode loop can keep its KV cache
-on the GPU: outputs paired with inputs in `state` are written in place into those inputs'
-buffers, and state inputs not fed keep what the last run wrote.
+`run(inputs, params)` is the backend interface (NumPy in and out, like the NumPy executor).
+States stay on the device between runs (`state`, `get_state`, `set_state`, `bind_state`).
 """
 
 from __future__ import annotations
@@ -31,23 +29,11 @@ from kiln.compile.plan import Plan
 
 from .device import copy_into, default_device, interpreting, to_numpy
 from .kernels.launch import compile_only
-from .lowering import ALIGN, Operand, Program, lower, plan_arena
-
-
-def kv_state_pairs(plan: Plan) -> dict[str, str]:
-    """The decoder KV-cache convention: output `present.X` updates input `past.X` of the same type."""
-    pairs = {}
-    for name, vid in plan.outputs.items():
-        if name.startswith("present."):
-            src = "past." + name[len("present."):]
-            if src in plan.inputs and plan.inputs[src][1] == plan.types[vid]:
-                pairs[name] = src
-    return pairs
+from .lowering import ALIGN, Operand, Program, lower
 
 
 class TritonExecutor:
-    def __init__(self, plan: Plan, device: str | torch.device | None = None, *, state: dict[str, str] | None = None,
-                 cuda_graph: bool = True):
+    def __init__(self, plan: Plan, device: str | torch.device | None = None, *, cuda_graph: bool = True):
         t0 = time.perf_counter()
         self.plan = plan
         self.device = torch.device(device) if device is not None else default_device()
@@ -57,42 +43,77 @@ class TritonExecutor:
             raise RuntimeError("the Triton backend runs on a CUDA GPU; on a CPU only with TRITON_INTERPRET=1")
         num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
             if self.device.type == "cuda" else 4
-        self.state = kv_state_pairs(plan) if state is None else dict(state)
-        self.program: Program = lower(plan, self.state, num_sms=num_sms, device_type=self.device.type)
+        self.program: Program = lower(plan, num_sms=num_sms, device_type=self.device.type)
         t1 = time.perf_counter()
-        self.arena_bytes = plan_arena(self.program)
-        self.arena = torch.empty(max(self.arena_bytes, ALIGN), dtype=torch.uint8, device=self.device)
-        self._persistent = {kind: self._allocate(kind) for kind in ("param", "static", "const", "state")}
-        self._real: dict[int, torch.Tensor] = {}
-        self.calls = [(l.fn, self._resolve(l.args)) for l in self.program.launches]
-        self.inputs = {name: self._tensor(op) for name, op in self.program.inputs.items()}
-        self.outputs = {name: self._tensor(op) for name, op in self.program.outputs.items()}
-        self._input_by_vid = {vid: self.inputs[name] for name, (vid, _) in plan.inputs.items()}
+        self.arenas = {dt: torch.empty(max(n, ALIGN), dtype=torch.uint8, device=self.device)
+                       for dt, n in plan.memory.arenas.items()}
+        self.arena_bytes = sum(plan.memory.arenas.values())
+        self._persistent = {kind: self._allocate(kind) for kind in ("input", "param", "static", "const", "temp")}
+        self._persistent["scratch"] = self._allocate_scratch()
+        self.state: dict[str, torch.Tensor] = {}
+        for name, op in self.program.states.items():
+            st = op.storage
+            self.state[name] = torch.zeros(tuple(plan.states[name][2].shape), dtype=st.dtype, device=self.device)
+        self._bind_tensors()
         for vid, op in self.program.consts.items():
             copy_into(self._tensor(op), np.asarray(plan.constants[vid]))
         self._params_ready = False
         self._param_ids: dict[int, int] = {}
         self.cuda_graph = cuda_graph and self.device.type == "cuda" and \
             all(l.graph_safe for l in self.program.launches)
-        self._graph: torch.cuda.CUDAGraph | None = None
         self._compiled = False
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
 
     # ---- memory ------------------------------------------------------------------------------
     def _allocate(self, kind: str) -> torch.Tensor:
-        sts = [s for s in self.program.storages if s.kind == kind]
         off = 0
-        for s in sts:
-            s.offset = off
-            off += (s.nbytes + ALIGN - 1) // ALIGN * ALIGN
-        buf = torch.empty(max(off, ALIGN), dtype=torch.uint8, device=self.device)
-        if kind == "state":
-            buf.zero_()
-        return buf
+        for s in self.program.storages:
+            if s.kind == kind:
+                s.offset = off
+                off += (s.nbytes + ALIGN - 1) // ALIGN * ALIGN
+        return torch.empty(max(off, ALIGN), dtype=torch.uint8, device=self.device)
+
+    def _allocate_scratch(self) -> torch.Tensor:
+        """Each launch's workspaces from offset 0 of one shared buffer (launches run one at a time)."""
+        top: dict[int, int] = {}
+        for s in self.program.storages:
+            if s.kind == "scratch":
+                s.offset = top.get(s.vid, 0)
+                top[s.vid] = s.offset + (s.nbytes + ALIGN - 1) // ALIGN * ALIGN
+        return torch.empty(max([ALIGN, *top.values()]), dtype=torch.uint8, device=self.device)
 
     def _base(self, st) -> torch.Tensor:
-        buf = self._persistent.get(st.kind, self.arena) if st.kind in self._persistent else self.arena
+        if st.kind == "state":
+            return self.state[st.state].view(-1)
+        buf = self.arenas[st.arena] if st.kind == "arena" else self._persistent[st.kind]
         return buf[st.offset: st.offset + st.nbytes].view(st.dtype)
+
+    def _bind_tensors(self) -> None:
+        """Resolve every launch's operands to real tensors (again after a state is rebound)."""
+        self._real: dict[int, torch.Tensor] = {}
+        self.calls = [(l.fn, self._resolve(l.args)) for l in self.program.launches]
+        self.inputs = {name: self._tensor(op) for name, op in self.program.inputs.items()}
+        self.outputs = {name: self._tensor(op) for name, op in self.program.outputs.items()}
+        self._input_by_vid = {vid: self.inputs[name] for name, (vid, _) in self.plan.inputs.items()}
+        self._graph = None   # a captured CUDA graph holds the old addresses
+
+    # ---- state -------------------------------------------------------------------------------
+    def get_state(self, name: str) -> np.ndarray:
+        return to_numpy(self.state[name])
+
+    def set_state(self, name: str, value: np.ndarray) -> None:
+        copy_into(self.state[name], value)
+
+    def bind_state(self, name: str, buffer: torch.Tensor) -> None:
+        """Use `buffer` (another compiled graph's state, say) as state `name` from now on."""
+        cur = self.state[name]
+        if not isinstance(buffer, torch.Tensor) or buffer.dtype != cur.dtype or buffer.device != cur.device \
+                or tuple(buffer.shape) != tuple(cur.shape) or not buffer.is_contiguous():
+            raise TypeError(f"state {name!r}: expected a contiguous {cur.dtype} tensor of shape {tuple(cur.shape)} "
+                            f"on {cur.device}, got {getattr(buffer, 'dtype', type(buffer).__name__)} "
+                            f"{tuple(getattr(buffer, 'shape', ()))} on {getattr(buffer, 'device', '?')}")
+        self.state[name] = buffer
+        self._bind_tensors()
 
     def _tensor(self, op: Operand) -> torch.Tensor:
         base = self._real.get(op.storage.index)
@@ -235,31 +256,6 @@ class TritonExecutor:
         self._execute()
         return {name: to_numpy(t) for name, t in self.outputs.items()}
 
-    def run_device(self, feeds: dict[str, "torch.Tensor | np.ndarray"] | None = None) -> dict[str, torch.Tensor]:
-        """Run on device tensors by input name; inputs not fed keep their buffers' contents (state).
-
-        Returns the output buffers themselves (no copy): they are valid until the next run."""
-        if not self._params_ready:
-            raise RuntimeError("parameters are not uploaded; call params_changed (CompiledGraph.load_params)")
-        self.feed(feeds or {})
-        self._execute()
-        return self.outputs
-
-    def feed(self, feeds: dict[str, "torch.Tensor | np.ndarray"]) -> None:
-        """Copy inputs (e.g. a prefilled KV cache into the state buffers) without running."""
-        for name, x in feeds.items():
-            if name not in self.inputs:
-                raise KeyError(f"unknown input {name!r}; expected one of {sorted(self.inputs)}")
-            dst = self.inputs[name]
-            if isinstance(x, np.ndarray):
-                self._check_ids(name, x)
-                copy_into(dst, x)
-            else:
-                if tuple(x.shape) != tuple(dst.shape) or x.dtype != dst.dtype:
-                    raise ValueError(f"input {name!r}: expected {tuple(dst.shape)} {dst.dtype}, "
-                                     f"got {tuple(x.shape)} {x.dtype}")
-                dst.copy_(x, non_blocking=True)
-
     # ---- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:
         launches = self.program.launches
@@ -270,7 +266,7 @@ class TritonExecutor:
             "fused": dict(self.program.fused),
             "arena_bytes": self.arena_bytes,
             "param_bytes": int(self._persistent["param"].numel()),
-            "state": dict(self.state),
+            "states": sorted(self.state),
             "cuda_graph": self._graph is not None,
             "stage_seconds": dict(self.stage_seconds),
         }
@@ -296,4 +292,4 @@ def _launch_key(fn, args) -> tuple:
     return (type(fn).__name__, attrs, dtypes(args))
 
 
-__all__ = ["TritonExecutor", "kv_state_pairs"]
+__all__ = ["TritonExecutor"]

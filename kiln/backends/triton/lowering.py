@@ -1,12 +1,15 @@
-"""Lowering: a Plan's steps -> a list of launches over planned storages.
+"""Lowering: a Plan's kernels -> one launch each, over the Plan's memory.
 
+The compile pipeline decides what one launch covers (`plan.kernels`) and where every value
+lives (`plan.memory`: one arena per dtype, states updated in place); this module only
+emits a Triton (or cuBLAS, or fallback) launch per kernel, at the kernel's last step.
 Every tensor is first a *meta* tensor (shape, strides, no memory): views (reshape,
 transpose, slice, split, broadcast) are strided meta views of their base, so they cost no
 launch, and each kernel is specialized for the exact strides it will see. Storages are the
-allocations behind them: the activation arena (planned by liveness over the launches, see
-`plan_arena`), inputs, persistent state (a KV cache updated in place), parameters, values
-computed from parameters at load time ("static"), constants and per-launch scratch.
-The executor later maps each meta view onto real memory with the same strides.
+allocations behind them: the Plan's arena slots, inputs, states, parameters, values
+computed from parameters at load time ("static"), constants, and backend scratch
+(workspaces, split-K partials, contiguous copies a kernel needs). The executor later maps
+each meta view onto real memory with the same strides.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from kiln.compile.step_inputs import flat_ids
 
 from .device import interpreting, kiln_dtype, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
-from .fusion import MatmulFusion, plan_fusions
 from .kernels import attention as attn_k
 from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
@@ -36,13 +38,13 @@ ALIGN = 256
 @dataclass(eq=False)
 class Storage:
     index: int
-    kind: str                 # arena | input | state | param | static | const | scratch
+    kind: str                 # arena | input | state | param | static | const | temp | scratch
     dtype: torch.dtype
     numel: int
     vid: int | None = None
-    first: int = 1 << 60
-    last: int = -1
-    offset: int = -1
+    offset: int = -1          # arena: the Plan's byte offset in its dtype's arena; else set by the executor
+    arena: str | None = None  # arena: the kiln dtype name of the Plan arena it lives in
+    state: str | None = None  # state: the state's name
 
     @property
     def nbytes(self) -> int:
@@ -79,7 +81,7 @@ class Program:
     params: dict[int, Operand]
     statics: dict[int, Operand]
     consts: dict[int, Operand]
-    state: dict[str, str]                   # output name -> input name updated in place
+    states: dict[str, Operand]              # state name -> its buffer
     fallbacks: Counter = field(default_factory=Counter)   # (op, "torch" | "host") -> count
     id_checks: dict[str, int] = field(default_factory=dict)  # input name -> exclusive bound (embedding ids)
     fused: Counter = field(default_factory=Counter)
@@ -101,8 +103,7 @@ def _literal(arr: np.ndarray):
 
 
 class Lowering:
-    def __init__(self, plan: Plan, state: dict[str, str] | None = None, num_sms: int = 132,
-                 device_type: str = "cuda"):
+    def __init__(self, plan: Plan, num_sms: int = 132, device_type: str = "cuda"):
         self.plan, self.types = plan, plan.types
         self.num_sms, self.device_type = num_sms, device_type
         self.storages: list[Storage] = []
@@ -111,7 +112,7 @@ class Lowering:
         self.fallbacks: Counter = Counter()
         self.fused: Counter = Counter()
         self.id_checks: dict[str, int] = {}
-        self.keep = set(plan.outputs.values())
+        self.keep = set(plan.outputs.values()) | {vout for _, vout, _ in plan.states.values()}
         self.input_name = {vid: n for n, (vid, _) in plan.inputs.items()}
         self.producer, self.readers = {}, {}
         for i, s in enumerate(plan.steps):
@@ -119,19 +120,13 @@ class Lowering:
                 self.readers.setdefault(v, []).append(i)
             for o in s.outputs:
                 self.producer[o] = i
-        self.state = dict(state or {})
-        for out, inp in self.state.items():
-            if out not in plan.outputs or inp not in plan.inputs:
-                raise ValueError(f"state pair {out!r} <- {inp!r}: expected an output and an input of the plan")
-            if self.types[plan.outputs[out]] != plan.inputs[inp][1]:
-                raise ValueError(f"state pair {out!r} <- {inp!r}: types differ "
-                                 f"({self.types[plan.outputs[out]]} vs {plan.inputs[inp][1]})")
-        state_inputs = set(self.state.values())
-        self.state_out = {plan.outputs[o]: plan.inputs[i][0] for o, i in self.state.items()}
         self.inputs = {}
         for name, (vid, t) in plan.inputs.items():
-            self.vals[vid] = self._fresh("state" if name in state_inputs else "input", t.shape, t.dtype, vid)
-            self.inputs[name] = self.vals[vid]
+            self.vals[vid] = self.inputs[name] = self._fresh("input", t.shape, t.dtype, vid)
+        self.states = {}
+        for name, (vid, _, t) in plan.states.items():
+            self.vals[vid] = self.states[name] = self._fresh("state", t.shape, t.dtype, vid)
+            self.vals[vid].storage.state = name
         self.params = {vid: self._fresh("param", t.shape, t.dtype, vid) for _, (vid, t) in plan.params.items()}
         self.vals.update(self.params)
         self.consts = {}
@@ -143,37 +138,51 @@ class Lowering:
             for o in s.outputs:
                 t = self.types[o]
                 self.statics[o] = self.vals[o] = self._fresh("static", t.shape, t.dtype, o)
-        self.fusion = plan_fusions(plan, self.keep)
+        self._arena_storage: dict[int, Storage] = {}   # plan storage owner -> arena Storage
 
     # ---- storages and operands --------------------------------------------------------------
+    def _storage(self, kind: str, dtype: torch.dtype, numel: int, vid: int | None = None) -> Storage:
+        st = Storage(len(self.storages), kind, dtype, numel, vid)
+        self.storages.append(st)
+        return st
+
     def _fresh(self, kind: str, shape, dtype, vid: int | None = None) -> Operand:
+        """A storage of its own (inputs, states, parameters, constants, scratch)."""
         tdt = torch_dtype(dtype) if not isinstance(dtype, torch.dtype) else dtype
         numel = int(np.prod(shape)) if len(shape) else 1
-        st = Storage(len(self.storages), kind, tdt, max(numel, 1), vid)
-        self.storages.append(st)
+        st = self._storage(kind, tdt, max(numel, 1), vid)
         base = torch.empty(max(numel, 1), dtype=tdt, device="meta")
         return Operand(st, base[:numel].view(tuple(shape)))
 
-    def _out(self, vid: int, strided_ok: bool = False) -> Operand:
-        """A fresh arena slot for value `vid` (or the state buffer it updates in place)."""
+    def _out(self, vid: int) -> Operand:
+        """The Plan's slot for value `vid`: an arena slot (stored permuted where the Plan's layouts
+        say), or the state buffer it is computed into."""
+        mem = self.plan.memory
+        owner = mem.value_storage[vid]
+        pst = mem.storages[owner]
         t = self.types[vid]
-        rd = self.readers.get(vid, [])
-        if strided_ok and vid not in self.keep and len(rd) == 1 and self.plan.steps[rd[0]].op == "transpose":
-            perm = self.plan.steps[rd[0]].attrs["perm"]
-            perm = [p % t.rank for p in perm]
-            inv = [perm.index(i) for i in range(t.rank)]
-            op = self._fresh("arena", [t.shape[p] for p in perm], t.dtype)
-            op = op.derive(op.meta.permute(inv))
-            self.fused["transposed_output"] += 1
+        if pst.state is not None:
+            op = self.vals[owner].derive(self.vals[owner].meta.view(tuple(t.shape)))
+            self.vals[vid] = op
+            return op
+        st = self._arena_storage.get(owner)
+        if st is None:
+            st = self._arena_storage[owner] = self._storage("arena", torch_dtype(pst.dtype), max(t.size, 1), vid)
+            st.offset, st.arena = pst.offset, pst.dtype
+        base = torch.empty(st.numel, dtype=st.dtype, device="meta")[:t.size]
+        perm = self.plan.layouts.get(vid)
+        if perm is None:
+            op = Operand(st, base.view(tuple(t.shape)))
         else:
-            op = self._fresh("arena", t.shape, t.dtype)
+            op = Operand(st, base.view([t.shape[p] for p in perm]).permute([perm.index(i) for i in range(t.rank)]))
+            self.fused["transposed_output"] += 1
         self.vals[vid] = op
         return op
 
     def _contiguous(self, op: Operand) -> Operand:
         if op.meta.is_contiguous():
             return op
-        dst = self._fresh("arena", tuple(op.meta.shape), kiln_dtype(op.meta.dtype))
+        dst = self._fresh("temp", tuple(op.meta.shape), kiln_dtype(op.meta.dtype))
         self._copy(op, dst, "contiguous")
         return dst
 
@@ -190,46 +199,61 @@ class Lowering:
         self.launches.append(Launch(archetype, label, fn, args, graph_safe))
 
     def _scratch(self, specs) -> list[Operand]:
-        return [self._fresh("scratch", shape, dt) for shape, dt in specs]
+        """Workspaces of the next launch alone: every launch's scratch starts at offset 0 of one buffer."""
+        ops = [self._fresh("scratch", shape, dt) for shape, dt in specs]
+        for op in ops:
+            op.storage.vid = len(self.launches)   # the launch that owns it
+        return ops
 
     # ---- driver ------------------------------------------------------------------------------
     def lower(self) -> Program:
-        steps = self.plan.steps
-        decode_qkv = self._plan_decode_qkv()
+        steps, kernels = self.plan.steps, self.plan.kernels
         for i, s in enumerate(steps):
-            if i in decode_qkv:
-                self._decode_qkv(decode_qkv[i])
-                continue
-            if i in self.fusion.absorbed:
-                continue
-            if i in self.fusion.groups:
-                self._pointwise_group(i, self.fusion.groups[i])
-                continue
-            if s.kind == "view" or s.op in ("reshape", "transpose", "broadcast_to", "slice", "split"):
+            if s.kind == "view":
                 if self._view(s):
                     continue
-            handler = getattr(self, f"_op_{s.op}", None)
-            if handler is not None:
-                try:
-                    if handler(i, s) is not False:
-                        continue
-                except NotImplementedError:
-                    pass
-            self._fallback(s)
-        # state outputs not produced in place: copy into the state buffer at the end
-        outputs = {}
-        for name, vid in self.plan.outputs.items():
-            op = self.vals[vid]
-            if name in self.state:
-                dst = self.inputs[self.state[name]]
-                if op.storage is not dst.storage:
-                    self._copy(op, dst, f"state {name}")
-                op = dst
-            outputs[name] = op
+                self._fallback(s, scratch=True)   # a view no strides express (a negative step): a copy
+                continue
+            k = kernels[s.kernel]
+            if i != k.last:
+                continue            # a kernel launches once, at its last step
+            if k.pattern == "rope_qkv_cache":
+                self._decode_qkv(k.steps)
+            elif k.archetype == "pointwise":
+                self._pointwise_group(k.steps)
+            elif k.pattern == "matmul_cast":
+                self._matmul(k.steps[0], steps[k.steps[0]], cast_out=s.outputs[0])
+            else:
+                self._single(i, s)
+        # assigned states not computed in place: copy into the state buffer at the end
+        for name, (_, vout, _) in self.plan.states.items():
+            if self.plan.memory.state_in_place.get(name) != vout:
+                self._copy(self.vals[vout], self.states[name], f"state {name}")
+        outputs = {name: self.vals[vid] for name, vid in self.plan.outputs.items()}
         return Program(self.storages, self.launches, self.inputs, outputs, self.params, self.statics, self.consts,
-                       self.state, self.fallbacks, self.id_checks, self.fused)
+                       self.states, self.fallbacks, self.id_checks, self.fused)
+
+    def _single(self, i: int, s) -> None:
+        if s.op in ("reshape", "transpose", "broadcast_to", "slice", "split") and self._copy_view(s):
+            return
+        handler = getattr(self, f"_op_{s.op}", None)
+        if handler is not None:
+            try:
+                if handler(i, s) is not False:
+                    return
+            except NotImplementedError:
+                pass
+        self._fallback(s)
 
     # ---- views -------------------------------------------------------------------------------
+    def _copy_view(self, s) -> bool:
+        """A reshape the Plan gives a slot of its own (its input is not contiguous): copy into it."""
+        if s.op != "reshape":
+            return False
+        x, out = self.vals[s.inputs[0]], self._out(s.outputs[0])
+        self._copy(x, out.derive(out.meta.view(tuple(x.meta.shape))), "reshape")
+        return True
+
     def _view(self, s) -> bool:
         x = self.vals[s.inputs[0]]
         m = x.meta
@@ -267,11 +291,9 @@ class Lowering:
         return False
 
     # ---- pointwise ---------------------------------------------------------------------------
-    def _pointwise_group(self, last: int, members: list[int]) -> None:
+    def _pointwise_group(self, members: list[int]) -> None:
         steps = self.plan.steps
-        out_vid = steps[last].outputs[0]
-        if len(members) == 1 and self._kv_write(steps[last]):
-            return
+        out_vid = steps[members[-1]].outputs[0]
         e = PointwiseExpr()
         ext: list[Operand] = []
         refs: dict[int, Ref] = {}
@@ -293,13 +315,7 @@ class Lowering:
                 args.append(refs[v])
             node_ref[s.outputs[0]] = e.add(s.op, args, s.attrs, self.types[s.outputs[0]].dtype)
         e.outputs = [node_ref[out_vid].index]
-        state_in = self.state_out.get(out_vid)
-        if state_in is not None and self._in_place_ok(state_in, members, ext, out_vid):
-            out = self.vals[state_in]
-            self.vals[out_vid] = out
-            self.fused["state_in_place"] += 1
-        else:
-            out = self._out(out_vid, strided_ok=True)
+        out = self._out(out_vid)
         shape = tuple(self.types[out_vid].shape)
         k = PointwiseKernel(e, shape, [o.meta for o in ext], [out.meta])
         label = "+".join(steps[m].op for m in members)
@@ -307,115 +323,50 @@ class Lowering:
             self.fused["pointwise_chain"] += 1
         self._emit("pointwise", label, k, (ext, [out]))
 
-    def _in_place_ok(self, state_in: int, members: list[int], ext: list[Operand], out_vid: int) -> bool:
-        """An elementwise chain may overwrite the state it reads when nothing else reads that state."""
-        readers = set(self.readers.get(state_in, []))
-        st = self.vals[state_in]
-        return readers <= set(members) and st.meta.is_contiguous() and \
-            tuple(st.meta.shape) == tuple(self.types[out_vid].shape)
-
-    def _kv_match(self, s):
-        """(cache value, new value, slot value) when step `s` is where(slot == arange(L) [1,1,L,1],
-        new [B,H,1,D], past) into a state updated in place, else None."""
-        if s.op != "where":
-            return None
-        out_vid = s.outputs[0]
-        state_in = self.state_out.get(out_vid)
-        cond, new, past = s.inputs
-        if state_in is None or past != state_in or set(self.readers.get(past, [])) != {self.producer[out_vid]}:
-            return None
-        ct, nt, pt = self.types[cond], self.types[new], self.types[past]
-        if pt.rank != 4 or nt.shape != (pt.shape[0], pt.shape[1], 1, pt.shape[3]) \
-                or ct.shape != (1, 1, pt.shape[2], 1):
-            return None
-        slot = self._slot_of(cond, pt.shape[2])
-        if slot is None or not self.vals[past].meta.is_contiguous():
-            return None
-        return past, new, slot
-
-    def _kv_write(self, s) -> bool:
-        """The KV-cache pattern above: write only the new row instead of rewriting the cache."""
-        m = self._kv_match(s)
-        if m is None:
-            return False
-        past, new, slot = m
-        pt, nt = self.types[past], self.types[new]
-        cache = self.vals[past]
-        k = layout_k.KVCacheWrite(tuple(pt.shape), tuple(nt.shape), pos_per_batch=False)
-        self._emit("layout", "kv_cache_write", k, (cache, self.vals[new], self.vals[slot]))
-        self.vals[s.outputs[0]] = cache
-        self.fused["kv_cache_write"] += 1
-        return True
-
-    def _plan_decode_qkv(self) -> dict:
-        """attention(rope(q), where(slot, rope(k), past_k), where(slot, v, past_v)) of a decode step:
-        one launch rotates q, rotates k into the cache and copies v into the cache."""
-        steps, fusion, found = self.plan.steps, self.fusion, {}
-        for t, s in enumerate(steps):
-            if s.op not in ("attention", "attention_lse"):
-                continue
-            a, c, d = (self.producer.get(v) for v in s.inputs[:3])
-            if None in (a, c, d) or steps[a].op != "rope" or steps[c].op != "where" or steps[d].op != "where":
-                continue
-            if steps[c].inputs[0] != steps[d].inputs[0] or fusion.groups.get(c) != [c] \
-                    or fusion.groups.get(d) != [d] or a in fusion.absorbed:
-                continue
-            b = self.producer.get(steps[c].inputs[1])
-            if b is None or steps[b].op != "rope" or b in fusion.absorbed:
-                continue
-            qa, kb = steps[a], steps[b]
-            if qa.inputs[1:] != kb.inputs[1:] or qa.attrs != kb.attrs \
-                    or self.readers.get(qa.outputs[0]) != [t] or self.readers.get(kb.outputs[0]) != [c] \
-                    or qa.outputs[0] in self.keep or kb.outputs[0] in self.keep:
-                continue
-            # the state inputs exist already, so the where steps can be matched now
-            mc, md = self._kv_match(steps[c]), self._kv_match(steps[d])
-            if mc is None or md is None or mc[2] != md[2]:
-                continue
-            members = (a, b, c, d)
-            last = max(members)
-            found[last] = members
-            for m in members:
-                fusion.groups.pop(m, None)
-                if m != last:
-                    fusion.absorbed.add(m)
-        return found
-
     def _decode_qkv(self, members) -> None:
-        a, b, c, d = (self.plan.steps[m] for m in members)
-        past_k, _, slot = self._kv_match(c)
-        past_v, v_new, _ = self._kv_match(d)
-        xq, cos, sin = (self.vals[v] for v in a.inputs)
-        xk = self.vals[b.inputs[0]]
-        xv = self.vals[v_new]
+        """The Plan's rope_qkv_cache kernel: rope(q); rope(k) into its cache; v into its cache, one launch."""
+        steps = self.plan.steps
+        by_op = {}
+        for m in members:
+            by_op.setdefault(steps[m].op, []).append(steps[m])
+        cw_k, cw_v = by_op["cache_write"]
+        if self.producer.get(cw_k.inputs[1]) is None or steps[self.producer[cw_k.inputs[1]]].op != "rope":
+            cw_k, cw_v = cw_v, cw_k
+        rope_k = steps[self.producer[cw_k.inputs[1]]]
+        rope_q = next(r for r in by_op["rope"] if r is not rope_k)
+        xq, cos, sin = (self.vals[v] for v in rope_q.inputs)
+        xk, xv = self.vals[rope_k.inputs[0]], self.vals[cw_v.inputs[1]]
         if cos.meta.stride() != sin.meta.stride():
             cos, sin = self._contiguous(cos), self._contiguous(sin)
-        q_out = self._out(a.outputs[0])
-        kc, vc = self.vals[past_k], self.vals[past_v]
+        q_out = self._out(rope_q.outputs[0])
+        kc, vc = self._out(cw_k.outputs[0]), self._out(cw_v.outputs[0])
+        if kc.storage is not self.vals[cw_k.inputs[0]].storage or vc.storage is not self.vals[cw_v.inputs[0]].storage:
+            raise AssertionError("rope_qkv_cache kernel: the Plan must update both caches in place")
         bq, hq, _, dd = xq.meta.shape
         _, hk, length, _ = kc.meta.shape
-        k = layout_k.RopeQKVCache(bq, hq, hk, dd, cos.meta.shape[2], length, a.attrs["layout"] == "interleaved")
-        self._emit("layout", "rope(q)+rope(k)+kv_cache_write(k,v)", k,
-                   (xq, xk, xv, cos, sin, q_out, kc, vc, self.vals[slot]))
-        self.vals[c.outputs[0]], self.vals[d.outputs[0]] = kc, vc
+        k = layout_k.RopeQKVCache(bq, hq, hk, dd, cos.meta.shape[2], length, rope_q.attrs["layout"] == "interleaved")
+        self._emit("layout", "rope(q)+rope(k)+cache_write(k,v)", k,
+                   (xq, xk, xv, cos, sin, q_out, kc, vc, self.vals[cw_k.inputs[2]]))
         self.fused["rope_qkv_cache"] += 1
 
-    def _slot_of(self, cond: int, length: int) -> int | None:
-        """The slot value s when `cond` is reshape(equal(arange(length), s)) with s of shape (1,)."""
-        p = self.producer.get(cond)
-        steps = self.plan.steps
-        while p is not None and steps[p].op == "reshape":
-            cond = steps[p].inputs[0]
-            p = self.producer.get(cond)
-        if p is None or steps[p].op != "equal":
-            return None
-        a, b = steps[p].inputs
-        for c, s in ((a, b), (b, a)):
-            arr = self.plan.constants.get(c)
-            if arr is not None and arr.shape == (length,) and np.array_equal(arr, np.arange(length)) \
-                    and self.types[s].shape == (1,) and self.types[s].dtype.is_int:
-                return s
-        return None
+    def _op_cache_write(self, i, s):
+        """Write the new rows; the cache is copied first unless the Plan computes the result in place."""
+        cache, new, pos = (self.vals[v] for v in s.inputs)
+        out = self._out(s.outputs[0])
+        t = self.types[s.inputs[0]]
+        axis = s.attrs["axis"] % t.rank
+        if out.storage is not cache.storage:
+            self._copy(cache, out, "cache_write (copy)")
+        outer, inner = int(np.prod(t.shape[:axis])), int(np.prod(t.shape[axis + 1:]))
+        n = self.types[s.inputs[1]].shape[axis]
+        dst = out.derive(out.meta.view(outer, 1, t.shape[axis], inner))
+        try:
+            src = new.derive(new.meta.view(outer, 1, n, inner))
+        except RuntimeError:
+            c = self._contiguous(new)
+            src = c.derive(c.meta.view(outer, 1, n, inner))
+        k = layout_k.KVCacheWrite(tuple(dst.meta.shape), tuple(src.meta.shape), pos_per_batch=False)
+        self._emit("layout", "cache_write", k, (dst, src, pos))
 
     # ---- reductions --------------------------------------------------------------------------
     def _op_softmax(self, i, s, log=False):
@@ -490,9 +441,10 @@ class Lowering:
     def _op_matmul(self, i, s):
         return self._matmul(i, s)
 
-    def _matmul(self, i, s):
-        f = self.fusion.matmul.get(i) or MatmulFusion(out=s.outputs[0])
-        steps = self.plan.steps
+    def _matmul(self, i, s, cast_out: int | None = None):
+        """A matmul launch: the fused_linear's norm prologue, bias/activation/residual epilogue, and
+        (the Plan's matmul_cast kernel) a cast of the half-precision result to float32."""
+        out_vid = s.outputs[0] if cast_out is None else cast_out
         norm, eps, unit, nw, nb = "none", 1e-5, False, None, None
         bias = residual = None
         activation = "none"
@@ -510,18 +462,7 @@ class Lowering:
             a = a.expand(batch + (M, K))
             b = b.expand(batch + (K, N))
         else:
-            if f.norm_step is None:
-                x = self.vals[s.inputs[0]]
-            else:
-                ns = steps[f.norm_step]
-                x = self.vals[ns.inputs[0]]
-                norm, eps = ns.op, ns.attrs["eps"]
-                unit = bool(ns.attrs.get("add_unit_offset", False))
-                nw = self.vals[ns.inputs[1]] if ns.inputs[1] is not None else None
-                nb = self.vals[ns.inputs[2]] if ns.op == "layer_norm" and ns.inputs[2] is not None else None
-                if nw is None:
-                    raise NotImplementedError("norm prologue without weight")
-                self.fused["norm_prologue"] += 1
+            x = self.vals[s.inputs[0]]
             if s.op == "fused_linear":
                 at = s.attrs
                 norm = at["norm"] if at["norm"] != "none" else norm
@@ -544,13 +485,7 @@ class Lowering:
             w = self.vals[s.inputs[1]].meta
             N = w.shape[0]
             a, b, aop, bop, batch = a2.unsqueeze(0), w.t().unsqueeze(0), x, self.vals[s.inputs[1]], (1,)
-        if f.activation != "none":
-            activation = f.activation
-            self.fused["matmul_activation"] += 1
-        if f.residual is not None:
-            residual = f.residual
-            self.fused["matmul_residual"] += 1
-        out_t = self.types[f.out]
+        out_t = self.types[out_vid]
         n_out = out_t.shape[-1]
         if s.op == "matmul":
             # at most two batch dims: collapse the broadcast batch dims of a, b and c together
@@ -570,7 +505,7 @@ class Lowering:
             batch = (1, 1)
             a, b = a.unsqueeze(0), b.unsqueeze(0)
         bt = batch[0] * batch[1]
-        out = self._out(f.out)
+        out = self._out(out_vid)
         c = out.meta.view(batch + (M, n_out))
         r3 = None
         rop = None
@@ -593,18 +528,17 @@ class Lowering:
             r3 = r3[0] if r3 is not None else None
             k = mm_k.CublasMatmul(M, n_out, K, bt, dtype, c_meta=c, residual_meta=r3, norm=norm, eps=eps,
                                   unit_offset=unit, has_bias=bias is not None, activation=activation,
-                                  round_out=f.round_to_input, has_norm_bias=nb is not None)
+                                  round_out=cast_out is not None, has_norm_bias=nb is not None)
             scratch = self._scratch(k.scratch())
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,
                             has_bias=bias is not None, activation=activation, has_residual=residual is not None,
-                            round_out=f.round_to_input, has_norm_bias=nb is not None)
+                            round_out=cast_out is not None, has_norm_bias=nb is not None)
             scratch = None
         args = [aop.derive(a), bop.derive(b), out.derive(c), bias, rop.derive(r3) if rop is not None else None, nw, nb]
         if scratch is not None:
             args.append(scratch)
-        label = "+".join(([steps[f.norm_step].op] if f.norm_step is not None else []) + [s.op]
-                         + [steps[j].op for j in f.absorbed if j != f.norm_step])
+        label = s.op + ("+cast" if cast_out is not None else "")
         self._emit("matmul", f"{label} [{impl}]", k, tuple(args))
 
     # ---- attention ---------------------------------------------------------------------------
@@ -616,7 +550,7 @@ class Lowering:
         att = attn_k.Attention(tuple(q.meta.shape), tuple(k.meta.shape), tuple(v.meta.shape), q.meta.dtype,
                                causal=a["causal"], scale=a["scale"], window=a["window"], softcap=a["softcap"],
                                mask_kind=kind, write_lse=lse, num_sms=self.num_sms)
-        out = self._out(s.outputs[0], strided_ok=True)
+        out = self._out(s.outputs[0])
         lse_op = self._out(s.outputs[1]) if lse else None
         scratch = self._scratch(att.scratch())
         self._emit("attention", s.op + (" [decode]" if att.decode else ""), att,
@@ -630,7 +564,7 @@ class Lowering:
         x, cos, sin = (self.vals[v] for v in s.inputs)
         if cos.meta.stride() != sin.meta.stride():
             cos, sin = self._contiguous(cos), self._contiguous(sin)
-        out = self._out(s.outputs[0], strided_ok=True)
+        out = self._out(s.outputs[0])
         k = layout_k.Rope(tuple(x.meta.shape), cos.meta.shape[2], s.attrs["layout"] == "interleaved")
         self._emit("layout", "rope", k, (x, cos, sin, out))
 
@@ -666,14 +600,20 @@ class Lowering:
         self._copy(x.derive(src), out.derive(dst), "repeat_interleave")
 
     # ---- fallbacks ---------------------------------------------------------------------------
-    def _fallback(self, s) -> None:
+    def _fallback(self, s, scratch: bool = False) -> None:
+        """The reference semantics through torch (or the host); scratch: outputs get storages of their
+        own (a view step's outputs have no Plan slot)."""
         def operand(v):
             if isinstance(v, list):
                 return [self.vals[x] for x in v]
             return self.vals[v] if v is not None else None
 
         ins = [operand(v) for v in s.inputs]
-        outs = [self._out(o) for o in s.outputs]
+        if scratch:
+            outs = [self._fresh("scratch", self.types[o].shape, self.types[o].dtype) for o in s.outputs]
+            self.vals.update(zip(s.outputs, outs))
+        else:
+            outs = [self._out(o) for o in s.outputs]
         if s.op in TORCH_FALLBACKS:
             self.fallbacks[(s.op, "torch")] += 1
             self._emit("fallback", f"{s.op} [torch]", TorchLaunch(s.op, s.attrs), (ins, outs))
@@ -682,45 +622,5 @@ class Lowering:
             self._emit("fallback", f"{s.op} [host]", HostLaunch(s.op, s.attrs), (ins, outs), graph_safe=False)
 
 
-def plan_arena(program: Program) -> int:
-    """Give every arena/input/scratch storage a byte offset; storages live from the first to the
-    last launch that touches them (inputs from the start, outputs to the end). Storages whose
-    lifetimes overlap never share bytes. Returns the arena size."""
-    n = len(program.launches)
-
-    def visit(x, i):
-        if isinstance(x, Operand):
-            st = x.storage
-            st.first, st.last = min(st.first, i), max(st.last, i)
-        elif isinstance(x, (list, tuple)):
-            for y in x:
-                visit(y, i)
-
-    for i, l in enumerate(program.launches):
-        visit(l.args, i)
-    for op in program.inputs.values():
-        op.storage.first = -1
-        op.storage.last = max(op.storage.last, -1)
-    for op in program.outputs.values():
-        op.storage.last = n
-        op.storage.first = min(op.storage.first, n)
-    placed: list[Storage] = []
-    total = 0
-    pool = [s for s in program.storages if s.kind in ("arena", "input", "scratch") and s.last >= s.first]
-    for st in sorted(pool, key=lambda s: (-s.nbytes, s.index)):
-        size = (st.nbytes + ALIGN - 1) // ALIGN * ALIGN
-        busy = sorted((p.offset, p.offset + (p.nbytes + ALIGN - 1) // ALIGN * ALIGN) for p in placed
-                      if not (p.last < st.first or st.last < p.first))
-        off = 0
-        for lo, hi in busy:
-            if off + size <= lo:
-                break
-            off = max(off, hi)
-        st.offset = off
-        placed.append(st)
-        total = max(total, off + size)
-    return total
-
-
-def lower(plan: Plan, state: dict[str, str] | None = None, num_sms: int = 132, device_type: str = "cuda") -> Program:
-    return Lowering(plan, state, num_sms, device_type).lower()
+def lower(plan: Plan, num_sms: int = 132, device_type: str = "cuda") -> Program:
+    return Lowering(plan, num_sms, device_type).lower()
