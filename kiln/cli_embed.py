@@ -1,38 +1,96 @@
-"""`kiln embed`: sentence embeddings and cosine-similarity ranking with a BERT checkpoint."""
+"""`kiln embed`: sentence embeddings and cosine-similarity ranking with a BERT checkpoint.
+
+Sentences are encoded longest first (as sentence-transformers does) so each batch pads to
+similar lengths, and the embeddings are returned in the input order.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from kiln.cli_common import check_device, resolve_checkpoint
 
 
 def embed_main(args) -> int:
-    from kiln.models.bert import demo_model_dir, load_bert
-
+    """`kiln embed`: errors propagate to kiln.cli.main, which prints them as one line (exit 2)."""
     sentences = list(args.sentences)
     if args.file:
         lines = Path(args.file).read_text(encoding="utf-8").splitlines()
         sentences += [line for line in lines if line.strip()]
     if not sentences:
-        print("kiln embed: give sentences as arguments or --file", file=sys.stderr)
-        return 2
+        raise ValueError("give sentences as arguments or --file")
     if args.similarity and len(sentences) < 2:
-        print("kiln embed --similarity: give a query and at least one sentence to rank", file=sys.stderr)
-        return 2
-    path = Path(args.model) if args.model else demo_model_dir()
-    model = load_bert(path, device=args.device)
-    emb = model.encode(sentences, batch_size=args.batch_size, progress=len(sentences) > args.batch_size)
+        raise ValueError("--similarity: give a query and at least one sentence to rank")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).suffix != ".npy":
+        raise ValueError(f"--out {out!r}: expected a path ending in .npy")
+    check_device(args.device)
+    if args.model:
+        path, model_type = resolve_checkpoint(args.model)
+        if model_type != "bert":
+            raise ValueError(f"{path} is a {model_type!r} checkpoint; kiln embed needs a BERT "
+                             f"(sentence-transformers) checkpoint, model_type 'bert'")
+        name = args.model
+    else:
+        from kiln.models.bert import demo_model_dir
+        path, name = demo_model_dir(), "all-MiniLM-L6-v2"
+
+    from kiln.models.registry import loader_for
+
+    model = loader_for("bert")(path, device=args.device, dtype=getattr(args, "dtype", "float32"))
+    if model.tokenizer is None:
+        raise ValueError(f"{path}: no tokenizer.json, so the sentences cannot be tokenized")
+    emb = encode_by_length(model, sentences, args.batch_size)
+
+    if out is not None:
+        import numpy as np
+
+        np.save(out, emb)
     if args.similarity:
-        query, docs = emb[0], emb[1:]
-        sims = docs @ query / (np.linalg.norm(docs, axis=1) * np.linalg.norm(query) + 1e-12)
+        ranking = rank(emb)
+        if args.json:
+            print(json.dumps({"model": name, "query": sentences[0],
+                              "ranking": [{"text": sentences[i + 1], "score": round(s, 6)} for i, s in ranking]},
+                             indent=2))
+            return 0
         print(f"query: {sentences[0]}")
-        for rank, i in enumerate(np.argsort(-sims), 1):
-            print(f"{rank:>3}. {sims[i]:.4f}  {sentences[i + 1]}")
+        for n, (i, s) in enumerate(ranking, 1):
+            print(f"{n:>3}. {s:.4f}  {sentences[i + 1]}")
         return 0
-    print(f"embeddings: shape {emb.shape}, model {path.name if args.model else 'all-MiniLM-L6-v2'}")
-    for s, e in zip(sentences, emb):
-        head = ", ".join(f"{v:+.4f}" for v in e[:6])
-        print(f"[{head}, ...]  {s}")
+    if args.json:
+        print(json.dumps({"model": name, "shape": list(emb.shape),
+                          "embeddings": [{"text": s, "embedding": [float(v) for v in e]}
+                                         for s, e in zip(sentences, emb)]}))
+        return 0
+    where = f", saved to {out}" if out is not None else ""
+    print(f"embeddings: shape {emb.shape}, model {name}{where}")
+    if out is None:
+        for s, e in zip(sentences, emb):
+            head = ", ".join(f"{v:+.4f}" for v in e[:6])
+            print(f"[{head}, ...]  {s}")
     return 0
+
+
+def encode_by_length(model, sentences: list[str], batch_size: int):
+    """model.encode over the sentences sorted longest first (fewer pad tokens per batch, as
+    sentence-transformers does); the rows come back in the input order."""
+    import numpy as np
+
+    _, mask = model.tokenizer.encode_batch(sentences, padding_side="right")
+    order = np.argsort(-mask.sum(axis=1), kind="stable")
+    emb = model.encode([sentences[i] for i in order], batch_size=batch_size,
+                       progress=len(sentences) > batch_size and sys.stderr.isatty())
+    restored = np.empty_like(emb)
+    restored[order] = emb
+    return restored
+
+
+def rank(emb) -> list[tuple[int, float]]:
+    """(index into emb[1:], cosine similarity to emb[0]) pairs, most similar first."""
+    import numpy as np
+
+    query, docs = emb[0], emb[1:]
+    sims = docs @ query / (np.linalg.norm(docs, axis=1) * np.linalg.norm(query) + 1e-12)
+    return [(int(i), float(sims[i])) for i in np.argsort(-sims, kind="stable")]

@@ -12,35 +12,30 @@ import inspect
 import sys
 import time
 
-from kiln.io.errors import CheckpointError
+from kiln.cli_common import COMMAND_FOR, check_device, resolve_checkpoint
 
 
 def run_main(args) -> int:
-    try:
-        return _run(args)
-    except (CheckpointError, ValueError, NotImplementedError) as e:
-        print(f"kiln run: error: {e}", file=sys.stderr)
-        return 1
+    """`kiln run`: errors propagate to kiln.cli.main, which prints them as one line (exit 2)."""
+    from kiln.models.registry import cli_runner_for, loader_for
 
-
-def _run(args) -> int:
-    from kiln.io.hub import resolve_model_path
-    from kiln.models.registry import cli_runner_for, loader_for, model_type_of
-
-    directory = resolve_model_path(args.model)
-    model_type = model_type_of(directory)
+    check_device(args.device)
+    directory, model_type = resolve_checkpoint(args.model)
     runner = cli_runner_for(model_type)
     if runner is not None:
         return runner(args)
+    if model_type in COMMAND_FOR:
+        raise ValueError(f"{directory} is a {model_type!r} checkpoint, which does not generate text; "
+                         f"use `{COMMAND_FOR[model_type].format(path=directory)}`")
+    loader = loader_for(model_type, source=str(directory / "config.json"))
     if getattr(args, "inputs", None):
         raise ValueError(f"positional inputs {args.inputs} are for speech models; "
                          f"a {model_type!r} language model takes --prompt")
     if args.prompt is None:
-        raise ValueError("give the text to continue with --prompt")
+        raise ValueError(f"give the text to continue with --prompt (this is a {model_type!r} language model)")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
-    loader = loader_for(model_type, source=str(directory / "config.json"))
     options = {"progress": True} if "progress" in inspect.signature(loader).parameters else {}
     t0 = time.perf_counter()
     model = loader(directory, device=args.device, dtype=args.dtype, **options)

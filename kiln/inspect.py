@@ -14,8 +14,10 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from kiln.ir import Graph
+if TYPE_CHECKING:  # annotations only: `kiln --help` builds this parser without importing the IR
+    from kiln.ir import Graph
 
 
 def inspect_graph(graph: Graph, *, optimize: bool = True, device: str = "cpu",

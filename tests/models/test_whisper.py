@@ -341,7 +341,7 @@ def test_kiln_run_prints_the_transcript(tiny, tmp_path, capsys):
     assert run.stdout.strip() == model.transcribe(wav, language="en").strip() != ""
     args = argparse.Namespace(model=str(path), inputs=[str(tmp_path / "missing.wav")], language=None,
                               task="transcribe", device="cpu", dtype="float32")
-    assert transcribe_main(args) == 1
+    assert transcribe_main(args) == 2
     assert "missing.wav" in capsys.readouterr().err
 
 
