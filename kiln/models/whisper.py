@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import kiln
 from kiln.io.config import read_config
 from kiln.io.errors import CheckpointError
 from kiln.io.hub import resolve_model_path
@@ -39,8 +38,11 @@ from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
+from kiln.nn import (MLP, AppendCache, Attention, Concat, Conv, CrossAttention, Embedding, KeyTable, LayerNorm,
+                     Layout, Linear, Module, OrMake, TransformerBlock, Zeros, split_heads)
+from kiln.nn.mlp import HF_ACTIVATIONS, activation
+from kiln.runtime.compiler import compile as compile_graph
 
-ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_python": "none"}
 LAYER_NORM_EPS = 1e-5  # HF Whisper uses nn.LayerNorm's default
 CONV_STRIDE = 2  # conv1 stride 1 x conv2 stride 2: mel frames per encoder position
 MIN_CACHE = 32  # smallest self-attention cache capacity; doubles up to max_target_positions
@@ -69,9 +71,9 @@ class WhisperConfig:
     def from_dict(cls, cfg: dict) -> WhisperConfig:
         where = getattr(cfg, "path", "config.json")
         act = cfg.get("activation_function", "gelu")
-        if act not in ACTIVATIONS:
+        if act not in HF_ACTIVATIONS:
             raise CheckpointError(f"{where}: Whisper activation_function {act!r} is not supported; "
-                                  f"expected one of {sorted(ACTIVATIONS)}")
+                                  f"expected one of {sorted(HF_ACTIVATIONS)}")
         try:
             c = cls(cfg["vocab_size"], cfg.get("num_mel_bins", 80), cfg["d_model"],
                     cfg["encoder_layers"], cfg["encoder_attention_heads"], cfg["encoder_ffn_dim"],
@@ -93,64 +95,86 @@ class WhisperConfig:
         return self.max_source_positions * CONV_STRIDE
 
 
-# ---- graphs -------------------------------------------------------------------
+# ---- the network ----------------------------------------------------------------
 
-def _heads(g: Graph, t, rows: int, seq: int, nh: int, hd: int):
-    """[rows, seq, nh*hd] -> [rows, nh, seq, hd]."""
-    return g.transpose(g.reshape(t, shape=[rows, seq, nh, hd]), perm=[0, 2, 1, 3])
+def _block(cfg: WhisperConfig, pre: str, heads: int, ffn: int, dt: str, layer: int, cross: bool):
+    """Pre-LN block: self-attention [, cross-attention over the encoder], GELU MLP."""
+    d, scale = cfg.d_model, (cfg.d_model // heads) ** -0.5
+    return TransformerBlock(
+        LayerNorm(f"{pre}.self_attn_layer_norm", d, LAYER_NORM_EPS, dtype=dt),
+        Attention(f"{pre}.self_attn", d, heads, qkv_bias=True, out_bias=True, scale=scale, layer=layer,
+                  names={"qkv": "qkv", "out": "out_proj"}, dtype=dt),
+        LayerNorm(f"{pre}.final_layer_norm", d, LAYER_NORM_EPS, dtype=dt),
+        MLP(pre, d, ffn, HF_ACTIVATIONS[cfg.activation_function], bias=True, names={"up": "fc1", "down": "fc2"},
+            dtype=dt),
+        cross_norm=LayerNorm(f"{pre}.encoder_attn_layer_norm", d, LAYER_NORM_EPS, dtype=dt) if cross else None,
+        cross=CrossAttention(f"{pre}.encoder_attn", d, heads, kv_proj=False, scale=scale, dtype=dt) if cross else None)
 
 
-def _merge_heads(g: Graph, t, rows: int, seq: int, d: int):
-    """[rows, nh, seq, hd] -> [rows, seq, nh*hd]."""
-    return g.reshape(g.transpose(t, perm=[0, 2, 1, 3]), shape=[rows, seq, d])
+class WhisperEncoder(Module):
+    """Two conv1d + activation (GELU) over the log-mel frames, the position table, pre-LN blocks, a final LayerNorm;
+    then every decoder layer's cross-attention K/V in one matmul (`cross_kv`)."""
+
+    def __init__(self, cfg: WhisperConfig, dtype="float32"):
+        super().__init__("", dtype)
+        d, dt, self.cfg = cfg.d_model, self.dtype, cfg
+        self.act = HF_ACTIVATIONS[cfg.activation_function]
+        self.conv1 = Conv("encoder.conv1", cfg.num_mel_bins, d, 3, padding=1, dtype=dt)
+        self.conv2 = Conv("encoder.conv2", d, d, 3, stride=2, padding=1, dtype=dt)
+        self.positions = Embedding("encoder.embed_positions", cfg.max_source_positions, d, dtype=dt)
+        self.layers = [_block(cfg, f"encoder.layers.{i}", cfg.encoder_attention_heads, cfg.encoder_ffn_dim, dt, i,
+                              cross=False) for i in range(cfg.encoder_layers)]
+        self.norm = LayerNorm("encoder.layer_norm", d, LAYER_NORM_EPS, dtype=dt)
+        self.cross_kv = Linear("decoder.cross_kv", d, cfg.decoder_layers * 2 * d, bias=True,
+                               parts=(d,) * (2 * cfg.decoder_layers), dtype=dt)
+
+    def __call__(self, g: Graph, feats):
+        """(last_hidden_state [B, 1500, d], [(cross K, cross V) per decoder layer] [B, heads, 1500, hd])."""
+        x = activation(g, self.conv2(g, activation(g, self.conv1(g, feats), self.act)), self.act)
+        n_pos, d = self.positions.num, self.positions.dim
+        x = g.transpose(x, perm=[0, 2, 1]) + g.reshape(self.positions.weight(g), shape=[1, n_pos, d])
+        for block in self.layers:
+            x = block(g, x)
+        x = self.norm(g, x)
+        parts = g.split(self.cross_kv(g, x), sizes=list(self.cross_kv.parts), axis=-1)
+        nh = self.cfg.decoder_attention_heads
+        heads = [split_heads(g, t, nh, d // nh) for t in parts]
+        return x, list(zip(heads[0::2], heads[1::2]))
 
 
-def _mlp(g: Graph, x, p, pre: str, d: int, ffn: int, approx: str):
-    h = g.layer_norm(x, p(pre + "final_layer_norm.weight", (d,)), p(pre + "final_layer_norm.bias", (d,)),
-                     eps=LAYER_NORM_EPS)
-    h = g.gelu(g.linear(h, p(pre + "fc1.weight", (ffn, d)), p(pre + "fc1.bias", (ffn,))), approximate=approx)
-    return x + g.linear(h, p(pre + "fc2.weight", (d, ffn)), p(pre + "fc2.bias", (d,)))
+class WhisperDecoder(Module):
+    """Token + learned position embeddings, pre-LN blocks (causal self-attention over a cache,
+    cross-attention, MLP), a final LayerNorm, the output projection (tied to the token embedding)."""
+
+    def __init__(self, cfg: WhisperConfig, dtype="float32"):
+        super().__init__("", dtype)
+        d, dt = cfg.d_model, self.dtype
+        self.embed = Embedding("decoder.embed_tokens", cfg.vocab_size, d, dtype=dt)
+        self.positions = Embedding("decoder.embed_positions", cfg.max_target_positions, d, dtype=dt)
+        self.layers = [_block(cfg, f"decoder.layers.{i}", cfg.decoder_attention_heads, cfg.decoder_ffn_dim, dt, i,
+                              cross=True) for i in range(cfg.decoder_layers)]
+        self.norm = LayerNorm("decoder.layer_norm", d, LAYER_NORM_EPS, dtype=dt)
+        self.proj_out = None if cfg.tie_word_embeddings else Linear("proj_out", d, cfg.vocab_size, dtype=dt)
+
+    def __call__(self, g: Graph, ids, positions, memory, cache, group: int = 1):
+        x = self.embed(g, ids) + self.positions(g, positions)
+        for block, kv in zip(self.layers, memory):
+            x = block(g, x, memory=kv, group=group, cache=cache)
+        x = self.norm(g, x)
+        return self.embed.as_linear(g, x) if self.proj_out is None else self.proj_out(g, x)
 
 
 def build_encoder_graph(cfg: WhisperConfig, batch: int, dtype="float32") -> Graph:
     """input_features [B, n_mels, 3000] -> last_hidden_state [B, 1500, d] and every decoder
     layer's cross-attention K/V (``cross_k.{i}``, ``cross_v.{i}``: [B, heads, 1500, head_dim])."""
-    dt = as_dtype(dtype)
-    d, nh, n_pos = cfg.d_model, cfg.encoder_attention_heads, cfg.max_source_positions
-    hd = d // nh
-    approx = ACTIVATIONS[cfg.activation_function]
+    dt = as_dtype(dtype).name
     g = Graph(f"whisper_encoder_b{batch}")
-
-    def p(name, shape):
-        return g.parameter(name, shape, dt)
-
     feats = g.input("input_features", (batch, cfg.num_mel_bins, cfg.num_frames), dt)
-    x = g.conv1d(feats, p("encoder.conv1.weight", (d, cfg.num_mel_bins, 3)), p("encoder.conv1.bias", (d,)),
-                 padding=1)
-    x = g.gelu(x, approximate=approx)
-    x = g.conv1d(x, p("encoder.conv2.weight", (d, d, 3)), p("encoder.conv2.bias", (d,)), stride=2, padding=1)
-    x = g.gelu(x, approximate=approx)
-    x = g.transpose(x, perm=[0, 2, 1])  # [B, positions, d]
-    x = x + g.reshape(p("encoder.embed_positions.weight", (n_pos, d)), shape=[1, n_pos, d])
-    for i in range(cfg.encoder_layers):
-        pre = f"encoder.layers.{i}."
-        h = g.layer_norm(x, p(pre + "self_attn_layer_norm.weight", (d,)), p(pre + "self_attn_layer_norm.bias", (d,)),
-                         eps=LAYER_NORM_EPS)
-        qkv = g.linear(h, p(pre + "self_attn.qkv.weight", (3 * d, d)), p(pre + "self_attn.qkv.bias", (3 * d,)))
-        q, k, v = (_heads(g, t, batch, n_pos, nh, hd) for t in g.split(qkv, sizes=[d, d, d], axis=-1))
-        a = _merge_heads(g, g.attention(q, k, v, scale=hd ** -0.5), batch, n_pos, d)
-        x = x + g.linear(a, p(pre + "self_attn.out_proj.weight", (d, d)), p(pre + "self_attn.out_proj.bias", (d,)))
-        x = _mlp(g, x, p, pre, d, cfg.encoder_ffn_dim, approx)
-    x = g.layer_norm(x, p("encoder.layer_norm.weight", (d,)), p("encoder.layer_norm.bias", (d,)), eps=LAYER_NORM_EPS)
+    x, cross = WhisperEncoder(cfg, dt)(g, feats)
     g.output("last_hidden_state", x)
-
-    # Cross-attention K/V of every decoder layer in one matmul: [B, positions, layers * 2 * d].
-    nl, dnh = cfg.decoder_layers, cfg.decoder_attention_heads
-    kv = g.linear(x, p("decoder.cross_kv.weight", (nl * 2 * d, d)), p("decoder.cross_kv.bias", (nl * 2 * d,)))
-    parts = g.split(kv, sizes=[d] * (2 * nl), axis=-1)
-    for i in range(nl):
-        g.output(f"cross_k.{i}", _heads(g, parts[2 * i], batch, n_pos, dnh, d // dnh))
-        g.output(f"cross_v.{i}", _heads(g, parts[2 * i + 1], batch, n_pos, dnh, d // dnh))
+    for i, (k, v) in enumerate(cross):
+        g.output(f"cross_k.{i}", k)
+        g.output(f"cross_v.{i}", v)
     return g
 
 
@@ -163,59 +187,17 @@ def build_decoder_graph(cfg: WhisperConfig, batch: int, group: int, seq: int, ca
     [1, 1, seq, cache + seq] (True where a query may attend). Outputs: ``logits`` [rows, seq, vocab]
     and the new self-attention K/V ``new_k.{i}`` / ``new_v.{i}`` [rows, heads, seq, head_dim].
     """
-    dt = as_dtype(dtype)
-    d, nh, rows = cfg.d_model, cfg.decoder_attention_heads, batch * group
-    hd = d // nh
-    n_src = cfg.max_source_positions
-    approx = ACTIVATIONS[cfg.activation_function]
+    dt = as_dtype(dtype).name
+    nh, rows = cfg.decoder_attention_heads, batch * group
+    hd = cfg.d_model // nh
     g = Graph(f"whisper_decoder_b{batch}_g{group}_s{seq}_c{cache}")
-
-    def p(name, shape):
-        return g.parameter(name, shape, dt)
-
     ids = g.input("input_ids", (rows, seq), "int64")
     positions = g.input("positions", (seq,), "int64")
-    mask = g.input("cache_mask", (1, 1, seq, cache + seq), "bool") if cache else None
-    embed = p("decoder.embed_tokens.weight", (cfg.vocab_size, d))
-    x = g.embedding(ids, embed) + g.embedding(positions, p("decoder.embed_positions.weight",
-                                                           (cfg.max_target_positions, d)))
-    for i in range(cfg.decoder_layers):
-        pre = f"decoder.layers.{i}."
-        # causal self-attention over cache + new tokens
-        h = g.layer_norm(x, p(pre + "self_attn_layer_norm.weight", (d,)), p(pre + "self_attn_layer_norm.bias", (d,)),
-                         eps=LAYER_NORM_EPS)
-        qkv = g.linear(h, p(pre + "self_attn.qkv.weight", (3 * d, d)), p(pre + "self_attn.qkv.bias", (3 * d,)))
-        q, k, v = (_heads(g, t, rows, seq, nh, hd) for t in g.split(qkv, sizes=[d, d, d], axis=-1))
-        g.output(f"new_k.{i}", k)
-        g.output(f"new_v.{i}", v)
-        if cache:
-            k = g.concat([g.input(f"self_k.{i}", (rows, nh, cache, hd), dt), k], axis=2)
-            v = g.concat([g.input(f"self_v.{i}", (rows, nh, cache, hd), dt), v], axis=2)
-            a = g.attention(q, k, v, mask, scale=hd ** -0.5)
-        else:
-            a = g.attention(q, k, v, causal=True, scale=hd ** -0.5)
-        a = _merge_heads(g, a, rows, seq, d)
-        x = x + g.linear(a, p(pre + "self_attn.out_proj.weight", (d, d)), p(pre + "self_attn.out_proj.bias", (d,)))
-        # cross-attention over the encoder output's precomputed K/V
-        h = g.layer_norm(x, p(pre + "encoder_attn_layer_norm.weight", (d,)),
-                         p(pre + "encoder_attn_layer_norm.bias", (d,)), eps=LAYER_NORM_EPS)
-        q = g.linear(h, p(pre + "encoder_attn.q_proj.weight", (d, d)), p(pre + "encoder_attn.q_proj.bias", (d,)))
-        ck = g.input(f"cross_k.{i}", (batch, nh, n_src, hd), dt)
-        cv = g.input(f"cross_v.{i}", (batch, nh, n_src, hd), dt)
-        if group == 1:
-            a = _merge_heads(g, g.attention(_heads(g, q, rows, seq, nh, hd), ck, cv, scale=hd ** -0.5), rows, seq, d)
-        else:  # the group's hypotheses become extra query rows of their utterance: K/V are not copied
-            qg = g.reshape(g.transpose(g.reshape(q, shape=[batch, group, seq, nh, hd]), perm=[0, 3, 1, 2, 4]),
-                           shape=[batch, nh, group * seq, hd])
-            a = g.attention(qg, ck, cv, scale=hd ** -0.5)  # [batch, nh, group * seq, hd]
-            a = g.transpose(g.reshape(a, shape=[batch, nh, group, seq, hd]), perm=[0, 2, 3, 1, 4])
-            a = g.reshape(a, shape=[rows, seq, d])
-        x = x + g.linear(a, p(pre + "encoder_attn.out_proj.weight", (d, d)),
-                         p(pre + "encoder_attn.out_proj.bias", (d,)))
-        x = _mlp(g, x, p, pre, d, cfg.decoder_ffn_dim, approx)
-    x = g.layer_norm(x, p("decoder.layer_norm.weight", (d,)), p("decoder.layer_norm.bias", (d,)), eps=LAYER_NORM_EPS)
-    out_w = embed if cfg.tie_word_embeddings else p("proj_out.weight", (cfg.vocab_size, d))
-    g.output("logits", g.linear(x, out_w))
+    self_cache = AppendCache(g, rows, seq, cache, nh, hd, dt)
+    kv_shape = (batch, nh, cfg.max_source_positions, hd)
+    memory = [(g.input(f"cross_k.{i}", kv_shape, dt), g.input(f"cross_v.{i}", kv_shape, dt))
+              for i in range(cfg.decoder_layers)]
+    g.output("logits", WhisperDecoder(cfg, dt)(g, ids, positions, memory, self_cache, group))
     return g
 
 
@@ -230,96 +212,31 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     return np.concatenate([np.sin(t), np.cos(t)], axis=1)
 
 
+# Self-attention Q/K/V fused into one [3d, d] matrix (K has no bias in Whisper: its slice of the fused
+# bias is zero); the cross-attention K/V of all decoder layers fused into one [layers * 2d, d] matrix.
+KEYS = KeyTable("Whisper", Layout("hf", "encoder.conv1.weight", strip=("model.",), keys={
+    "{stack}.layers.{i}.self_attn.qkv.weight": Concat(*(f"{{stack}}.layers.{{i}}.self_attn.{p}_proj.weight"
+                                                         for p in "qkv")),
+    "{stack}.layers.{i}.self_attn.qkv.bias": Concat("{stack}.layers.{i}.self_attn.q_proj.bias", Zeros(),
+                                                    "{stack}.layers.{i}.self_attn.v_proj.bias"),
+    "decoder.cross_kv.weight": Concat("decoder.layers.{j}.encoder_attn.k_proj.weight",
+                                      "decoder.layers.{j}.encoder_attn.v_proj.weight", each="j"),
+    "decoder.cross_kv.bias": Concat(Zeros(), "decoder.layers.{j}.encoder_attn.v_proj.bias", each="j"),
+    # a buffer some exporters drop: it is always the fixed sinusoid table
+    "encoder.embed_positions.weight": OrMake("encoder.embed_positions.weight", lambda shape: sinusoids(*shape)),
+    "{stack}.layers.{i}.{name}": "{stack}.layers.{i}.{name}",
+    "{name}": "{name}",
+}, tied={"proj_out.weight": "decoder.embed_tokens.weight"}))
+
+
 def whisper_params(weights: WeightMap, cfg: WhisperConfig, dtype="float32", progress: bool = False) -> dict[str, np.ndarray]:
-    """HF Whisper keys (with or without the `model.` prefix) -> graph parameters.
-
-    Q/K/V of self-attention are fused into one [3d, d] matrix (K has no bias in Whisper, so
-    its slice of the fused bias is zero); the cross-attention K/V of all decoder layers are
-    fused into one [layers * 2d, d] matrix applied once to the encoder output.
-    """
-    w = weights
-    if not w.has("encoder.conv1.weight") and w.has_prefix("model."):
-        w = w.strip_prefix("model.")  # WhisperForConditionalGeneration -> WhisperModel layout
-    dt = as_dtype(dtype).np_dtype
-    d = cfg.d_model
-    out: dict[str, np.ndarray] = {}
-    zeros = np.zeros((d,), dt)
-
-    def put(name, shape):
-        out[name] = w.take(name, shape=shape, dtype=dt)
-
-    def attn_qkv(pre):
-        out[pre + "qkv.weight"] = w.take_concat([pre + f"{n}_proj.weight" for n in "qkv"], axis=0,
-                                                shape=(3 * d, d), dtype=dt)
-        out[pre + "qkv.bias"] = np.concatenate([w.take(pre + "q_proj.bias", shape=(d,), dtype=dt), zeros,
-                                                w.take(pre + "v_proj.bias", shape=(d,), dtype=dt)])
-        put(pre + "out_proj.weight", (d, d))
-        put(pre + "out_proj.bias", (d,))
-
-    def block_common(pre, ffn):
-        for ln in ("self_attn_layer_norm", "final_layer_norm"):
-            put(pre + ln + ".weight", (d,))
-            put(pre + ln + ".bias", (d,))
-        put(pre + "fc1.weight", (ffn, d))
-        put(pre + "fc1.bias", (ffn,))
-        put(pre + "fc2.weight", (d, ffn))
-        put(pre + "fc2.bias", (d,))
-
-    put("encoder.conv1.weight", (d, cfg.num_mel_bins, 3))
-    put("encoder.conv1.bias", (d,))
-    put("encoder.conv2.weight", (d, d, 3))
-    put("encoder.conv2.bias", (d,))
-    if w.has("encoder.embed_positions.weight"):
-        put("encoder.embed_positions.weight", (cfg.max_source_positions, d))
-    else:  # a buffer some exporters drop: it is always the fixed sinusoid table
-        out["encoder.embed_positions.weight"] = sinusoids(cfg.max_source_positions, d).astype(dt)
-    bar = None
+    """HF Whisper keys (with or without the `model.` prefix) -> graph parameters (see `KEYS`)."""
+    spec = {**WhisperEncoder(cfg, dtype).params(), **WhisperDecoder(cfg, dtype).params()}
+    layers = range(max(cfg.encoder_layers, cfg.decoder_layers))
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.encoder_layers + cfg.decoder_layers, desc="loading weights", unit="layer", leave=False)
-    for i in range(cfg.encoder_layers):
-        pre = f"encoder.layers.{i}."
-        if bar is not None:
-            bar.update()
-        attn_qkv(pre + "self_attn.")
-        block_common(pre, cfg.encoder_ffn_dim)
-    put("encoder.layer_norm.weight", (d,))
-    put("encoder.layer_norm.bias", (d,))
-
-    put("decoder.embed_tokens.weight", (cfg.vocab_size, d))
-    put("decoder.embed_positions.weight", (cfg.max_target_positions, d))
-    cross_w, cross_b = [], []
-    for i in range(cfg.decoder_layers):
-        pre = f"decoder.layers.{i}."
-        if bar is not None:
-            bar.update()
-        attn_qkv(pre + "self_attn.")
-        block_common(pre, cfg.decoder_ffn_dim)
-        ea = pre + "encoder_attn."
-        put(ea + "q_proj.weight", (d, d))
-        put(ea + "q_proj.bias", (d,))
-        put(ea + "out_proj.weight", (d, d))
-        put(ea + "out_proj.bias", (d,))
-        put(pre + "encoder_attn_layer_norm.weight", (d,))
-        put(pre + "encoder_attn_layer_norm.bias", (d,))
-        cross_w.append(w.take_concat([ea + "k_proj.weight", ea + "v_proj.weight"], axis=0, shape=(2 * d, d), dtype=dt))
-        cross_b += [zeros, w.take(ea + "v_proj.bias", shape=(d,), dtype=dt)]
-    out["decoder.cross_kv.weight"] = np.concatenate(cross_w, axis=0)
-    out["decoder.cross_kv.bias"] = np.concatenate(cross_b)
-    put("decoder.layer_norm.weight", (d,))
-    put("decoder.layer_norm.bias", (d,))
-    if bar is not None:
-        bar.close()
-
-    if not cfg.tie_word_embeddings:
-        put("proj_out.weight", (cfg.vocab_size, d))
-    elif w.has("proj_out.weight"):  # a stored copy of the tied matrix must be that matrix
-        proj = w.take("proj_out.weight", shape=(cfg.vocab_size, d), dtype=dt)
-        if not np.array_equal(proj, out["decoder.embed_tokens.weight"]):
-            raise CheckpointError(f"{weights.source}: tie_word_embeddings is true but 'proj_out.weight' differs "
-                                  f"from the token embedding 'decoder.embed_tokens.weight'")
-    weights.warn_unused()
-    return out
+        layers = tqdm(layers, desc="loading weights", unit="layer", leave=False)
+    return KEYS.load(weights, spec, layers=layers)
 
 
 # ---- running ------------------------------------------------------------------
@@ -430,7 +347,7 @@ class WhisperModel:
     def _get(self, key: tuple, build):
         if key not in self._compiled:
             g = build()
-            cg = kiln.compile(g, device=self.device, optimize=self.optimize)
+            cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: self.params[k] for k in g.parameters})
             self._compiled[key] = cg
         return self._compiled[key]

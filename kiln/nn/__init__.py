@@ -8,6 +8,7 @@ of these blocks plus a config dataclass and a key table.
 
 from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
+from .conv import Conv
 from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Zeros
 from .kv_cache import AppendCache, DecodeCache, PromptCache
 from .linear import Embedding, Linear
@@ -16,7 +17,7 @@ from .module import Module, ParamSpec
 from .norm import LayerNorm, RMSNorm
 from .rope import Rope, RopeConfig
 
-__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Concat", "KeyTable",
+__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "Concat", "KeyTable",
            "Layout", "OrMake", "Transposed", "Zeros", "AppendCache", "DecodeCache", "PromptCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
            "Rope", "RopeConfig"]
