@@ -74,13 +74,17 @@ def check_device(device: str) -> None:
 
 
 def resolve_checkpoint(model: str):
-    """(directory, model_type) of a checkpoint directory or cached model id, read before any
-    family-specific parsing so a wrong kind of checkpoint is named as such."""
-    from kiln.io.hub import resolve_model_path
-    from kiln.models.registry import model_type_of
+    """The kiln.models.registry.Checkpoint (path, format, model_type) of a checkpoint directory,
+    GGUF file, packaged model name or cached model id, read before any family-specific parsing so
+    that a wrong kind of checkpoint is named as such."""
+    from kiln.models.registry import resolve_checkpoint as resolve
 
-    directory = resolve_model_path(model)
-    return directory, model_type_of(directory)
+    return resolve(model)
+
+
+def kind_of(ck) -> str:
+    """What a checkpoint is, for messages: its model_type, else its format ('gguf', ...)."""
+    return ck.model_type or ck.format
 
 
 # ---- errors --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from kiln.cli_common import check_device, resolve_checkpoint
+from kiln.cli_common import check_device, kind_of, resolve_checkpoint
 
 
 def embed_main(args) -> int:
@@ -27,17 +27,17 @@ def embed_main(args) -> int:
     if out is not None and Path(out).suffix != ".npy":
         raise ValueError(f"--out {out!r}: expected a path ending in .npy")
     check_device(args.device)
+    from kiln.models.registry import loader_for
+
     if args.model:
-        path, model_type = resolve_checkpoint(args.model)
-        if model_type != "bert":
-            raise ValueError(f"{path} is a {model_type!r} checkpoint; kiln embed needs a BERT "
+        ck = resolve_checkpoint(args.model)
+        if kind_of(ck) != "bert":
+            raise ValueError(f"{ck.path} is a {kind_of(ck)!r} checkpoint; kiln embed needs a BERT "
                              f"(sentence-transformers) checkpoint, model_type 'bert'")
-        name = args.model
+        path, name = ck.path, args.model
     else:
         from kiln.models.bert import demo_model_dir
         path, name = demo_model_dir(), "all-MiniLM-L6-v2"
-
-    from kiln.models.registry import loader_for
 
     model = loader_for("bert")(path, device=args.device, dtype=getattr(args, "dtype", "float32"))
     if model.tokenizer is None:

@@ -12,22 +12,23 @@ import inspect
 import sys
 import time
 
-from kiln.cli_common import COMMAND_FOR, check_device, resolve_checkpoint
+from kiln.cli_common import COMMAND_FOR, check_device, kind_of, resolve_checkpoint
 
 
 def run_main(args) -> int:
     """`kiln run`: errors propagate to kiln.cli.main, which prints them as one line (exit 2)."""
-    from kiln.models.registry import cli_runner_for, loader_for
+    from kiln.models.registry import cli_runner_for
 
     check_device(args.device)
-    directory, model_type = resolve_checkpoint(args.model)
+    ck = resolve_checkpoint(args.model)
+    directory, model_type = ck.path, kind_of(ck)
     runner = cli_runner_for(model_type)
     if runner is not None:
         return runner(args)
     if model_type in COMMAND_FOR:
         raise ValueError(f"{directory} is a {model_type!r} checkpoint, which does not generate text; "
                          f"use `{COMMAND_FOR[model_type].format(path=directory)}`")
-    loader = loader_for(model_type, source=str(directory / "config.json"))
+    loader = ck.loader()
     if getattr(args, "inputs", None):
         raise ValueError(f"positional inputs {args.inputs} are for speech models; "
                          f"a {model_type!r} language model takes --prompt")
@@ -44,7 +45,7 @@ def run_main(args) -> int:
         raise ValueError(f"model_type {model_type!r} does not generate text; `kiln run --prompt` needs a language model")
     tok = model.tokenizer
     if tok is None:
-        raise ValueError(f"{directory}: no tokenizer.json, so the prompt cannot be tokenized")
+        raise ValueError(f"{directory}: no tokenizer, so the prompt cannot be tokenized")
 
     if args.chat:
         ids = tok.encode_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True)

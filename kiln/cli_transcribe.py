@@ -31,9 +31,9 @@ def transcribe_main(args) -> int:
             return fail("run", f"cannot decode {path!r} as audio (expected WAV, FLAC, OGG or another format "
                                f"libsndfile reads): {' '.join(str(e).split())}")
 
-    from kiln.models.whisper import load_whisper
+    import kiln
 
-    model = load_whisper(args.model, device=args.device, dtype=args.dtype)
+    model = kiln.load(args.model, device=args.device, dtype=args.dtype)  # HF or CTranslate2 Whisper
     status = 0
     for path in paths:
         try:
