@@ -339,14 +339,32 @@ def _write_by_hand(path: Path, tensors: dict[str, np.ndarray], metadata: dict[st
                 f.write(a.reshape(-1).view(np.uint8).data)
 
 
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush a file's (or a directory entry's) data to stable storage."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:  # some platforms (Windows) cannot open a directory; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_safetensors(
     path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write ``tensors`` to ``path`` in safetensors format, atomically.
+    """Write ``tensors`` to ``path`` in safetensors format, atomically and durably.
 
     Uses the ``safetensors`` library when it handles every dtype, else writes the
-    format by hand. The file is written to a temporary name and renamed, so a
-    crash never leaves a half-written checkpoint under the final name.
+    format by hand. The file is written to a temporary name in the same
+    directory, fsynced, renamed over ``path`` (``os.replace``, atomic), and the
+    directory is fsynced, so a crash or kill at any point leaves either the old
+    file or the complete new one under ``path``, never a partial one, and a
+    completed save survives a power loss.
     """
     path = Path(path)
     prepared = _prepare(tensors)
@@ -363,8 +381,10 @@ def save_safetensors(
             save_file(prepared, tmp, metadata=meta)
         except Exception:  # this library version lacks a dtype (e.g. bfloat16): write the format ourselves
             _write_by_hand(Path(tmp), prepared, meta)
+        _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_path(path.parent, directory=True)

@@ -1,36 +1,9 @@
-"""Shared helpers of the hardening tests: a wall-clock limit (a hang is a failure, not a stuck suite)
-and a tiny random Llama checkpoint written by HF transformers."""
+"""Fixtures of the hardening tests: a tiny random Llama checkpoint written by HF transformers.
+(The wall-clock limit is in hardening_limits.py, a module name no other test directory uses.)"""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-
 import pytest
-
-
-class Hang(Exception):
-    """Raised by time_limit when the block runs too long (deliberately not a KilnError)."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float, what: str = "block"):
-    """Raise Hang if the block runs longer than `seconds` (SIGALRM: interrupts a blocking open() too)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def fire(signum, frame):
-        raise Hang(f"{what} did not finish within {seconds} s (a hang)")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import socket
 import numpy as np
 import pytest
 
-from conftest import time_limit
+from hardening_limits import time_limit
 from kiln.errors import CheckpointError, ConfigError, GraphError, KilnError, TokenizerError
 from kiln.files import is_regular_file, open_regular, read_json_file, read_json_if_present, read_text_file
 from kiln.io.config import read_config
