@@ -147,6 +147,12 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
         if types[vout] != types[vin]:
             continue
         kern = kernels[steps[i].kernel] if kernels is not None and steps[i].kernel >= 0 else None
+        sole_cache_write = steps[i].op == "cache_write" and steps[i].inputs[0] == vin \
+            and steps[i].inputs[1] != vin and readers.get(vin) == [i] \
+            and not any(b == vin and v != vin for v, b in base.items())
+        if sole_cache_write:
+            out[vout] = vin   # nothing else reads the old cache: write the new rows into it
+            continue
         if kern is not None and kern.last != i:
             continue  # a fused launch writes only its kernel's last value
         first = kern.first if kern is not None else i

@@ -20,11 +20,12 @@ from .kernels import Kernel, group_kernels
 from .memory import MemoryPlan, plan_memory
 from .precision import step_precision
 from .step_inputs import flat_ids
+from .strides import contiguous_strides, reshape_strides
 
-# Ops whose result can be a view of their (contiguous) input, for every backend.
+# Ops whose result can be a view of their input, for every backend (a reshape where the strides allow).
 VIEW_OPS = ("reshape", "transpose", "slice", "split", "broadcast_to")
 # Views of anything: these never need contiguous input.
-ALWAYS_VIEW = ("transpose", "slice", "split", "broadcast_to")
+
 # Ops whose kernels on every backend can store their output permuted, so that the transpose
 # after them is a contiguous view (attention -> transpose -> reshape merges heads for free).
 PERMUTED_WRITERS = ("attention", "attention_lse")
@@ -66,7 +67,7 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     inputs, params, constants = {}, {}, {}
     types: dict[int, TensorType] = {}
     static: set[int] = set()       # values known once parameters are bound
-    contiguous: set[int] = set()   # values laid out C-contiguously (arena slots, bound arrays)
+    strides: dict[int, tuple | None] = {}   # element strides of each value (None: unknown, e.g. a reversed slice)
     steps, load_steps = [], []
     readers: dict[int, int] = {}
     for n in graph.nodes:
@@ -80,7 +81,7 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
             types[o.id] = o.type
         if n.op in SOURCE_OPS:
             v = n.outputs[0]
-            contiguous.add(v.id)
+            strides[v.id] = contiguous_strides(v.shape)
             if n.op == "input":
                 inputs[n.name] = (v.id, v.type)
             else:
@@ -99,17 +100,17 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
             continue
         for o in n.outputs:
             producer_op[o.id] = n.op
-        if n.op in ALWAYS_VIEW or (n.op == "reshape" and flat[0] in contiguous):
+        view = _view_strides(n, types, strides) if n.op in VIEW_OPS else None
+        if view is not None:
             step.kind = "view"
-            if n.op == "reshape":
-                contiguous.update(step.outputs)
+            strides.update(zip(step.outputs, view))
             x = flat[0]
             if n.op == "transpose" and producer_op.get(x) in PERMUTED_WRITERS and readers.get(x) == 1 \
-                    and x not in graph_outputs and x in contiguous and types[x].rank == len(n.attrs["perm"]):
+                    and x not in graph_outputs and types[x].rank == len(n.attrs["perm"]):
                 layouts[x] = [p % types[x].rank for p in n.attrs["perm"]]
-                contiguous.update(step.outputs)
+                strides[step.outputs[0]] = contiguous_strides(types[step.outputs[0]].shape)
         else:
-            contiguous.update(step.outputs)
+            strides.update((o, contiguous_strides(types[o].shape)) for o in step.outputs)
         prec = step_precision(n.op, [types[v].dtype.name for v in flat], [o.type.dtype.name for o in n.outputs])
         step.compute_dtype, step.accumulate_dtype = prec.compute_dtype, prec.accumulate_dtype
         steps.append(step)
@@ -128,6 +129,34 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
                         for o in s.outputs)
     return Plan(graph, steps, inputs, params, constants, outputs, load_steps, kernels, memory, types, states,
                 layouts)
+
+
+def _view_strides(n, types, strides) -> list | None:
+    """The strides of each output of view op node n, or None when it needs a copy (a reshape the
+    input's strides do not allow)."""
+    x = n.inputs[0]
+    st, shape, a = strides.get(x.id), x.shape, n.attrs
+    if n.op == "reshape":
+        new = reshape_strides(shape, st, n.outputs[0].shape) if st is not None else None
+        return None if new is None else [new]
+    if st is None:
+        return [None] * len(n.outputs)   # views of anything; their own strides are unknown
+    if n.op == "transpose":
+        return [tuple(st[p % len(shape)] for p in a["perm"])]
+    if n.op == "broadcast_to":
+        out = tuple(a["shape"])
+        lead = len(out) - len(shape)
+        return [tuple(0 if i < lead or shape[i - lead] == 1 and out[i] != 1 else st[i - lead]
+                      for i in range(len(out)))]
+    if n.op == "slice":
+        steps = a["steps"] or [1] * len(a["axes"])
+        if any(k < 0 for k in steps):
+            return [None]
+        new = list(st)
+        for ax, k in zip(a["axes"], steps):
+            new[ax % len(shape)] *= k
+        return [tuple(new)]
+    return [st] * len(n.outputs)   # split: the same strides, other offsets
 
 
 def _sole_cache_writes(steps, states) -> dict[int, int]:
