@@ -175,7 +175,7 @@ def test_a_decode_step_writes_the_kv_cache_in_place(tmp_path):
     after = dec.get_state("cache.0.key")
     np.testing.assert_array_equal(after[:, :, :4], before[:, :, :4])      # earlier slots untouched
     assert not np.array_equal(after[:, :, 4:8], before[:, :, 4:8])       # four new slots written
-    np.testing.assert_array_equal(dec.get_state("cache.mask")[0, :9], np.ones(9))
+    np.testing.assert_array_equal(dec.get_state("cache.mask")[0, :9], [1] * 8 + [0])
 
 
 def test_llama_and_bert_graphs_run_without_reference_fallbacks(tmp_path):
