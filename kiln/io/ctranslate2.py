@@ -132,6 +132,7 @@ def read_model_bin(path: str | os.PathLike) -> tuple[str, int, int, dict[str, np
 def _dequantize(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """int8/int16 weights with a `<name>_scale` -> float32 (CTranslate2 stores round(w * scale))."""
     out = dict(variables)
+    done: dict[int, np.ndarray] = {}  # id of a quantized array -> its float32 values
     for name, scale in variables.items():
         if not name.endswith("_scale"):
             continue
@@ -142,9 +143,10 @@ def _dequantize(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scale = np.asarray(scale, np.float32)
         flat = w.reshape(w.shape[0], -1).astype(np.float32)
         flat = flat / (scale.reshape(-1, 1) if scale.ndim else scale)
-        out[base] = flat.reshape(w.shape)
+        done[id(w)] = flat.reshape(w.shape)
         del out[name]
-    return out
+    # an alias (e.g. decoder/projection/weight -> decoder/embeddings/weight) shares its target's array
+    return {k: done.get(id(a), a) for k, a in out.items()}
 
 
 def is_ctranslate2_dir(path: str | os.PathLike) -> bool:
