@@ -504,6 +504,13 @@ def _build_embedding(b: StepBinding):
     return run
 
 
+def _build_argmax(b: StepBinding):
+    out, axis, keepdims = b.out, b.attrs["axis"], b.attrs["keepdims"]
+    if b.types[0].dtype.name in _HALF:
+        return None
+    return lambda x: np.argmax(x, axis=axis, out=out, keepdims=keepdims)
+
+
 def _build_cache_write(b: StepBinding):
     """Writes only the new rows when the output is the cache itself (a state updated in place)."""
     from .kernels.layout import cache_rows
@@ -525,4 +532,5 @@ BUILDERS.update({
     "fused_linear": _build_linear, "rms_norm": _build_rms_norm, "layer_norm": _build_layer_norm,
     "softmax": _build_softmax, "attention": _build_attention, "rope": _build_rope, "reshape": _build_reshape,
     "concat": _build_concat, "embedding": _build_embedding, "cache_write": _build_cache_write,
+    "argmax": _build_argmax,
 })
