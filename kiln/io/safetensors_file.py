@@ -63,6 +63,9 @@ _TAG_OF_DTYPE: dict[np.dtype, str] = {dt: tag for tag, dt in SAFETENSORS_DTYPES.
 # The safetensors spec caps the header at 100 MB; a larger length means corruption,
 # and refusing it keeps a bad length from triggering a huge allocation.
 _MAX_HEADER_BYTES = 100_000_000
+# NumPy's limit on one array (zero-size ones included: the non-zero dimensions still count); the
+# library's own limit (a product overflowing 64 bits) is implied by it.
+_MAX_ARRAY_BYTES = 2**63 - 1
 
 
 class TensorInfo:
@@ -118,7 +121,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
 
     data_start = 8 + n
     data_size = size - data_start
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # null is "no metadata"; [] or "" are not (as the library)
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -133,7 +137,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
         if missing:
             raise CheckpointError(f"{where}: header entry lacks {missing}; found keys {sorted(entry)}")
         tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if tag not in SAFETENSORS_DTYPES:
+        if not isinstance(tag, str) or tag not in SAFETENSORS_DTYPES:
             raise CheckpointError(
                 f"{where}: unknown dtype {tag!r}; expected one of {sorted(SAFETENSORS_DTYPES)}"
             )
@@ -149,6 +153,10 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
                 f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, found {offsets!r}"
             )
         dtype = SAFETENSORS_DTYPES[tag]
+        if math.prod(d for d in shape if d) * dtype.itemsize > _MAX_ARRAY_BYTES:
+            raise CheckpointError(
+                f"{where}: shape {shape!r} ({tag}) is too large to represent: more than 2**63 - 1 bytes"
+            )
         begin, end = offsets
         expected = math.prod(shape) * dtype.itemsize
         if end - begin != expected:
