@@ -10,7 +10,8 @@ Measured, per model:
   token per row (at batch 8, ms per step); every peer runs the benchmark's own decode loop over a
   static KV cache (HF: transformers' StaticCache; torch.compile: `cudagraph_mark_step_begin()`
   before each compiled step and a clone of the chosen token, the recipe that works on torch 2.11);
-  kiln keeps its cache on the GPU (`TritonExecutor.run_device`) and replays one CUDA graph a step.
+  kiln runs its public API, `model.generate` (greedy: the KV cache stays on the GPU as graph
+  state, each step replays one CUDA graph and brings back only the chosen ids), e-graph on.
 - prefill latency for 512 tokens (batch 1, logits of the last position, KV cache written).
 - cold compile / warm-up time: kiln from graph build to kernels compiled and CUDA graphs captured,
   with empty kernel caches; torch.compile: the first calls until steady state.
@@ -86,114 +87,56 @@ def median(xs):
 
 # ---- kiln ---------------------------------------------------------------------------------------
 
-def compile_kiln(model, kind: str, *shape, last_only=False):
-    """The compiled graph through kiln.compile(device="cuda"); directly through the Triton backend
-    when kiln.compile does not route cuda yet."""
-    try:
-        return model.compiled(kind, *shape, last_only=last_only)
-    except NotImplementedError:
-        from kiln.backends.triton import TritonExecutor
-        from kiln.compile import compile_graph
-        from kiln.runtime.compiled_graph import CompiledGraph
-        g = model.graphs.prefill_graph(*shape, last_only=last_only) if kind == "prefill" \
-            else model.graphs.decode_graph(*shape)
-        plan, report = compile_graph(g, device="cuda", optimize=model.optimize)
-        cg = CompiledGraph(plan, TritonExecutor(plan), "cuda", report=report)
-        cg.load_params({k: v for k, v in model.params.items() if k in cg.param_types})
-        model._compiled[(kind, *shape, last_only)] = cg
-        return cg
-
-
 def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, res: dict, profile: bool):
+    """Through the public API only: kiln.load, CausalLM.warmup / generate."""
     import numpy as np
     import kiln
 
     t0 = time.perf_counter()
-    model = kiln.load(str(ckpt), device="cuda", dtype="bfloat16", optimize=False)
+    model = kiln.load(str(ckpt), device="cuda", dtype="bfloat16")
     res["kiln_load_s"] = time.perf_counter() - t0
     tokens = {}
+
+    def generate(ids, n):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, eos_token_id=[])
+        torch.cuda.synchronize()
+        return out, (time.perf_counter() - t) * 1e3
+
     for B in batches:
-        L = model.cache_length(prompt + new)
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, model.graphs.vocab_size, (B, prompt))
         t0 = time.perf_counter()
-        pre = compile_kiln(model, "prefill", B, prompt, last_only=True)
-        dec = compile_kiln(model, "decode", B, L)
-        pre.executor.warmup()
-        dec.executor.warmup()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        model.warmup(B, prompt, new, select="greedy")
+        generate(ids, 2)                      # kernels compiled, CUDA graphs captured
         res[f"kiln_compile_s_b{B}"] = time.perf_counter() - t0
-        res[f"kiln_stages_b{B}"] = {"prefill": pre.executor.stats()["stage_seconds"],
-                                    "decode": dec.executor.stats()["stage_seconds"]}
+        dec = model.compiled("decode", B, model.cache_length(prompt + new), select="greedy")
         st = dec.executor.stats()
-        for ex_name, ex in (("prefill", pre.executor), ("decode", dec.executor)):
-            for attr in ("compile_error", "graph_error"):
-                if getattr(ex, attr, None):
-                    res[f"kiln_{ex_name}_{attr}_b{B}"] = getattr(ex, attr)
-                    log(f"  kiln b{B} {ex_name} {attr}: {getattr(ex, attr)}")
         res[f"kiln_decode_launches_b{B}"] = st["launches"]
         res[f"kiln_decode_graph_b{B}"] = st["cuda_graph"]
+        res[f"kiln_optimized_b{B}"] = dec.report.optimized
         log(f"  kiln b{B}: compile {res[f'kiln_compile_s_b{B}']:.1f}s, decode launches {st['launches']} "
-            f"{st['by_archetype']}, fused {st['fused']}, fallbacks {st['fallbacks']}, cuda graph {st['cuda_graph']}")
-        rng = np.random.default_rng(0)
-        pex, dex = pre.executor, dec.executor
-        dev = pex.device
-        ids = torch.from_numpy(rng.integers(0, model.graphs.vocab_size, (B, prompt))).to(dev)
-        ones = torch.ones(B, prompt, dtype=torch.int64, device=dev)
-        pos = torch.arange(prompt, device=dev).expand(B, prompt).contiguous()
-
-        def run_prefill():
-            return pex.run_device({"input_ids": ids, "attention_mask": ones, "position_ids": pos})
-
-        def decode(steps: int) -> list:
-            out = run_prefill()
-            for name, buf in dex.inputs.items():
-                if name.startswith("past."):
-                    buf[:, :, :prompt].copy_(out[name.replace("past.", "present.")])
-            dex.inputs["attention_mask"].zero_()
-            dex.inputs["attention_mask"][:, :prompt] = 1
-            dex.inputs["position_ids"].fill_(prompt)
-            dex.inputs["cache_position"].fill_(prompt)
-            tok = out["logits"][:, -1].argmax(-1, keepdim=True)
-            chosen = [tok]
-            for i in range(steps):
-                dex.inputs["input_ids"].copy_(tok)
-                dex.inputs["attention_mask"][:, prompt + i] = 1
-                o = dex.run_device()
-                tok = o["logits"][:, -1].argmax(-1, keepdim=True)
-                chosen.append(tok)
-                dex.inputs["position_ids"].add_(1)
-                dex.inputs["cache_position"].add_(1)
-            return chosen
-
-        decode(4)
-        prefill_ms = median(cuda_ms(torch, run_prefill, 5))
-        total = median(cuda_ms(torch, lambda: decode(new), 3))
-        res[f"kiln_decode_ms_b{B}"] = (total - prefill_ms) / new
-        chosen = decode(new)
-        tokens[B] = torch.cat(chosen, 1).cpu().numpy()
-        log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step")
+            f"{st['by_archetype']}, fused {st['fused']}, fallbacks {st['fallbacks']}, cuda graph {st['cuda_graph']}, "
+            f"optimized {dec.report.optimized}")
+        one = median([generate(ids, 1)[1] for _ in range(5)])
+        full = []
+        for _ in range(3):
+            out, ms = generate(ids, new)
+            full.append(ms)
+        res[f"kiln_decode_ms_b{B}"] = (median(full) - one) / (new - 1)
+        tokens[B] = out[:, prompt:]
+        log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step (prefill+first token {one:.2f} ms)")
         if profile and B == batches[0]:
-            res["kiln_profile_b%d" % B] = profile_launches(torch, dex)
-        pre = dec = pex = dex = None   # free the arenas and graphs before the next shape
-        model._compiled.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    # prefill latency, 512 tokens
+            res["kiln_profile_b%d" % B] = profile_launches(torch, dec.executor)
+    # prefill latency, 512 tokens (generate of one token: the prefill graph and its argmax)
+    ids = np.random.default_rng(1).integers(0, model.graphs.vocab_size, (1, prefill))
     t0 = time.perf_counter()
-    pre = compile_kiln(model, "prefill", 1, prefill, last_only=True)
-    pre.executor.warmup()
+    model.warmup(1, prefill, 1, select="greedy")
+    generate(ids, 1)
     res["kiln_prefill_compile_s"] = time.perf_counter() - t0
-    rng = np.random.default_rng(1)
-    dev = pre.executor.device
-    feeds = {"input_ids": torch.from_numpy(rng.integers(0, model.graphs.vocab_size, (1, prefill))).to(dev),
-             "attention_mask": torch.ones(1, prefill, dtype=torch.int64, device=dev),
-             "position_ids": torch.arange(prefill, device=dev)[None].contiguous()}
-    pre.executor.run_device(feeds)
-    res["kiln_prefill_ms"] = median(cuda_ms(torch, lambda: pre.executor.run_device(feeds), 10))
+    res["kiln_prefill_ms"] = median([generate(ids, 1)[1] for _ in range(10)])
     log(f"  kiln prefill {prefill}: {res['kiln_prefill_ms']:.2f} ms (compile {res['kiln_prefill_compile_s']:.1f}s)")
-    if profile:
-        res["kiln_profile_prefill"] = profile_launches(torch, pre.executor)
     pre = model = None
     gc.collect()
     if torch.cuda.is_available():
