@@ -20,7 +20,7 @@ from kiln.io.errors import CheckpointError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
-from kiln.ir import Graph, as_dtype
+from kiln.ir import Graph
 from kiln.nn import MLP, Attention, Concat, Embedding, KeyTable, LayerNorm, Layout, Linear, Module, TransformerBlock
 from kiln.nn.mlp import HF_ACTIVATIONS
 from kiln.runtime.compiler import compile as compile_graph

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kiln.ir.ops.attention import allowed_positions
+
 
 def rms(x, w, eps, offset=False):
     y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
@@ -12,15 +14,10 @@ def rms(x, w, eps, offset=False):
 
 
 def allowed(sq, sk, causal, window):
-    """[Sq, Sk] bool, the last query aligned with the last key."""
-    i = torch.arange(sq)[:, None] + (sk - sq)
-    j = torch.arange(sk)[None, :]
-    ok = torch.ones(sq, sk, dtype=torch.bool)
-    if causal:
-        ok &= j <= i
-    if window is not None:
-        ok &= (i - j < window) if causal else ((i - j).abs() < window)
-    return ok
+    """[Sq, Sk] bool, the last query aligned with the last key: the attention op's own rule (tested against
+    torch in tests/ops), so these tests check the blocks' wiring and the caches' masks against it."""
+    ok = allowed_positions(sq, sk, causal, window)
+    return torch.ones(sq, sk, dtype=torch.bool) if ok is None else torch.from_numpy(ok)
 
 
 def sdpa(q, k, v, keep=None, scale=None, softcap=None):
