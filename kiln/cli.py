@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from kiln.cli_common import fail, user_error
 
-        message = user_error(exc)
+        message = user_error(exc, f"kiln {args.command}")
         if message is None:
             raise
         return fail(args.command, message)

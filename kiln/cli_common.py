@@ -89,13 +89,13 @@ def kind_of(ck) -> str:
 
 # ---- errors --------------------------------------------------------------------------------------
 
-def user_error(exc: BaseException) -> str | None:
+def user_error(exc: BaseException, command: str = "this command") -> str | None:
     """The one-line message for an error caused by the input (kiln's own errors, bad arguments,
     missing files, missing extras); None for anything else, which is a bug and keeps its traceback."""
     from kiln.errors import KilnError
     from kiln.extras import missing_extra_in
 
-    missing = missing_extra_in(exc)
+    missing = missing_extra_in(exc, command)
     if missing is not None:
         return str(missing)
     if isinstance(exc, (KilnError, ValueError, OSError, NotImplementedError)):

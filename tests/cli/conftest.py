@@ -25,4 +25,5 @@ def workdir(tmp_path_factory) -> Path:
     (d / "junk.wav").write_text("this is not audio\n")
     (d / "empty.wav").write_bytes(b"")
     (d / "graph.json").write_text("[]")
+    (d / "junk.gguf").write_bytes(b"GGUF but not really")
     return d

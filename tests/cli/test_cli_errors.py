@@ -39,6 +39,7 @@ CASES = [
     (["run", "llama"], ["--prompt", "'llama' language model"]),
     (["run", "llama", "clip.wav"], ["clip.wav", "speech models", "--prompt"]),
     (["run", "llama", "--prompt", "hi"], ["config.json", "hidden_size"]),
+    (["run", "junk.gguf", "--prompt", "hi"], ["junk.gguf"]),
     (["run", "whisper"], ["audio files"]),
     (["run", "whisper", "missing.wav"], ["'missing.wav'", "not found"]),
     (["run", "whisper", "junk.wav"], ["'junk.wav'", "cannot decode", "WAV"]),

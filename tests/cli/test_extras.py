@@ -74,6 +74,7 @@ def test_an_import_error_deep_down_becomes_the_extra_hint():
     ("sklearn", ["train", "digits", "--epochs", "1"], "train", "scikit-learn"),
     ("soundfile", ["run", "whisper", "a.wav"], "audio", "soundfile"),
     ("torch", ["run", "llama", "--prompt", "x", "--device", "cuda"], "gpu", "torch"),
+    ("gguf", ["run", "junk.gguf", "--prompt", "x"], "gguf", "gguf"),  # imported deep in the loader
 ])
 def test_a_command_without_its_extra_says_which_to_install(workdir, without, argv, extra, dist):
     res = run_kiln(*argv, cwd=workdir, without=(without,))
