@@ -146,6 +146,10 @@ def graph_from_dict(data: Any, source: str = "JSON graph") -> Graph:
         for ref in nd["inputs"]:
             _check_ref(ref, where)
 
+        allowed = {"input": set(), "parameter": set(), "constant": {"dtype", "shape", "data"}}.get(op)
+        if allowed is not None and set(attrs) - allowed:
+            raise GraphError(f"{where}: unexpected attrs {sorted(set(attrs) - allowed)} for a {op} node"
+                             + (f"; expected {sorted(allowed)}" if allowed else ""))
         try:
             if op in ("input", "parameter"):
                 if len(out_types) != 1:

@@ -104,6 +104,10 @@ def _two_outputs(d):
     _node(d, "softmax")["outputs"].append(dict(_node(d, "softmax")["outputs"][0], id=999))
 
 
+def _source_attrs(d):
+    _node(d, "input")["attrs"]["shape"] = [5]  # would be silently ignored: sources take their type from outputs
+
+
 def _bad_output_ref(d):
     d["outputs"]["y"] = "softmax"
 
@@ -120,6 +124,7 @@ def _bad_output_ref(d):
     (_dup_output_id, r"\(parameter 'w'\): output id %\d+ is already defined by an earlier node"),
     (_two_outputs, r"\(softmax\): stores 2 outputs, the op produces 1"),
     (_bad_output_ref, r"g\.json: output 'y' must be a value id, found 'softmax'"),
+    (_source_attrs, r"\(input 'x'\): unexpected attrs \['shape'\] for a input node"),
 ])
 def test_node_schema_names_file_and_node(saved, edit, pattern):
     path, data = saved
