@@ -148,7 +148,7 @@ def graph_from_dict(data: Any, source: str = "JSON graph") -> Graph:
 
         allowed = {"input": set(), "parameter": set(), "constant": {"dtype", "shape", "data"}}.get(op)
         if allowed is not None and set(attrs) - allowed:
-            raise GraphError(f"{where}: unexpected attrs {sorted(set(attrs) - allowed)} for a {op} node"
+            raise GraphError(f"{where}: unexpected attrs {sorted(set(attrs) - allowed)} for {op} nodes"
                              + (f"; expected {sorted(allowed)}" if allowed else ""))
         try:
             if op in ("input", "parameter"):

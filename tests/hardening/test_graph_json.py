@@ -124,7 +124,7 @@ def _bad_output_ref(d):
     (_dup_output_id, r"\(parameter 'w'\): output id %\d+ is already defined by an earlier node"),
     (_two_outputs, r"\(softmax\): stores 2 outputs, the op produces 1"),
     (_bad_output_ref, r"g\.json: output 'y' must be a value id, found 'softmax'"),
-    (_source_attrs, r"\(input 'x'\): unexpected attrs \['shape'\] for a input node"),
+    (_source_attrs, r"\(input 'x'\): unexpected attrs \['shape'\] for input nodes"),
 ])
 def test_node_schema_names_file_and_node(saved, edit, pattern):
     path, data = saved
