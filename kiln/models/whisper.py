@@ -97,18 +97,18 @@ class WhisperConfig:
 
 # ---- the network ----------------------------------------------------------------
 
-def _block(cfg: WhisperConfig, pre: str, heads: int, ffn: int, dt: str, layer: int, cross: bool):
-    """Pre-LN block: self-attention [, cross-attention over the encoder], GELU MLP."""
+def _block(cfg: WhisperConfig, pre: str, heads: int, ffn: int, dt: str, layer: int, decoder: bool):
+    """Pre-LN block: self-attention (causal in the decoder) [, cross-attention over the encoder], GELU MLP."""
     d, scale = cfg.d_model, (cfg.d_model // heads) ** -0.5
     return TransformerBlock(
         LayerNorm(f"{pre}.self_attn_layer_norm", d, LAYER_NORM_EPS, dtype=dt),
-        Attention(f"{pre}.self_attn", d, heads, qkv_bias=True, out_bias=True, scale=scale, layer=layer,
+        Attention(f"{pre}.self_attn", d, heads, qkv_bias=True, out_bias=True, causal=decoder, scale=scale, layer=layer,
                   names={"qkv": "qkv", "out": "out_proj"}, dtype=dt),
         LayerNorm(f"{pre}.final_layer_norm", d, LAYER_NORM_EPS, dtype=dt),
         MLP(pre, d, ffn, HF_ACTIVATIONS[cfg.activation_function], bias=True, names={"up": "fc1", "down": "fc2"},
             dtype=dt),
-        cross_norm=LayerNorm(f"{pre}.encoder_attn_layer_norm", d, LAYER_NORM_EPS, dtype=dt) if cross else None,
-        cross=CrossAttention(f"{pre}.encoder_attn", d, heads, kv_proj=False, scale=scale, dtype=dt) if cross else None)
+        cross_norm=LayerNorm(f"{pre}.encoder_attn_layer_norm", d, LAYER_NORM_EPS, dtype=dt) if decoder else None,
+        cross=CrossAttention(f"{pre}.encoder_attn", d, heads, kv_proj=False, scale=scale, dtype=dt) if decoder else None)
 
 
 class WhisperEncoder(Module):
@@ -123,7 +123,7 @@ class WhisperEncoder(Module):
         self.conv2 = Conv("encoder.conv2", d, d, 3, stride=2, padding=1, dtype=dt)
         self.positions = Embedding("encoder.embed_positions", cfg.max_source_positions, d, dtype=dt)
         self.layers = [_block(cfg, f"encoder.layers.{i}", cfg.encoder_attention_heads, cfg.encoder_ffn_dim, dt, i,
-                              cross=False) for i in range(cfg.encoder_layers)]
+                              decoder=False) for i in range(cfg.encoder_layers)]
         self.norm = LayerNorm("encoder.layer_norm", d, LAYER_NORM_EPS, dtype=dt)
         self.cross_kv = Linear("decoder.cross_kv", d, cfg.decoder_layers * 2 * d, bias=True,
                                parts=(d,) * (2 * cfg.decoder_layers), dtype=dt)
@@ -152,7 +152,7 @@ class WhisperDecoder(Module):
         self.embed = Embedding("decoder.embed_tokens", cfg.vocab_size, d, dtype=dt)
         self.positions = Embedding("decoder.embed_positions", cfg.max_target_positions, d, dtype=dt)
         self.layers = [_block(cfg, f"decoder.layers.{i}", cfg.decoder_attention_heads, cfg.decoder_ffn_dim, dt, i,
-                              cross=True) for i in range(cfg.decoder_layers)]
+                              decoder=True) for i in range(cfg.decoder_layers)]
         self.norm = LayerNorm("decoder.layer_norm", d, LAYER_NORM_EPS, dtype=dt)
         self.proj_out = None if cfg.tie_word_embeddings else Linear("proj_out", d, cfg.vocab_size, dtype=dt)
 

@@ -87,11 +87,11 @@ class Attention(Module):
         return q, k, v
 
     def attend(self, g: Graph, q: Value, k: Value, v: Value, mask: Value | None = None, *,
-               causal: bool | None = None, window: int | None | str = "own") -> Value:
-        """softmax(q k^T) v with this block's scale and softcap; causal and window default to its own."""
-        return g.attention(q, k, v, mask, causal=self.causal if causal is None else causal,
-                           window=self.window if window == "own" else window, softcap=self.softcap,
-                           scale=self.scale)
+               positional: bool = True) -> Value:
+        """softmax(q k^T) v with this block's scale and softcap, under `mask` and, when `positional`, the
+        block's causal and window rules (a cache that builds them into its mask passes positional=False)."""
+        return g.attention(q, k, v, mask, causal=self.causal and positional, window=self.window if positional else None,
+                           softcap=self.softcap, scale=self.scale)
 
 
 class CrossAttention(Module):

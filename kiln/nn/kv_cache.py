@@ -4,8 +4,8 @@ A cache object is passed to `Attention(..., cache=...)`; its `attend(g, attn, q,
 the block's fresh q/k/v [B, H, S, D] and returns the attention output. Every decoder family
 uses these, so the runtime's state names and masking rules (kiln.runtime.kv_cache) live here:
 
-* `PromptCache` (prefill): attends causally over the prompt's own k/v with its padding mask
-  (`attention_mask` [B, S]). With a cache length L it also declares the cache states
+* `PromptCache` (prefill): attends over the prompt's own k/v with its padding mask
+  (`attention_mask` [B, S]) and the block's causal and window rules. With a cache length L it also declares the cache states
   (`cache.mask` [B, L] int64, `cache.{i}.key/value` [B, Hkv, L, D]), writes the prompt's
   k/v at slot 0 and sets the mask to the attention mask padded with zeros to L.
 * `DecodeCache` (one token against the cache): input `cache_position` [1] (the slot),
@@ -13,8 +13,8 @@ uses these, so the runtime's state names and masking rules (kiln.runtime.kv_cach
   cache under the mask (real tokens at slots <= slot, within the block's sliding window).
 * `AppendCache` (Whisper's bucketed cache, kept outside the graph): inputs `self_k.{i}` /
   `self_v.{i}` [B, H, C, D] and `cache_mask` [1, 1, S, C + S] bool; attends over
-  concat(cache, new) and outputs only the new `new_k.{i}` / `new_v.{i}`. With C = 0 it
-  attends causally over the new tokens.
+  concat(cache, new) under that mask and outputs only the new `new_k.{i}` / `new_v.{i}`. With
+  C = 0 it attends over the new tokens with the block's own (causal) rule.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class PromptCache:
     def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
         if self.states is not None:
             self.states.write(g, attn.layer, k, v, self.start)
-        return attn.attend(g, q, k, v, self.keep, causal=True)
+        return attn.attend(g, q, k, v, self.keep)
 
 
 class DecodeCache:
@@ -85,7 +85,7 @@ class DecodeCache:
 
     def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
         k_all, v_all = self.states.write(g, attn.layer, k, v, self.slot)
-        return attn.attend(g, q, k_all, v_all, self.mask(g, attn.window), causal=False, window=None)
+        return attn.attend(g, q, k_all, v_all, self.mask(g, attn.window), positional=False)
 
 
 class AppendCache:
@@ -98,7 +98,7 @@ class AppendCache:
         g.output(f"new_k.{i}", k)
         g.output(f"new_v.{i}", v)
         if not self.cache:
-            return attn.attend(g, q, k, v, causal=True)
+            return attn.attend(g, q, k, v)
         k = g.concat([g.input(f"self_k.{i}", self.shape, self.dtype), k], axis=2)
         v = g.concat([g.input(f"self_v.{i}", self.shape, self.dtype), v], axis=2)
-        return attn.attend(g, q, k, v, self.mask, causal=False)
+        return attn.attend(g, q, k, v, self.mask, positional=False)

@@ -76,7 +76,7 @@ def test_prefill_then_decode_matches_attention_over_the_whole_sequence(window, r
 
 def test_append_cache_matches_attention_over_the_whole_sequence(rng):
     """Whisper's contract: the cache is fed back from the outputs `new_k`/`new_v`; the mask is the caller's."""
-    attn = Attention("a", DIM, NH, NKV, HD, layer=0)   # causality comes from the cache's mask
+    attn = Attention("a", DIM, NH, NKV, HD, causal=True, layer=0)  # with a cache, the caller's mask decides
     p = init_params(attn, rng)
     seq0, seq1 = 3, 2
     x = rng.standard_normal((B, seq0 + seq1, DIM)).astype(np.float32)
