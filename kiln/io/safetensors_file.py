@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from kiln.errors import KilnTypeError
 from kiln.io.errors import CheckpointError
 from kiln.files import open_regular, read_json_file, reject_duplicate_keys
 
@@ -298,13 +299,13 @@ def load_checkpoint_dir(directory: str | os.PathLike, filename: str = "model.saf
 def _prepare(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate names and dtypes; return C-contiguous little-endian arrays (values unchanged)."""
     if not isinstance(tensors, Mapping):
-        raise TypeError(f"tensors must be a mapping of name -> np.ndarray, found {type(tensors).__name__}")
+        raise KilnTypeError(f"tensors must be a mapping of name -> np.ndarray, found {type(tensors).__name__}")
     out = {}
     for name, arr in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
             raise CheckpointError(f"tensor name {name!r} is not allowed (must be a string other than '__metadata__')")
         if not isinstance(arr, np.ndarray):
-            raise TypeError(f"tensor '{name}': expected np.ndarray, found {type(arr).__name__}")
+            raise KilnTypeError(f"tensor '{name}': expected np.ndarray, found {type(arr).__name__}")
         dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         if dt not in _TAG_OF_DTYPE:
             raise CheckpointError(
