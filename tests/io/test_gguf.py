@@ -63,7 +63,8 @@ def write_gguf(path, arch="llama", quant=Q.Q8_0, extra=None, tensor_hook=None):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     for k, v in (extra or {}).items():
-        w.add_string(k, v) if isinstance(v, str) else w.add_uint32(k, v)
+        add = {str: w.add_string, list: w.add_array, bool: w.add_bool, float: w.add_float32}.get(type(v), w.add_uint32)
+        add(k, v)
     for name, t in model.state_dict().items():
         a = t.detach().numpy().astype(np.float32)
         if name == "model.embed_tokens.weight":
@@ -157,3 +158,28 @@ def test_unsupported_architecture_and_not_gguf(tmp_path):
     fake.write_bytes(b"NOPE" + bytes(100))
     with pytest.raises(GGUFError, match=r"fake\.gguf: not a GGUF file"):
         kiln.load(fake)
+
+
+# a SentencePiece-style ("llama") vocabulary: unk, bos, eos, the 256 byte tokens, then scored pieces
+SPM_PIECES = ["\u2581", "t", "h", "e", "a", "n", "d", "o", "s", "r", "i", "l", "w", "c", "\u2581t", "he", "\u2581the",
+              "an", "nd", "\u2581a", "\u2581and", "\u2581w", "or", "ld", "\u2581wor", "\u2581world", "\u2581s", "is",
+              "\u2581is", "re", "\u2581c", "at", "\u2581cat", "\u2581h", "el", "lo", "\u2581hel", "\u2581hello"]
+SPM_TOKENS = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + SPM_PIECES
+
+
+@pytest.mark.parametrize("with_merges", [False, True])
+def test_sentencepiece_vocabulary_matches_hf(tmp_path, with_merges):
+    extra = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": SPM_TOKENS,
+             "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(SPM_PIECES))],
+             "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(SPM_PIECES),
+             "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0}
+    if with_merges:
+        extra["tokenizer.ggml.merges"] = ["\u2581 t", "h e", "\u2581t he", "\u2581 a", "a n", "n d", "\u2581a nd"]
+    path = write_gguf(tmp_path / "spm.gguf", extra=extra)
+    tok = read_gguf(path).tokenizer()
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in ["hello world", "the cat is there", "  and Wörld 日本\n", "<s>the</s>", ""]:
+        assert tok.encode(text) == ref(text)["input_ids"], text
+        ids = tok.encode(text)
+        assert tok.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True), text
+    assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
