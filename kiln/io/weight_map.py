@@ -257,8 +257,16 @@ class WeightMap:
                 f"{self.source}: tensor '{key}' has shape {_fmt_shape(found)}, expected {_fmt_shape(expected)}"
             )
 
+    def _checkpoint_key(self, key: str) -> str:
+        """The tensor's name in the checkpoint file (through prefix-stripped views), for messages."""
+        m = self
+        while m._parent is not None:
+            key, m = m._parent_key[key], m._parent
+        return key
+
     def _convert(self, key: str, arr: np.ndarray, dtype) -> np.ndarray:
         """``arr`` as ``dtype`` (None: as stored), refusing cross-class casts, then the non-finite check."""
+        key = self._checkpoint_key(key)
         if dtype is None:
             out = arr
         else:

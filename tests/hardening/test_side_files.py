@@ -165,3 +165,15 @@ def test_every_loader_error_is_a_kiln_error(tmp_path):
         read_config(tmp_path)
     with pytest.raises(ValueError):  # and still the standard type it refines
         read_config(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_kiln_load_with_a_fifo_in_the_checkpoint(tiny_llama, tmp_path, name):
+    import kiln
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_llama[0], d)
+    os.unlink(d / name)
+    _fifo(d / name)
+    with time_limit(30, "kiln.load"):
+        with pytest.raises(KilnError, match=rf"{name}"):
+            kiln.load(d, optimize=False)

@@ -96,3 +96,54 @@ def test_nonfinite_policy_warn_allow_and_environment(monkeypatch):
         WeightMap({"w": a}, "src")
     with pytest.raises(KilnError, match=r"nonfinite must be one of"):
         WeightMap({"w": a}, "src", nonfinite="no")
+
+
+def _copy_with(tiny_llama, tmp_path, edit):
+    """A copy of the tiny checkpoint whose model.safetensors tensors were passed through `edit`."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    d, _ = tiny_llama
+    work = tmp_path / "ckpt"
+    shutil.copytree(d, work)
+    tensors = load_file(str(work / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
+    return work
+
+
+def test_kiln_load_refuses_integer_weights_naming_the_tensor(tiny_llama, tmp_path):
+    import kiln
+
+    def to_int(t):
+        t["model.layers.0.mlp.up_proj.weight"] = (t["model.layers.0.mlp.up_proj.weight"] * 100).astype(np.int32)
+
+    d = _copy_with(tiny_llama, tmp_path, to_int)
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\.up_proj\.weight' is stored as int32 "
+                                              r"\(integer\), expected a float tensor"):
+        kiln.load(d, optimize=False)
+
+
+def test_kiln_load_refuses_nonfinite_weights_unless_allowed(tiny_llama, tmp_path, monkeypatch):
+    import kiln
+
+    def poison(t):
+        t["model.norm.weight"] = t["model.norm.weight"].copy()
+        t["model.norm.weight"][3] = np.inf
+
+    d = _copy_with(tiny_llama, tmp_path, poison)
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.norm\.weight' \(float32, shape \(16,\)\) holds 1 "
+                                              r"non-finite values \(NaN/Inf\), first at index \(3,\)"):
+        kiln.load(d, optimize=False)
+    monkeypatch.setenv("KILN_NONFINITE_WEIGHTS", "allow")
+    kiln.load(d, optimize=False)  # the documented opt-out
+
+
+def test_errors_name_the_checkpoint_key_through_prefix_stripped_views():
+    wm = _wm(**{"model.norm.weight": np.array([np.nan], np.float32), "model.ids": np.ones(2, np.int64)})
+    view = wm.strip_prefix("model.")
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.norm\.weight' \(float32"):
+        view.take("norm.weight")
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.ids' is stored as int64"):
+        view.strip_prefix("nothing.").take("ids", dtype=np.float32)
