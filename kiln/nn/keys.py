@@ -177,7 +177,13 @@ def _take(w: WeightMap, src: Source, fields: dict[str, str], ps: ParamSpec) -> n
         return w.take_transposed(_fill(src.key, fields), shape=ps.shape, dtype=dt, axes=src.axes)
     if isinstance(src, OrMake):
         key = _fill(src.key, fields)
-        return w.take(key, shape=ps.shape, dtype=dt) if w.has(key) else np.asarray(src.make(ps.shape)).astype(dt)
+        if w.has(key):
+            return w.take(key, shape=ps.shape, dtype=dt)
+        made = np.asarray(src.make(ps.shape))
+        if made.shape != ps.shape:
+            raise CheckpointError(f"{w.source}: '{key}' is missing and its fallback made shape {made.shape}, "
+                                  f"expected {ps.shape}")
+        return made.astype(dt)
     if isinstance(src, Concat):
         ax = src.axis % len(ps.shape)
         sizes = ps.parts if ps.parts is not None and ax == 0 else None

@@ -61,7 +61,8 @@ class Module:
         if have is None:
             return g.parameter(name, spec.shape, spec.dtype)
         if have.shape != spec.shape or have.dtype.name != spec.dtype:
-            raise GraphError(f"parameter {name!r} exists as {have.type}, expected {spec.shape} {spec.dtype}")
+            raise GraphError(f"parameter {name!r} exists as {have.type}, expected "
+                             f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
         return have
 
     def __repr__(self) -> str:

@@ -111,3 +111,13 @@ def test_layers_order_and_limit_the_per_layer_parameters(rng):
         out = TABLE.load(WeightMap(ck, "ck"), Tiny(3).params(), layers=[2, 1])
     assert not any(k.startswith("blocks.0.") for k in out) and "blocks.2.attn.qkv_proj.weight" in out
     assert list(out)[-1].startswith("blocks.1.")
+
+
+def test_a_fallback_of_the_wrong_shape_is_an_error(rng):
+    ck = _checkpoint(rng)
+    del ck["final_norm.weight"]
+    keys = {**TABLE.layouts[0].keys, "norm.weight": OrMake("final_norm.weight", lambda shape: np.ones(3))}
+    table = KeyTable("tiny", Layout("hf", "head_t", keys=keys, ignore=("*.inv_freq",)))
+    with pytest.raises(CheckpointError, match=r"'final_norm.weight' is missing and its fallback made shape \(3,\), "
+                                              r"expected \(4,\)"):
+        table.load(WeightMap(ck, "ck"), Tiny().params())

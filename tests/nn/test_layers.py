@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kiln.ir import Graph
-from kiln.nn import Conv, Embedding, LayerNorm, Linear, RMSNorm
+from kiln.ir import Graph, GraphError
+from kiln.nn import Conv, Embedding, LayerNorm, Linear, Module, RMSNorm
 from nn_helpers import close, init_params, run, t
 
 
@@ -78,3 +78,22 @@ def test_conv_matches_torch(dims, rng):
     g.output("y", conv(g, g.input("x", x.shape)))
     fn = F.conv1d if dims == 1 else F.conv2d
     close(run(g, p, x=x)["y"], fn(t(x), t(p["c.weight"]), t(p["c.bias"]), stride=2, padding=1))
+
+
+def test_a_parameter_is_shared_by_name_and_must_keep_its_spec(rng):
+    a, b = Linear("w", 4, 3), Linear("w", 4, 2)
+    g = Graph()
+    x = g.input("x", (1, 4))
+    a(g, x)
+    a(g, x)
+    assert list(g.parameters) == ["w.weight"]
+    with pytest.raises(GraphError, match=r"parameter 'w.weight' exists as float32\[3, 4\], expected float32\[2, 4\]"):
+        b(g, x)
+
+    class Both(Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = [a, b]
+
+    with pytest.raises(GraphError, match="parameter 'w.weight' is declared twice with different specs"):
+        Both().params()
