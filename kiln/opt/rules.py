@@ -113,6 +113,10 @@ def _rw(name, group, lhs, rhs, when="", doc=""):
     return Rule(name, group, f"(rewrite {lhs} {rhs}{cond})", doc)
 
 
+# a value's dtype is a float type (integer matmuls stay matmuls: linear is float-only)
+_FLOAT_GUARD = " ".join(f'(!= (DT {{v}}) "{d}")' for d in ("int32", "int64", "uint8", "bool"))
+
+
 def _rule(name, group, query, actions, doc=""):
     return Rule(name, group, f"(rule ({query}) ({actions}))", doc)
 
@@ -244,8 +248,8 @@ FUSION = [
           "(= m (Add (LayerNorm e x w (NoneT)) b)) (= (Rank b) 1) (= (LastDim b) (LastDim x)) "
           f"{_same_shape('m', 'x')}",
           "(union m (LayerNorm e x w b))"),
-    # matmul family: linear, bias, epilogues, prologue, siblings
-    _rule("linear", "fusion", "(= m (MatMul false true x w)) (= (Rank w) 2)",
+    # matmul family: linear, bias, epilogues, prologue, siblings (linear and its fusions take floats)
+    _rule("linear", "fusion", "(= m (MatMul false true x w)) (= (Rank w) 2) " + _FLOAT_GUARD.format(v="x"),
           f"(union m {_lin(Q_NONE, Q_NONE, '0.0', 'false', 'x', 'w', NONE, NONE, NONE, NONE)})",
           doc="x @ W^T with a 2-d W -> linear"),
     _rule("linear_bias", "fusion",

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-import kiln
+from kiln.runtime.compiler import compile as compile_graph
 from kiln.ir import Graph
 
 from .loader import ArrayLoader
@@ -104,7 +104,7 @@ def train_digits(model: str = "mlp", epochs: int | None = None, *, batch_size: i
     step.init(init_params(train_graph, seed))
 
     test_graph = make(len(x_te))
-    evaluator = kiln.compile(test_graph)
+    evaluator = compile_graph(test_graph)
 
     def evaluate(params):
         evaluator.load_params(params)

@@ -11,9 +11,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-import kiln
+from kiln.runtime.compiler import compile as compile_graph
 from kiln.autodiff import grad, grad_name
-from kiln.ir import Graph, GraphError, Value
+from kiln.ir import Graph, GraphError, TensorType, Value
 
 from .optimizers import Optimizer
 
@@ -83,7 +83,7 @@ def build_step_graph(graph: Graph, optimizer: Optimizer, *, loss: str = "loss", 
     return g
 
 
-def build_apply_graph(param_types: Mapping[str, "kiln.TensorType"], optimizer: Optimizer,
+def build_apply_graph(param_types: Mapping[str, "TensorType"], optimizer: Optimizer,
                       clip_norm: float | None = None) -> Graph:
     """Clipping and update alone; gradients are inputs grad/<name> (for gradient accumulation)."""
     g = Graph("apply_update")
@@ -116,14 +116,14 @@ class TrainStep:
         self.trainable = _trainable(graph, trainable)
         self.param_types = {n: v.type for n, v in graph.parameters.items()}
         if accumulation == 1:
-            self._fused = kiln.compile(build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable,
+            self._fused = compile_graph(build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable,
                                                         clip_norm=clip_norm, metrics=metrics), device=device)
         else:
             g = grad(graph, self.trainable, loss)
             g.outputs = {k: v for k, v in g.outputs.items()
                          if k == loss or k in metrics or k.startswith("grad/")}
-            self._grads = kiln.compile(g, device=device)
-            self._apply = kiln.compile(build_apply_graph({n: self.param_types[n] for n in self.trainable},
+            self._grads = compile_graph(g, device=device)
+            self._apply = compile_graph(build_apply_graph({n: self.param_types[n] for n in self.trainable},
                                                          optimizer, clip_norm), device=device)
         self.params: dict[str, np.ndarray] = {}
         self.opt_state: dict[str, np.ndarray] = {}

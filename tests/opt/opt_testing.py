@@ -44,4 +44,7 @@ def run_compiled(graph, feeds: dict, optimize: bool = True):
     import kiln
     cg = kiln.compile(graph, optimize=optimize)
     cg.load_params({k: feeds[k] for k in graph.parameters})
-    return cg.run(**{k: feeds[k] for k in graph.inputs}), cg
+    for name in cg.state_types:                     # states: set before the run, read after it
+        cg.set_state(name, feeds[name])
+    out = cg.run(**{k: feeds[k] for k in graph.inputs if k not in cg.state_types})
+    return {**out, **{name: cg.get_state(name) for name in cg.state_types}}, cg

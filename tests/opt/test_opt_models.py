@@ -53,7 +53,8 @@ def _llama():
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    head_dim=8, tie_word_embeddings=True))
     graphs = LlamaGraphs(cfg)
-    return [graphs.prefill_graph(2, 5), graphs.decode_graph(2, 8)]
+    return [graphs.prefill_graph(2, 5), graphs.prefill_graph(2, 5, last_only=True, cache_len=8),
+            graphs.decode_graph(2, 8)]
 
 
 @pytest.mark.parametrize("family", [_bert, _whisper, _llama], ids=["bert", "whisper", "llama"])
@@ -66,3 +67,23 @@ def test_model_graphs_match_when_optimized(family):
         assert cg.report.nodes_after <= cg.report.nodes_before
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{graph.name}:{name}")
+
+
+def test_integer_matmul_is_optimized_without_falling_back():
+    """linear is float-only: the rule that forms it must not fire on an int64 matmul (it did, and the
+    optimizer fell back to the unoptimized graph with an OptimizationWarning)."""
+    import warnings
+
+    import kiln
+    from kiln.opt.optimizer import OptimizationWarning
+
+    g = kiln.Graph()
+    x, w = g.input("x", (3, 4), "int64"), g.parameter("w", (5, 4), "int64")
+    g.output("y", g.matmul(x, w, transpose_b=True) + g.scalar(1, "int64"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptimizationWarning)
+        cg = kiln.compile(g)
+    assert cg.report.optimized
+    cg.load_params({"w": np.arange(20, dtype=np.int64).reshape(5, 4)})
+    xs = np.arange(12, dtype=np.int64).reshape(3, 4)
+    np.testing.assert_array_equal(cg.run(x=xs)["y"], xs @ np.arange(20).reshape(5, 4).T + 1)
