@@ -6,9 +6,8 @@ and the first pattern that matches wins. A source is a checkpoint key (with the
 pattern's fields filled in) or an entry:
 
 * `Concat(k1, k2, ...)`: load-time fusion (Q/K/V, gate/up) along axis 0; each part is
-  shape-checked before concatenating, with the part sizes the block declares
-  (`ParamSpec.parts`; equal parts otherwise); a `Zeros()` part stands for a tensor the
-  checkpoint does not have (e.g. Whisper's bias-free K projection).
+  shape-checked with the part sizes the block declares (`ParamSpec.parts`); a `Zeros()`
+  part stands for a tensor the checkpoint does not have (Whisper's bias-free K projection).
 * `Transposed(k)`: a tensor stored transposed.
 * `OrMake(k, make)`: a tensor some exporters drop, rebuilt by `make(shape)` when missing.
 
@@ -41,24 +40,22 @@ class Zeros:
 
 @dataclass(frozen=True)
 class Concat:
-    """Parts concatenated along `axis`; with `each="j"` the parts repeat for j = 0, 1, ... until they
-    fill the parameter (e.g. every decoder layer's K and V in one matrix)."""
+    """Parts concatenated along axis 0, sized by the parameter's declared `parts`; with `each="j"` the
+    parts repeat for j = 0, 1, ... until they fill the parameter (e.g. every decoder layer's K and V)."""
 
     parts: tuple
-    axis: int = 0
     each: str | None = None
 
-    def __init__(self, *parts, axis: int = 0, each: str | None = None):
+    def __init__(self, *parts, each: str | None = None):
         object.__setattr__(self, "parts", parts)
-        object.__setattr__(self, "axis", axis)
         object.__setattr__(self, "each", each)
 
-    def expand(self, count: int | None, fields: dict[str, str]) -> list:
-        """The parts with fields filled in; `count` = the parameter's declared number of parts."""
+    def expand(self, count: int, fields: dict[str, str]) -> list:
+        """The parts with fields filled in, for a parameter declaring `count` parts."""
         if self.each is None:
             return [p if isinstance(p, Zeros) else p.format(**fields) for p in self.parts]
-        if count is None or count % len(self.parts):
-            raise CheckpointError(f"{self} needs a parameter declaring a multiple of {len(self.parts)} parts")
+        if count % len(self.parts):
+            raise CheckpointError(f"{self} repeats {len(self.parts)} parts, which do not fill {count} parts")
         return [p if isinstance(p, Zeros) else p.format(**fields, **{self.each: j})
                 for j in range(count // len(self.parts)) for p in self.parts]
 
@@ -127,7 +124,8 @@ class KeyTable:
             for prefix in layout.strip:
                 if weights.has(prefix + layout.marker):
                     return layout, weights.strip_prefix(prefix)
-        expected = " or ".join(f"{(l.strip[0] if l.strip else '') + l.marker!r} ({l.name})" for l in self.layouts)
+        expected = " or ".join(f"{(lay.strip[0] if lay.strip else '') + lay.marker!r} ({lay.name})"
+                               for lay in self.layouts)
         raise CheckpointError(f"{weights.source}: not a {self.family} checkpoint: expected {expected}; "
                               f"found keys such as {weights.keys()[:5]}")
 
@@ -185,21 +183,16 @@ def _take(w: WeightMap, src: Source, fields: dict[str, str], ps: ParamSpec) -> n
                                   f"expected {ps.shape}")
         return made.astype(dt)
     if isinstance(src, Concat):
-        ax = src.axis % len(ps.shape)
-        sizes = ps.parts if ps.parts is not None and ax == 0 else None
-        names = src.expand(len(sizes) if sizes else None, fields)
-        n = len(names)
-        if sizes is None:
-            if ps.shape[ax] % n:
-                raise CheckpointError(f"{w.source}: cannot split a parameter of shape {ps.shape} into {n} equal "
-                                      f"parts along axis {ax} for {src}")
-            sizes = (ps.shape[ax] // n,) * n
-        if len(sizes) != n:
-            raise CheckpointError(f"{w.source}: the table concatenates {n} tensors into a parameter of "
-                                  f"{len(sizes)} parts {sizes}")
+        if ps.parts is None:
+            raise CheckpointError(f"{w.source}: {src} fuses tensors into a parameter of shape {ps.shape} that "
+                                  f"declares no parts (ParamSpec.parts)")
+        names = src.expand(len(ps.parts), fields)
+        if len(names) != len(ps.parts):
+            raise CheckpointError(f"{w.source}: {src} has {len(names)} tensors for a parameter of "
+                                  f"{len(ps.parts)} parts {ps.parts}")
         parts = []
-        for part, size in zip(names, sizes):
-            shape = ps.shape[:ax] + (size,) + ps.shape[ax + 1:]
+        for part, size in zip(names, ps.parts):
+            shape = (size,) + ps.shape[1:]
             parts.append(np.zeros(shape, dt) if isinstance(part, Zeros) else w.take(part, shape=shape, dtype=dt))
-        return np.concatenate(parts, axis=ax)
+        return np.concatenate(parts, axis=0)
     raise TypeError(f"unknown checkpoint source {src!r}")

@@ -121,3 +121,14 @@ def test_a_fallback_of_the_wrong_shape_is_an_error(rng):
     with pytest.raises(CheckpointError, match=r"'final_norm.weight' is missing and its fallback made shape \(3,\), "
                                               r"expected \(4,\)"):
         table.load(WeightMap(ck, "ck"), Tiny().params())
+
+
+def test_a_fusion_must_match_the_declared_parts(rng):
+    ck = _checkpoint(rng)
+    keys = {**TABLE.layouts[0].keys, "blocks.{i}.mlp.gate_up_proj.weight": Concat("h.{i}.gate.weight")}
+    table = KeyTable("tiny", Layout("hf", "head_t", keys=keys))
+    with pytest.raises(CheckpointError, match=r"has 1 tensors for a parameter of 2 parts \(3, 3\)"):
+        table.load(WeightMap(ck, "ck"), Tiny().params())
+    keys = {**TABLE.layouts[0].keys, "head.weight": Concat("head_t")}
+    with pytest.raises(CheckpointError, match=r"fuses tensors into a parameter of shape \(5, 4\) that declares no parts"):
+        KeyTable("tiny", Layout("hf", "head_t", keys=keys)).load(WeightMap(ck, "ck"), Tiny().params())
