@@ -1,7 +1,8 @@
 """The `kiln` command line: run, embed, train, inspect.
 
-This module imports only argparse at the top; each subcommand imports its implementation
-when it runs, so `kiln --help` does not load NumPy, torch or egglog. Bad input (kiln's own
+At the top this module imports only argparse and kiln.cli_common (standard library only); each
+subcommand imports its implementation when it runs, so `kiln --help` does not load NumPy, torch
+or egglog (the `kiln` package itself is lazy). Bad input (kiln's own
 errors, bad arguments, missing files, missing extras) prints one `kiln CMD: error: ...` line and
 exits 2; `--debug` shows the traceback instead.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kiln.cli_common import DEVICES, DTYPES, check_choice, positive_float, positive_int, probability
+from kiln.cli_common import DEVICES, DTYPES, check_choice, fail, positive_float, positive_int, probability, user_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from kiln.cli_common import fail, user_error
-
         message = user_error(exc, f"kiln {args.command}")
         if message is None:
             raise
