@@ -41,6 +41,8 @@ def load_checkpoint(path) -> dict:
         step, meta = int(metadata["step"]), json.loads(metadata["meta"])
     except (KeyError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: training checkpoint metadata 'step'/'meta' missing or malformed: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: training checkpoint metadata 'meta' must be a JSON object, found {type(meta).__name__}")
     tensors = load_safetensors(path)
     params = {k[len(PARAM):]: np.array(v) for k, v in tensors.items() if k.startswith(PARAM)}
     opt = {k[len(OPT):]: np.array(v) for k, v in tensors.items() if k.startswith(OPT)}

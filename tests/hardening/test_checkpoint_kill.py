@@ -143,3 +143,19 @@ def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path
                       ("fsync", "dir", None)]
     assert load_checkpoint(path)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("metadata, pattern", [
+    ({"format": "kiln-train-checkpoint", "meta": "{}"}, r"metadata 'step'/'meta' missing or malformed: 'step'"),
+    ({"format": "kiln-train-checkpoint", "step": "x", "meta": "{}"}, r"'step'/'meta' missing or malformed"),
+    ({"format": "kiln-train-checkpoint", "step": "3", "meta": "{"}, r"'step'/'meta' missing or malformed"),
+    ({"format": "kiln-train-checkpoint", "step": "3", "meta": "[]"}, r"'meta' must be a JSON object, found list"),
+    ({"format": "pt"}, r"not a kiln training checkpoint"),
+])
+def test_malformed_training_checkpoint_metadata(tmp_path, metadata, pattern):
+    from kiln.errors import CheckpointError
+    from kiln.io.safetensors_file import save_safetensors
+
+    save_safetensors(tmp_path / "ck.safetensors", {"param/w": np.zeros(2, np.float32)}, metadata)
+    with pytest.raises(CheckpointError, match=r"ck\.safetensors: .*" + pattern):
+        load_checkpoint(tmp_path / "ck.safetensors")
