@@ -2,27 +2,19 @@
 
 Two kinds of static graphs, compiled per shape and cached:
 
-* the **encoder** for a batch size: two conv1d + GELU over the log-mel frames,
-  the checkpoint's position table (sinusoidal in every released model, stored as
-  a weight), pre-LN blocks with fused Q/K/V, a final LayerNorm; it also projects
-  the encoder output once into every decoder layer's cross-attention K/V (one
-  fused matmul for all layers), so decoding never recomputes them;
-* the **decoder** for (utterances, rows per utterance, new tokens, cache size):
-  token + learned position embeddings, pre-LN blocks of causal self-attention
-  over a static KV cache, cross-attention over the precomputed K/V and a GELU
-  MLP, then the output projection tied to the token embedding.
+* the **encoder** for a batch size: two conv1d + GELU over the log-mel frames, the
+  checkpoint's position table (sinusoidal in every released model), pre-LN blocks, a final
+  LayerNorm; it also projects its output once into every decoder layer's cross-attention
+  K/V (one fused matmul for all layers), so decoding never recomputes them;
+* the **decoder** for (utterances, rows per utterance, new tokens, cache size): token +
+  learned position embeddings, pre-LN blocks of causal self-attention over a bucketed cache
+  kept outside the graph (`kiln.nn.AppendCache`), cross-attention over the precomputed K/V
+  (beams of one utterance share it as extra query rows) and a GELU MLP, then the output
+  projection tied to the token embedding.
 
-The self-attention cache lives outside the graph as NumPy arrays
-``[rows, heads, capacity, head_dim]``: a step feeds the cache and a bool mask of
-its filled slots, the graph attends over ``concat(cache, new)`` and returns only
-the new K/V, which ``DecoderState`` writes into the cache. Capacities grow
-in a few fixed buckets so a short transcript does not attend over 448 slots.
-Beam hypotheses of one utterance share its cross K/V: the decoder folds the
-beams into the query axis of cross-attention instead of copying K/V per beam.
-
-This file is the network (config, blocks, checkpoint key table); the loaded model and its
-decoding sessions are in :mod:`kiln.models.whisper_runtime`, decoding (forced prompt, language
-detection, greedy / beam search, timestamps, long-form audio) in :mod:`kiln.models.whisper_decoding`.
+This file is the network and its checkpoint key table; the loaded model and its decoding
+sessions are in :mod:`kiln.models.whisper_runtime`, decoding (prompts, language detection,
+greedy / beam search, timestamps, long-form audio) in :mod:`kiln.models.whisper_decoding`.
 """
 
 from __future__ import annotations
@@ -45,7 +37,6 @@ from kiln.nn.mlp import HF_ACTIVATIONS, activation
 
 LAYER_NORM_EPS = 1e-5  # HF Whisper uses nn.LayerNorm's default
 CONV_STRIDE = 2  # conv1 stride 1 x conv2 stride 2: mel frames per encoder position
-MIN_CACHE = 32  # smallest self-attention cache capacity; doubles up to max_target_positions
 
 
 @dataclass(frozen=True)

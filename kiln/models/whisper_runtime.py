@@ -1,6 +1,11 @@
 """A loaded Whisper model: compiled encoder/decoder graphs per static shape, the encoder's output
 with the decoder's cross K/V, and a decoding session's bucketed self-attention cache.
 
+The self-attention cache lives outside the graph as NumPy arrays [rows, heads, capacity,
+head_dim]: a step feeds the cache and a bool mask of its filled slots, the graph attends over
+concat(cache, new) and returns only the new K/V, which `DecoderState` writes into the cache.
+Capacities grow in a few fixed buckets so a short transcript does not attend over 448 slots.
+
 The graphs and the checkpoint mapping are in :mod:`kiln.models.whisper`; decoding (prompts, searches,
 timestamps, long-form audio) in :mod:`kiln.models.whisper_decoding`.
 """
@@ -13,8 +18,11 @@ import numpy as np
 
 from kiln.io.tokenizer import Tokenizer
 from kiln.ir import as_dtype
-from kiln.models.whisper import MIN_CACHE, WhisperConfig, build_decoder_graph, build_encoder_graph
+from kiln.models.whisper import WhisperConfig, build_decoder_graph, build_encoder_graph
 from kiln.runtime.compiler import compile as compile_graph
+
+MIN_CACHE = 32  # smallest self-attention cache capacity; doubles up to max_target_positions
+
 
 @dataclass
 class EncoderOutput:
