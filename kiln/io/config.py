@@ -60,10 +60,9 @@ def config_get(cfg: Mapping[str, Any], *names: str, default: Any = _MISSING) -> 
     """
     if not names:
         raise TypeError("config_get needs at least one field name")
-    for name in names:
-        value = cfg.get(name)
-        if value is not None:
-            return value
+    name, value = _lookup(cfg, names)
+    if name is not None:
+        return value
     if default is not _MISSING:
         return default
     where = getattr(cfg, "path", "config")
@@ -91,10 +90,10 @@ def _json_type(value: Any) -> str:
             dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _range_text(lo: Any, hi: Any) -> str:
+def _range_text(lo: Any, hi: Any, lo_open: bool = False) -> str:
     if lo is not None and hi is not None:
-        return f"in [{lo}, {hi}]"
-    return f">= {lo}" if lo is not None else f"<= {hi}"
+        return f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    return f"{'>' if lo_open else '>='} {lo}" if lo is not None else f"<= {hi}"
 
 
 def config_int(cfg: Mapping[str, Any], *names: str, min: int | None = 1, max: int | None = None,
@@ -137,10 +136,7 @@ def config_float(cfg: Mapping[str, Any], *names: str, min: float | None = None, 
         raise ConfigError(f"{_where(cfg, name)} must be a finite number, found {value!r}")
     low = min is not None and (value <= min if min_exclusive else value < min)
     if low or (max is not None and value > max):
-        bound = f"> {min}" if min_exclusive and max is None else _range_text(min, max)
-        if min_exclusive and max is not None:
-            bound = f"in ({min}, {max}]"
-        raise ConfigError(f"{_where(cfg, name)} must be a number {bound}, found {value!r}")
+        raise ConfigError(f"{_where(cfg, name)} must be a number {_range_text(min, max, min_exclusive)}, found {value!r}")
     return value
 
 
