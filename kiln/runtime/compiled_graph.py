@@ -78,14 +78,20 @@ class CompiledGraph:
             self.executor.params_changed(self._params)
 
     def run(self, **inputs) -> dict[str, np.ndarray]:
+        return self.executor.run(self._bound(inputs), self._params)
+
+    def run_async(self, **inputs):
+        """Start a run; the returned handle's `wait()` gives `run`'s outputs. On the GPU the host is
+        free meanwhile (to launch the next step, say); on the CPU the run is done when this returns."""
+        return self.executor.run_async(self._bound(inputs), self._params)
+
+    def _bound(self, inputs: dict) -> dict[int, np.ndarray]:
         _check_names("input", inputs, self.plan.inputs, require_all=True)
-        missing = [n for n, (vid, _) in self.plan.params.items() if vid not in self._params]
-        if missing:
+        if len(self._params) != len(self.plan.params):
+            missing = [n for n, (vid, _) in self.plan.params.items() if vid not in self._params]
             raise InputError(f"parameters not loaded: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
                              f"call load_params first")
-        bound = {self.plan.inputs[n][0]: _checked("input", n, a, self.plan.inputs[n][1])
-                 for n, a in inputs.items()}
-        return self.executor.run(bound, self._params)
+        return {self.plan.inputs[n][0]: _checked("input", n, a, self.plan.inputs[n][1]) for n, a in inputs.items()}
 
     __call__ = run
 

@@ -11,8 +11,10 @@ from, in increasing priority: HF's defaults, the checkpoint's generation_config.
 
 The model is anything with `new_cache(batch, max_length)`, `prefill(ids, mask,
 positions, cache) -> [B, V]` and `decode(tokens, positions, cache) -> [B, V]`; a model
-with `device_greedy` also takes `greedy=True` there and returns the argmax ids [B]
-instead (used for plain greedy decoding, so logits never leave the device).
+with `device_greedy` also takes `prefill(..., greedy=True)` (argmax ids [B]) and offers
+`greedy_steps(cache, tokens, positions, unfinished, eos, pad)`, an iterator of each decode
+step's ids, for plain greedy decoding: logits never leave the device and steps overlap the
+host's work.
 """
 
 from __future__ import annotations
@@ -222,6 +224,7 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
     unfinished = np.ones(batch, bool)
     all_scores, all_logits = [], []
     last_pos = positions[:, -1]
+    steps = None  # on_device: the model's self-feeding greedy steps
     while True:
         if on_device:
             nxt = np.asarray(logits, np.int64)
@@ -243,7 +246,12 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
         if not unfinished.any() or ids.shape[1] >= max_length:
             break
         last_pos = last_pos + 1
-        logits = model.decode(nxt, last_pos, cache, **({"greedy": True} if on_device else {}))
+        if on_device:
+            if steps is None:
+                steps = model.greedy_steps(cache, nxt, last_pos, unfinished, eos, pad)
+            logits = next(steps)
+        else:
+            logits = model.decode(nxt, last_pos, cache)
     if streamer is not None:
         streamer.end()
     if return_dict_in_generate:

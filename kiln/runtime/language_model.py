@@ -20,7 +20,10 @@ Graph contract (names in kiln.runtime.kv_cache):
                    token's key/value written at the slot); attention over slots <= slot
                    that the mask marks (and the layer's sliding window)
 For greedy decoding the runtime appends `next_token` = argmax of the last logits [B]
-int64 and drops the logits output, so a step returns only the ids.
+int64 and drops the logits output, so a step returns only the ids; the greedy decode graph
+also feeds itself: its token, position and slot inputs become states that each step advances
+(with a per-row "unfinished" state when there are EOS ids), so consecutive steps need nothing
+from the host and run back to back while the host reads the previous step's ids.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class CausalLM:
         self.generation_config = generation_config or GenerationConfig()
         self.device, self.dtype, self.optimize, self.name = device, dtype, optimize, name
         self._compiled: dict[tuple, Any] = {}
-        self._cache_owner: dict[tuple, Any] = {}  # (batch, cache_len) -> the compiled graph owning the buffers
+        self._cache_buffers: dict[tuple, dict] = {}  # (batch, cache_len) -> state name -> the shared buffer
         self.compile_seconds = 0.0
 
     @property
@@ -94,15 +97,18 @@ class CausalLM:
                 g = self.graphs.decode_graph(*shape)
             else:
                 raise ValueError(f"unknown graph kind {kind!r}; expected 'forward', 'prefill' or 'decode'")
-            if select == "greedy":
+            if select != "logits":
                 _select_greedy(g)
+                if kind == "decode":
+                    _feed_itself(g, *select[1:])
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
-            if cg.state_types:
-                owner = self._cache_owner.setdefault((shape[0], shape[-1]), cg)
-                if owner is not cg:
-                    for name in cg.state_types:
-                        cg.bind_state(name, owner.state_buffer(name))
+            shared = self._cache_buffers.setdefault((shape[0], shape[-1]), {})
+            for name in cg.state_types:
+                if name in shared:
+                    cg.bind_state(name, shared[name])
+                else:
+                    shared[name] = cg.state_buffer(name)
             self._compiled[key] = cg
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
@@ -119,7 +125,8 @@ class CausalLM:
         for kind, shape in todo:
             if progress:
                 todo.set_postfix_str(f"{kind} batch {shape[0]} cache {cache_len}")
-            self.compiled(kind, *shape, last_only=kind == "prefill", select=select)
+            self.compiled(kind, *shape, last_only=kind == "prefill",
+                          select=("greedy", (), None) if select == "greedy" and kind == "decode" else select)
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
@@ -155,12 +162,38 @@ class CausalLM:
             input_ids=ids, attention_mask=np.asarray(mask, np.int64), position_ids=np.asarray(positions, np.int64))
         return out["next_token"] if greedy else out["logits"][:, -1]
 
+    def greedy_steps(self, cache: StaticKVCache, tokens: np.ndarray, positions: np.ndarray,
+                     unfinished: np.ndarray, eos: Sequence[int], pad: int | None):
+        """Greedy decode steps from `tokens` [B] at `positions` [B]: yields each step's ids [B]
+        (pad for finished rows, as `generate` appends them). Each step feeds itself on the device,
+        and the next step is launched before this one's ids are read, so the GPU never waits for the
+        host (a step past the last one wanted may run; its slot is simply unused)."""
+        b = tokens.shape[0]
+        eos = tuple(int(e) for e in eos)
+        cg = self.compiled("decode", b, cache.max_len, select=("greedy", eos, pad if eos else None))
+        cg.set_state("input_ids", np.asarray(tokens, np.int64).reshape(b, 1))
+        cg.set_state("position_ids", np.asarray(positions, np.int64).reshape(b, 1))
+        cg.set_state("cache_position", np.array([cache.length], np.int64))
+        if eos:
+            cg.set_state(UNFINISHED, np.asarray(unfinished, bool))
+        cache.next_slot()
+        pending = cg.run_async()
+        while True:
+            ahead = None
+            if cache.length < cache.max_len:
+                cache.next_slot()
+                ahead = cg.run_async()
+            yield pending.wait()["next_token"]
+            if ahead is None:
+                return
+            pending = ahead
+
     def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
                greedy: bool = False) -> np.ndarray:
         """Feed one token per row at the cache's next slot; return its logits [B, V] (greedy: ids [B])."""
         b = tokens.shape[0]
         slot = cache.next_slot()
-        select = "greedy" if greedy else "logits"
+        select = ("greedy", (), None) if greedy else "logits"
         out = self.compiled("decode", b, cache.max_len, select=select).run(
             input_ids=np.asarray(tokens, np.int64).reshape(b, 1),
             position_ids=np.asarray(positions, np.int64).reshape(b, 1),
@@ -258,6 +291,28 @@ class CausalLM:
     def _same_shape(name: str, a: np.ndarray, ids: np.ndarray) -> None:
         if a.shape != ids.shape:
             raise ValueError(f"{name} has shape {a.shape}, expected input_ids' shape {ids.shape}")
+
+
+UNFINISHED = "generate.unfinished"
+
+
+def _feed_itself(g: Graph, eos: tuple[int, ...], pad: int | None) -> None:
+    """Make a greedy decode graph's inputs states it advances: the token it picked (pad for rows that
+    finished, with `eos`) is the next step's input, positions and the cache slot move on by one."""
+    tok = g.outputs.pop("next_token")
+    ids, pos, slot = (g.inputs[n] for n in ("input_ids", "position_ids", "cache_position"))
+    b = tok.shape[0]
+    if eos:
+        unfinished = g.state(UNFINISHED, (b,), "bool")
+        tok = g.where(unfinished, tok, g.scalar(pad, "int64"))
+        hit = g.equal(tok, g.scalar(eos[0], "int64"))
+        for e in eos[1:]:
+            hit = g.logical_or(hit, g.equal(tok, g.scalar(e, "int64")))
+        g.assign(unfinished, g.logical_and(unfinished, g.logical_not(hit)))
+    g.output("next_token", tok)
+    g.assign(ids, g.reshape(tok, shape=[b, 1]))
+    g.assign(pos, pos + g.scalar(1, "int64"))
+    g.assign(slot, slot + g.scalar(1, "int64"))
 
 
 def _select_greedy(g: Graph) -> None:

@@ -120,8 +120,8 @@ def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
         ref, got = dec_ref.run(**feeds), dec.run(**feeds)
         assert_close(got, ref, floor=floor)
         tok = ref["logits"][:, -1].argmax(-1)
-    for name in dec.state_types:
-        assert_close({name: dec.get_state(name)}, {name: dec_ref.get_state(name)}, floor=floor)
+    for name in dec.state_types:   # bfloat16 caches: two layers of bfloat16 activations, rounded again
+        assert_close({name: dec.get_state(name)}, {name: dec_ref.get_state(name)}, floor=2 * floor)
     stats = dec.executor.stats()
     assert stats["fused"]["rope_qkv_cache"] == 2 and not stats["fallbacks"]   # rope(q, k) + both cache writes
     # per layer: qkv, o, gate_up, down (norms, residual adds and swiglu fused in); + the head

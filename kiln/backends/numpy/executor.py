@@ -149,6 +149,10 @@ class NumpyExecutor:
     # ---- running ------------------------------------------------------------------------------
     borrowed_outputs = True  # run(copy_outputs=False) is supported
 
+    def run_async(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> "DoneRun":
+        """`run`, done by the time it returns (the interface a GPU backend overlaps with the host)."""
+        return DoneRun(self.run(inputs, params))
+
     def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray],
             copy_outputs: bool = True) -> dict[str, np.ndarray]:
         """Outputs by name: copies, or with copy_outputs=False views of the arena that the next run overwrites."""
@@ -173,6 +177,14 @@ class NumpyExecutor:
         outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
         return {name: np.array(a, copy=True) for name, a in outs.items()} if copy_outputs else outs
 
+
+
+class DoneRun:
+    def __init__(self, outputs: dict):
+        self._outputs = outputs
+
+    def wait(self) -> dict[str, np.ndarray]:
+        return self._outputs
 
 
 def _resolve(inputs, known: dict, missing=0):

@@ -213,10 +213,13 @@ def _build_swiglu(b: StepBinding):
 
 
 def _build_where(b: StepBinding):
-    if not b.wide() or b.aliased(0) or b.aliased(1) or b.types[1].dtype != b.types[2].dtype \
-            or _dt(b.types[1]) != b.out.dtype:
+    if not b.wide() or b.aliased(0) or b.types[1].dtype != b.types[2].dtype or _dt(b.types[1]) != b.out.dtype:
         return None
     out, b_in_place = b.out, b.aliased(2)
+    if b.aliased(1):   # the output holds x already (in place): fill in y where cond is false
+        if b.types[1].shape != tuple(out.shape):
+            return None
+        return lambda cond, x, y: np.copyto(out, y, where=np.logical_not(cond))
     c_shape = (1,) * (out.ndim - len(b.types[0].shape)) + tuple(b.types[0].shape)
     varying = [i for i, n in enumerate(c_shape) if n != 1]
     if len(varying) == 1:

@@ -88,6 +88,13 @@ class TritonExecutor:
         buf = self.arenas[st.arena] if st.kind == "arena" else self._persistent[st.kind]
         return buf[st.offset: st.offset + st.nbytes].view(st.dtype)
 
+    def _pinned_outputs(self) -> list[dict[str, torch.Tensor]]:
+        """Two pinned host buffers per output: run k's copy lands in one while run k-1's is read."""
+        if self.device.type != "cuda":
+            return [{}, {}]
+        return [{n: torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True) for n, t in self.outputs.items()}
+                for _ in range(2)]
+
     def _bind_tensors(self) -> None:
         """Resolve every launch's operands to real tensors (again after a state is rebound)."""
         self._real: dict[int, torch.Tensor] = {}
@@ -95,6 +102,8 @@ class TritonExecutor:
         self.inputs = {name: self._tensor(op) for name, op in self.program.inputs.items()}
         self.outputs = {name: self._tensor(op) for name, op in self.program.outputs.items()}
         self._input_by_vid = {vid: self.inputs[name] for name, (vid, _) in self.plan.inputs.items()}
+        self._input_names = {vid: n for n, (vid, _) in self.plan.inputs.items()}
+        self._host_outputs, self._flip = self._pinned_outputs(), 0
         self._graph = None   # a captured CUDA graph holds the old addresses
 
     # ---- state -------------------------------------------------------------------------------
@@ -246,15 +255,28 @@ class TritonExecutor:
             raise IndexError(f"input {name!r}: token ids must be in [0, {bound}), got min {a.min()} max {a.max()}")
 
     def run(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._params_ready or any(self._param_ids.get(v) != id(a) for v, a in params.items()
-                                         if v in self.program.params):
-            self.params_changed(params)
-        names = {vid: n for n, (vid, _) in self.plan.inputs.items()}
+        return self.run_async(inputs, params).wait()
+
+    def run_async(self, inputs: dict[int, np.ndarray], params: dict[int, np.ndarray]) -> "PendingRun":
+        """Copy the inputs in, launch the step and queue the outputs' copies to pinned host memory,
+        without waiting: the host can prepare the next step while the GPU runs this one."""
+        if not self._params_ready:
+            self.params_changed(params)   # load_params already did, unless the weights were never bound
+        names = self._input_names
         for vid, arr in inputs.items():
-            self._check_ids(names[vid], np.asarray(arr))
-            copy_into(self._input_by_vid[vid], np.asarray(arr))
+            a = np.asarray(arr)
+            self._check_ids(names[vid], a)
+            copy_into(self._input_by_vid[vid], a)
         self._execute()
-        return {name: to_numpy(t) for name, t in self.outputs.items()}
+        if self.device.type != "cuda":
+            return PendingRun({name: to_numpy(t) for name, t in self.outputs.items()}, None)
+        self._flip ^= 1
+        host = self._host_outputs[self._flip]
+        for name, t in self.outputs.items():
+            host[name].copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return PendingRun(host, event)
 
     # ---- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -274,6 +296,19 @@ class TritonExecutor:
     def describe(self) -> str:
         """One line per launch: archetype and the ops it covers."""
         return "\n".join(f"{i:4d} {l.archetype:10s} {l.label}" for i, l in enumerate(self.program.launches))
+
+
+class PendingRun:
+    """The outputs of a launched run; `wait()` returns them as NumPy arrays once the GPU is done."""
+
+    def __init__(self, outputs: dict, event):
+        self._outputs, self._event = outputs, event
+
+    def wait(self) -> dict[str, np.ndarray]:
+        if self._event is None:
+            return self._outputs
+        self._event.synchronize()
+        return {name: to_numpy(t) for name, t in self._outputs.items()}
 
 
 def _launch_key(fn, args) -> tuple:
