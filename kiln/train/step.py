@@ -1,8 +1,13 @@
 """The training step: forward, backward, gradient clipping and the optimizer update compiled
-as one graph, plus the host-side state it reads and writes (parameters, optimizer state, step).
+as one graph, with the state it advances (parameters, optimizer state, step count).
+
+The trainable parameters and the optimizer state are states of the compiled step
+(`Graph.state`): they live where the backend lives (on the GPU for device="cuda") and are
+updated in place; a step sends its batch and returns only the loss, the metrics and the
+gradient norm. `params` / `opt_state` / `state_dict()` copy them to the host when asked.
 
 With gradient accumulation the step is two compiled graphs: one computes gradients of a
-micro-batch, the other (clipping + update) applies their mean.
+micro-batch, the other (clipping + update) applies their mean; those keep the state on the host.
 """
 
 from __future__ import annotations
@@ -93,6 +98,15 @@ def build_apply_graph(param_types: Mapping[str, "TensorType"], optimizer: Optimi
     return g
 
 
+def _updates_as_states(g: Graph, names: list[str]) -> None:
+    """Make parameters `names` (and their `new/<name>` outputs) states of the step graph."""
+    for node in g.nodes:
+        if node.op == "parameter" and node.name in names:
+            node.op = "input"
+    for name in names:
+        g.outputs[name] = g.outputs.pop(new_name(name))
+
+
 class TrainStep:
     """A compiled training step and the state it advances.
 
@@ -115,9 +129,12 @@ class TrainStep:
         self.accumulation, self.metrics = accumulation, tuple(metrics)
         self.trainable = _trainable(graph, trainable)
         self.param_types = {n: v.type for n, v in graph.parameters.items()}
+        self.state_names = [state_name(s, n) for n in self.trainable for s in optimizer.slots]
         if accumulation == 1:
-            self._fused = compile_graph(build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable,
-                                                        clip_norm=clip_norm, metrics=metrics), device=device)
+            g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
+                                 metrics=metrics)
+            _updates_as_states(g, self.trainable + self.state_names)
+            self._fused = compile_graph(g, device=device)
         else:
             g = grad(graph, self.trainable, loss)
             g.outputs = {k: v for k, v in g.outputs.items()
@@ -125,8 +142,9 @@ class TrainStep:
             self._grads = compile_graph(g, device=device)
             self._apply = compile_graph(build_apply_graph({n: self.param_types[n] for n in self.trainable},
                                                          optimizer, clip_norm), device=device)
-        self.params: dict[str, np.ndarray] = {}
-        self.opt_state: dict[str, np.ndarray] = {}
+        self._params: dict[str, np.ndarray] = {}     # the host copy (accumulation) or the frozen parameters
+        self._opt_state: dict[str, np.ndarray] = {}
+        self._ready = False
         self.step_count = 0
 
     # ---- state ------------------------------------------------------------------------
@@ -136,39 +154,63 @@ class TrainStep:
         extra = sorted(set(params) - set(self.param_types))
         if missing or extra:
             raise ValueError(f"init: parameters missing {missing}, unexpected {extra}")
-        self.params = {n: np.array(params[n], dtype=self.param_types[n].dtype.np_dtype, copy=True)
-                       for n in self.param_types}
+        arrays = {n: np.array(params[n], dtype=self.param_types[n].dtype.np_dtype, copy=True)
+                  for n in self.param_types}
         for n, t in self.param_types.items():
-            if self.params[n].shape != t.shape:
-                raise ValueError(f"init: parameter {n!r} has shape {self.params[n].shape}, expected {t.shape}")
-        self.opt_state = {state_name(s, n): np.zeros(self.param_types[n].shape, self.param_types[n].dtype.np_dtype)
-                          for n in self.trainable for s in self.optimizer.slots}
+            if arrays[n].shape != t.shape:
+                raise ValueError(f"init: parameter {n!r} has shape {arrays[n].shape}, expected {t.shape}")
+        zeros = {s: np.zeros(self.param_types[n].shape, self.param_types[n].dtype.np_dtype)
+                 for n in self.trainable for s in (state_name(x, n) for x in self.optimizer.slots)}
+        self._set(arrays, zeros)
         self.step_count = 0
+
+    def _set(self, params: Mapping[str, np.ndarray], opt_state: Mapping[str, np.ndarray]) -> None:
+        if self.accumulation == 1:
+            self._params = {n: a for n, a in params.items() if n not in self.trainable}
+            self._fused.load_params(self._params)
+            for name, a in {**{n: params[n] for n in self.trainable}, **opt_state}.items():
+                self._fused.set_state(name, a)
+        else:
+            self._params, self._opt_state = dict(params), dict(opt_state)
+        self._ready = True
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Every parameter, as host arrays (trained ones copied from where the step runs)."""
+        if self.accumulation != 1:
+            return self._params
+        return {n: self._fused.get_state(n) if n in self.trainable else self._params[n] for n in self.param_types}
+
+    @property
+    def opt_state(self) -> dict[str, np.ndarray]:
+        if self.accumulation != 1:
+            return self._opt_state
+        return {s: self._fused.get_state(s) for s in self.state_names} if self._ready else {}
 
     def state_dict(self) -> dict:
         return {"params": dict(self.params), "opt_state": dict(self.opt_state), "step": self.step_count}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.init(state["params"])
-        want = set(self.opt_state)
+        want = set(self.state_names)
         got = set(state["opt_state"])
         if want != got:
             raise ValueError(f"optimizer state names differ: missing {sorted(want - got)}, unexpected {sorted(got - want)}")
-        self.opt_state = {k: np.array(v, copy=True) for k, v in state["opt_state"].items()}
+        self._set(self.params, {k: np.array(v, copy=True) for k, v in state["opt_state"].items()})
         self.step_count = int(state["step"])
 
     # ---- running --------------------------------------------------------------------------
     def __call__(self, batch, lr: float) -> dict[str, float]:
-        if not self.params:
+        if not self._ready:
             raise RuntimeError("TrainStep: call init(params) (or load_state_dict) before stepping")
         micro = [batch] if isinstance(batch, Mapping) else list(batch)
         if len(micro) != self.accumulation:
             raise ValueError(f"expected {self.accumulation} micro-batch(es), got {len(micro)}")
         scalars = {"lr": np.float64(lr), "step": np.float64(self.step_count + 1)}
-        if self.accumulation == 1:
-            self._fused.load_params({**self.params, **self.opt_state})
+        if self.accumulation == 1:   # parameters and optimizer state are updated where the step runs
             out = self._fused.run(**micro[0], **scalars)
-            report = {k: float(out[k]) for k in (self.loss, *self.metrics, GRAD_NORM)}
+            self.step_count += 1
+            return {k: float(out[k]) for k in (self.loss, *self.metrics, GRAD_NORM)}
         else:
             self._grads.load_params(self.params)
             sums: dict[str, np.ndarray] = {}
@@ -183,8 +225,8 @@ class TrainStep:
             report = {m: float(sums[m]) / k for m in (self.loss, *self.metrics)}
             report[GRAD_NORM] = float(out[GRAD_NORM])
         for n in self.trainable:
-            self.params[n] = out[new_name(n)]
-        for s in self.opt_state:
-            self.opt_state[s] = out[new_name(s)]
+            self._params[n] = out[new_name(n)]
+        for s in self._opt_state:
+            self._opt_state[s] = out[new_name(s)]
         self.step_count += 1
         return report
