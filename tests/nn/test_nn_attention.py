@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kiln.ir import Graph
 from kiln.nn import Attention, CrossAttention, Rope, RopeConfig
 from nn_helpers import close, init_params, run, t
-from test_rope import _rotate
+from test_nn_rope import _rotate
 from torch_ref import allowed, heads, merge, rms, sdpa
 
 CASES = {  # heads, kv_heads, options

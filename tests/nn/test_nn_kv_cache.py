@@ -12,7 +12,7 @@ from kiln.nn import AppendCache, Attention, DecodeCache, PromptCache, Rope, Rope
 from kiln.runtime.compiler import compile
 from kiln.runtime.kv_cache import MASK, cache_name
 from nn_helpers import close, init_params, t
-from test_rope import _rotate
+from test_nn_rope import _rotate
 from torch_ref import allowed, heads, merge, sdpa
 
 DIM, NH, NKV, HD, B, S, STEPS, L = 12, 4, 2, 6, 2, 4, 3, 8
