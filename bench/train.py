@@ -9,11 +9,9 @@ read back by kiln's checkpoint loader) and train on the same batch.
 
 - kiln: the model graph from `kiln.models.llama` in bfloat16 whose parameters are float32
   masters cast to bfloat16 on use; `kiln.train.build_step_graph` adds the backward pass and
-  the fused AdamW update, and the whole step is one plan on the Triton backend. Parameters and
-  optimizer state stay on the GPU: they are the plan's state inputs (`TritonExecutor(state=...)`,
-  the mechanism a KV cache uses), each updated in place by its `new/...` output, so a step is one
-  CUDA-graph replay with no host transfer. (`TrainStep(device="cuda")` holds them on the host and
-  uploads them every step; the tests check it, this benchmark does not time it.)
+  the fused AdamW update, e-graph optimizer on, timed through the public API,
+  `TrainStep(device="cuda")`: parameters and optimizer state are states of the compiled step on
+  the GPU, updated in place; a step uploads its batch and brings back the loss and grad norm.
 - torch eager: HF `LlamaForCausalLM` in float32 under `torch.autocast(bfloat16)`,
   `torch.optim.AdamW(fused=True)`.
 - torch.compile: the same, with the forward + loss compiled by `torch.compile` (default mode;
@@ -124,77 +122,6 @@ def with_master_weights(g, master: str):
     return out
 
 
-def params_as_state(g):
-    """A copy of the step graph whose parameters (weights and optimizer state) are inputs, and the
-    state pairs `new/<name>` -> `<name>` that make the Triton executor update them in place."""
-    from kiln.autodiff.transform import copy_node
-    from kiln.ir import Graph
-    from kiln.train import new_name
-
-    out, env = Graph(g.name + "_device_state"), {}
-    for node in g.nodes:
-        if node.op == "parameter":
-            v = node.outputs[0]
-            env[v.id] = out.input(node.name, v.shape, v.dtype)
-        else:
-            copy_node(out, node, env)
-    out.outputs = {k: env[v.id] for k, v in g.outputs.items()}
-    pairs = {new_name(n): n for n in g.parameters}
-    missing = [o for o in pairs if o not in out.outputs]
-    if missing:
-        raise ValueError(f"step graph lacks the update outputs {missing[:5]}")
-    return out, pairs
-
-
-class KilnDeviceStep:
-    """One compiled training step whose parameters and optimizer state live on the device."""
-
-    def __init__(self, loss_graph, optimize: bool):
-        from kiln.backends.triton import TritonExecutor
-        from kiln.compile import compile_graph
-        from kiln.train import AdamW, build_step_graph
-
-        self.optimizer = AdamW(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-        step_graph = build_step_graph(loss_graph, self.optimizer, loss="loss")
-        self.param_names = list(loss_graph.parameters)
-        g, pairs = params_as_state(step_graph)
-        t = time.perf_counter()
-        self.plan, self.report = compile_graph(g, device="cuda", optimize=optimize)
-        self.plan_seconds = time.perf_counter() - t
-        self.ex = TritonExecutor(self.plan, state=pairs)
-        self.ex.params_changed({})      # no parameters: evaluates the constant-only load steps
-        self.steps = 0
-
-    def init(self, params: dict, batch: dict) -> None:
-        """Upload parameters and zero the optimizer state (state inputs, kept between runs); keep the
-        batch, lr and step counter as device tensors fed before every run (other inputs live in the
-        activation arena, whose bytes later launches reuse)."""
-        import numpy as np
-        import torch
-
-        from kiln.backends.triton.device import to_torch
-        from kiln.train import state_name
-
-        state = {n: params[n] for n in self.param_names}
-        for n in self.param_names:
-            for slot in self.optimizer.slots:
-                state[state_name(slot, n)] = np.zeros_like(params[n])
-        self.ex.feed(state)
-        dev = self.ex.device
-        self.feeds = {k: to_torch(np.asarray(v), dev) for k, v in batch.items()}
-        self.feeds["lr"] = torch.tensor(LR, dtype=torch.float64, device=dev)
-        self.feeds["step"] = torch.tensor(0.0, dtype=torch.float64, device=dev)
-        self.steps = 0
-
-    def __call__(self):
-        self.feeds["step"].add_(1.0)
-        self.steps += 1
-        return self.ex.run_device(self.feeds)
-
-    def param(self, name: str):
-        return self.ex.inputs[name]
-
-
 def bench_kiln(torch, args, ckpt: Path, batch: dict, res: dict) -> None:
     import numpy as np
 
@@ -205,36 +132,39 @@ def bench_kiln(torch, args, ckpt: Path, batch: dict, res: dict) -> None:
     cfg, _, filename = read_llama_config(ckpt)
     params = llama_params(WeightMap(load_checkpoint_dir(ckpt, filename=filename), source=str(ckpt)), cfg, "float32")
     feeds = {**batch, "labels": np.ascontiguousarray(batch["input_ids"][:, 1:])}
+    from kiln.train import AdamW, TrainStep
+
     t0 = time.perf_counter()
     loss_graph = kiln_loss_graph(cfg, args.batch, args.seq, args.precision)
-    step = KilnDeviceStep(loss_graph, optimize=args.optimize)
-    step.init(params, feeds)
+    step = TrainStep(loss_graph, AdamW(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD), device="cuda")
+    step.init(params)                                       # uploads once; the state stays on the GPU
     t_built = time.perf_counter()
-    losses = [float(step()["loss"])]                       # compiles every kernel, runs step 1 eagerly
+    losses = [step(feeds, lr=LR)["loss"]]                   # compiles every kernel, runs step 1 eagerly
     res["kiln_compile_s"] = time.perf_counter() - t0
     res["kiln_first_step_s"] = time.perf_counter() - t_built
     for _ in range(args.warmup - 1):                        # the second run captures the CUDA graph
-        losses.append(float(step()["loss"]))
-    st = step.ex.stats()
-    res["kiln_stages"] = {"plan_pipeline": step.report.stage_seconds, "executor": st["stage_seconds"],
-                          "plan_s": step.plan_seconds}
+        losses.append(step(feeds, lr=LR)["loss"])
+    ex, report = step._fused.executor, step._fused.report
+    st = ex.stats()
+    res["kiln_stages"] = {"plan_pipeline": report.stage_seconds, "executor": st["stage_seconds"]}
     res["kiln_launches"], res["kiln_by_archetype"] = st["launches"], st["by_archetype"]
     res["kiln_fallbacks"], res["kiln_cuda_graph"] = st["fallbacks"], st["cuda_graph"]
     res["kiln_arena_gib"] = st["arena_bytes"] / 2**30
+    res["kiln_optimized"] = report.optimized
     for attr in ("compile_error", "graph_error"):
-        if getattr(step.ex, attr, None):
-            res[f"kiln_{attr}"] = getattr(step.ex, attr)
-    log(f"  kiln: compile {res['kiln_compile_s']:.1f}s (plan {step.plan_seconds:.1f}s, first step "
-        f"{res['kiln_first_step_s']:.1f}s), {st['launches']} launches {st['by_archetype']}, fallbacks "
-        f"{st['fallbacks']}, cuda graph {st['cuda_graph']}, arena {res['kiln_arena_gib']:.2f} GiB")
-    res["kiln_ms"] = median(step_ms(torch, step, args.steps))
+        if getattr(ex, attr, None):
+            res[f"kiln_{attr}"] = getattr(ex, attr)
+    log(f"  kiln: compile {res['kiln_compile_s']:.1f}s (first step {res['kiln_first_step_s']:.1f}s), "
+        f"{st['launches']} launches {st['by_archetype']}, fallbacks {st['fallbacks']}, cuda graph {st['cuda_graph']}, "
+        f"arena {res['kiln_arena_gib']:.2f} GiB, optimized {report.optimized}")
+    res["kiln_ms"] = median(step_ms(torch, lambda: step(feeds, lr=LR), args.steps))
     res["kiln_losses"] = losses
     log(f"  kiln: {res['kiln_ms']:.2f} ms/step, losses {', '.join(f'{x:.5f}' for x in losses)}")
     if args.profile:
-        res["kiln_profile"] = profile_launches(torch, step.ex, step.feeds)
+        res["kiln_profile"] = profile_launches(torch, ex)
 
 
-def profile_launches(torch, ex, feeds: dict, reps: int = 3) -> list:
+def profile_launches(torch, ex, reps: int = 3) -> list:
     """Device time per launch label (events around every launch of an eager pass), top 15.
 
     Each pass is a training step: the batch is fed first (inputs live in the arena, whose bytes
@@ -243,7 +173,6 @@ def profile_launches(torch, ex, feeds: dict, reps: int = 3) -> list:
     times, counts = defaultdict(float), defaultdict(int)
     gpu = torch.cuda.is_available()
     for _ in range(reps):
-        ex.feed(feeds)
         evs = []
         for fn, fargs in ex.calls:
             if gpu:
@@ -364,7 +293,6 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per peer")
     ap.add_argument("--warmup", type=int, default=3, help="steps before timing (>= 2: kiln captures on the 2nd)")
     ap.add_argument("--peers", default="kiln,eager,compile")
-    ap.add_argument("--optimize", action="store_true", help="run kiln's e-graph optimizer (needs egglog)")
     ap.add_argument("--profile", action="store_true", help="kiln: device time per launch")
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
