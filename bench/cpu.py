@@ -297,6 +297,7 @@ def main(argv=None) -> int:
 
 
 # ---- real checkpoints (issue 16): SmolLM2 GGUF, Whisper tiny.en CTranslate2 ------------------------
+# Each peer runs in its own process (`isolated`), kiln in this one, at the same thread count.
 #
 #     python bench/cpu.py --only real [--threads 2] [--prompt 128] [--new-tokens 32] [--rounds 3] [--json out.json]
 #
@@ -308,6 +309,44 @@ def main(argv=None) -> int:
 # the same weights (kiln.io.ctranslate2's HF-keyed tensors), and by faster-whisper (CTranslate2, int8 and
 # float32 compute) on the same model.bin when it is installed.
 
+def isolated(fn, *a):
+    """fn(*a) in a fresh process: torch's OpenMP pool and kiln's OpenBLAS pool, each spinning after its
+    calls, would otherwise slow the other down (HF ran 3-7x slower in the same process as kiln here)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, a)
+
+
+def peer_smollm2(path: str, ids: np.ndarray, n: int, rounds: int, threads: int) -> dict:
+    """HF LlamaForCausalLM (eager) loading the GGUF file: prefill and decode seconds, greedy tokens."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    path = Path(path)
+    t = time.perf_counter()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                          attn_implementation="eager").eval()
+    out = {"load_s": time.perf_counter() - t, "prefill_s": [], "decode_s": [], "dynamic_decode_s": []}
+    p = ids.shape[1]
+
+    def prefill():
+        with torch.inference_mode():
+            cache = transformers.StaticCache(config=hf.config, max_cache_len=p + n)
+            hf(torch.from_numpy(ids), past_key_values=cache, use_cache=True, cache_position=torch.arange(p),
+               logits_to_keep=1)
+
+    with Threads(threads, torch):
+        prefill()
+        out["prefill_s"] = timed(prefill, rounds)
+        for _ in range(max(1, rounds // 2)):
+            times, out["tokens"] = torch_decode(hf, torch, transformers, ids, n, p + n)
+            out["decode_s"] += times[2:]
+            out["dynamic_decode_s"] += torch_decode_dynamic(hf, torch, ids, n)[2:]
+    return out
+
+
 def bench_smollm2_gguf(args, torch, transformers, res: dict) -> None:
     import kiln
     from kiln.models.registry import packaged_model_path
@@ -316,23 +355,12 @@ def bench_smollm2_gguf(args, torch, transformers, res: dict) -> None:
     t = time.perf_counter()
     model = kiln.load(path)
     res["smollm2_load_kiln_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                          attn_implementation="eager").eval()
-    res["smollm2_load_torch_s"] = time.perf_counter() - t
     p, n = args.prompt, args.new_tokens
     text = " ".join(WORDS[i % len(WORDS)] for i in range(4 * p))
     ids = np.asarray([model.tokenizer.encode(text)[:p]], dtype=np.int64)
-    cache_len = model.cache_length(p + n)
 
     def kiln_prefill():
         model.prefill(ids, np.ones_like(ids), np.arange(p)[None].copy(), model.new_cache(1, p + n))
-
-    def hf_prefill():
-        with torch.inference_mode():
-            cache = transformers.StaticCache(config=hf.config, max_cache_len=cache_len)
-            hf(torch.from_numpy(ids), past_key_values=cache, use_cache=True, cache_position=torch.arange(p),
-               logits_to_keep=1)
 
     t = time.perf_counter()
     kiln_prefill()
@@ -340,30 +368,25 @@ def bench_smollm2_gguf(args, torch, transformers, res: dict) -> None:
     res["smollm2_compile_s"] = time.perf_counter() - t
     for th in args.threads:
         with Threads(th, torch):
-            hf_prefill()
-            kp, tp, kd, td = [], [], [], []
-            for _ in range(args.rounds):
-                kp += timed(kiln_prefill, 1)
-                tp += timed(hf_prefill, 1)
-            tdd = []
+            kp = timed(kiln_prefill, args.rounds)
+            kd = []
             for _ in range(max(1, args.rounds // 2)):
                 k_times, k_tokens = kiln_decode(model, ids, n)
-                t_times, t_tokens = torch_decode(hf, torch, transformers, ids, n, cache_len)
                 kd += k_times[2:]
-                td += t_times[2:]
-                tdd += torch_decode_dynamic(hf, torch, ids, n)[2:]
-            same = sum(a == b for a, b in zip(k_tokens, t_tokens))
-            res[f"t{th}"] = r = dict(res.get(f"t{th}", {}), smollm2_kiln_prefill_tps=p / statistics.median(kp),
-                                     smollm2_torch_prefill_tps=p / statistics.median(tp),
-                                     smollm2_kiln_decode_tps=1 / statistics.median(kd),
-                                     smollm2_torch_decode_tps=1 / statistics.median(td),
-                                     smollm2_torch_dynamic_decode_tps=1 / statistics.median(tdd),
-                                     smollm2_greedy_equal=f"{same}/{len(k_tokens)}")
-            log(f"  smollm2 gguf threads={th}: prefill kiln {r['smollm2_kiln_prefill_tps']:.0f} tok/s, torch "
-                f"{r['smollm2_torch_prefill_tps']:.0f} tok/s; decode kiln {r['smollm2_kiln_decode_tps']:.1f} "
-                f"tok/s, torch {r['smollm2_torch_decode_tps']:.1f} tok/s (static cache), "
-                f"{r['smollm2_torch_dynamic_decode_tps']:.1f} tok/s (dynamic cache); greedy equal "
-                f"{r['smollm2_greedy_equal']}")
+        peer = isolated(peer_smollm2, str(path), ids, n, args.rounds, th)
+        res["smollm2_load_torch_s"] = peer["load_s"]
+        same = sum(a == b for a, b in zip(k_tokens, peer["tokens"]))
+        res[f"t{th}"] = r = dict(res.get(f"t{th}", {}), smollm2_kiln_prefill_tps=p / statistics.median(kp),
+                                 smollm2_torch_prefill_tps=p / statistics.median(peer["prefill_s"]),
+                                 smollm2_kiln_decode_tps=1 / statistics.median(kd),
+                                 smollm2_torch_decode_tps=1 / statistics.median(peer["decode_s"]),
+                                 smollm2_torch_dynamic_decode_tps=1 / statistics.median(peer["dynamic_decode_s"]),
+                                 smollm2_greedy_equal=f"{same}/{len(k_tokens)}")
+        log(f"  smollm2 gguf threads={th}: prefill kiln {r['smollm2_kiln_prefill_tps']:.0f} tok/s, torch "
+            f"{r['smollm2_torch_prefill_tps']:.0f} tok/s; decode kiln {r['smollm2_kiln_decode_tps']:.1f} "
+            f"tok/s, torch {r['smollm2_torch_decode_tps']:.1f} tok/s (static cache), "
+            f"{r['smollm2_torch_dynamic_decode_tps']:.1f} tok/s (dynamic cache); greedy equal "
+            f"{r['smollm2_greedy_equal']}")
 
 
 def torch_decode_dynamic(hf, torch, ids: np.ndarray, steps: int) -> list[float]:
@@ -396,57 +419,69 @@ def speech_clip(seconds: float = 30.0) -> np.ndarray:
     return np.pad(audio, (0, max(0, need - len(audio))))[:need].astype(np.float32)
 
 
+def peer_whisper(d: str, audio: np.ndarray, engine: str, rounds: int, threads: int) -> tuple[list[float], str]:
+    """Seconds per transcription of `audio` and the text: engine "torch" (HF eager from the same weights,
+    through kiln.io.ctranslate2's HF-keyed tensors) or "int8"/"float32" (faster-whisper's compute type)."""
+    import torch
+
+    if engine == "torch":
+        import transformers
+
+        from kiln.io.ctranslate2 import read_ctranslate2_dir, whisper_hf_checkpoint
+        from kiln.io.tokenizer import Tokenizer
+
+        transformers.logging.set_verbosity_error()
+        tok = Tokenizer.from_dir(d)
+        cfg, gen, tensors = whisper_hf_checkpoint(read_ctranslate2_dir(d), tok)
+        hf = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**cfg)).eval()
+        hf.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tensors.items()}, strict=False)
+        hf.tie_weights()
+        hf.generation_config = transformers.GenerationConfig(**{k: v for k, v in gen.items() if v is not None})
+        fe = transformers.WhisperFeatureExtractor(feature_size=cfg["num_mel_bins"])
+
+        def run():
+            with torch.inference_mode():
+                feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+                return tok.decode(hf.generate(feats)[0].tolist(), skip_special_tokens=True)
+    else:
+        from faster_whisper import WhisperModel as FasterWhisper
+
+        fw = FasterWhisper(d, device="cpu", compute_type=engine, cpu_threads=threads)
+
+        def run():
+            segs, _ = fw.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True,
+                                    condition_on_previous_text=False, vad_filter=False)
+            return "".join(s.text for s in segs)
+    with Threads(threads, torch):
+        text = run()
+        return timed(run, rounds), text
+
+
 def bench_whisper_ct2(args, torch, transformers, res: dict) -> None:
+    import importlib.util
+
     import kiln
-    from kiln.io.ctranslate2 import read_ctranslate2_dir, whisper_hf_checkpoint
     from kiln.models.registry import packaged_model_path
 
     d = packaged_model_path("whisper-tiny.en")
     model = kiln.load(d)
-    cfg, gen, tensors = whisper_hf_checkpoint(read_ctranslate2_dir(d), model.tokenizer)
-    hf = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**cfg)).eval()
-    hf.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tensors.items()}, strict=False)
-    hf.tie_weights()
-    hf.generation_config = transformers.GenerationConfig(**{k: v for k, v in gen.items() if v is not None})
-    fe = transformers.WhisperFeatureExtractor(feature_size=cfg["num_mel_bins"])
     audio = speech_clip(30.0)
-
-    def run_kiln():
-        return model.transcribe(audio, sampling_rate=16000)
-
-    def run_hf():
-        with torch.inference_mode():
-            feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
-            return model.tokenizer.decode(hf.generate(feats)[0].tolist(), skip_special_tokens=True)
-
-    runners = {"kiln": run_kiln, "torch": run_hf}
-    try:
-        from faster_whisper import WhisperModel as FasterWhisper
-    except ImportError:
+    engines = ["torch"]
+    if importlib.util.find_spec("faster_whisper") is None:
         log("  faster-whisper not installed: its rows are left out (pip install faster-whisper)")
     else:
-        for ct in ("int8", "float32"):
-            fw = FasterWhisper(str(d), device="cpu", compute_type=ct, cpu_threads=max(args.threads))
-
-            def run_fw(fw=fw):
-                segs, _ = fw.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True,
-                                        condition_on_previous_text=False, vad_filter=False)
-                return "".join(s.text for s in segs)
-            runners[f"faster-whisper {ct}"] = run_fw
+        engines += ["int8", "float32"]
     t = time.perf_counter()
-    texts = {"kiln": run_kiln()}
+    texts = {"kiln": model.transcribe(audio, sampling_rate=16000)}
     res["whisper_first_kiln_s"] = time.perf_counter() - t
     for th in args.threads:
         with Threads(th, torch):
-            times = {name: [] for name in runners}
-            for name, fn in runners.items():
-                texts[name] = fn()  # warm
-            for _ in range(args.rounds):
-                for name, fn in runners.items():
-                    times[name] += timed(fn, 1)
-            r = res.setdefault(f"t{th}", {})
-            r["whisper_s"] = {name: statistics.median(ts) for name, ts in times.items()}
-            log(f"  whisper tiny.en 30 s threads={th}: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["whisper_s"].items()))
+            secs = {"kiln": statistics.median(timed(lambda: model.transcribe(audio, sampling_rate=16000), args.rounds))}
+        for e in engines:
+            times, texts[e] = isolated(peer_whisper, str(d), audio, e, args.rounds, th)
+            secs["torch" if e == "torch" else f"faster-whisper {e}"] = statistics.median(times)
+        res.setdefault(f"t{th}", {})["whisper_s"] = secs
+        log(f"  whisper tiny.en 30 s threads={th}: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items()))
     res["whisper_texts"] = texts
     for name, text in texts.items():
         log(f"    {name}: {text.strip()[:100]!r}")
