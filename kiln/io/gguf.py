@@ -107,7 +107,8 @@ def _reader(path: Path):
     try:
         import gguf
     except ImportError:
-        raise GGUFError(f"{path}: reading GGUF files needs the 'gguf' package: pip install 'kiln[gguf]'") from None
+        raise GGUFError(f"{path}: reading GGUF files needs the 'gguf' package: pip install gguf "
+                        f"(from the checkout: pip install -e '.[gguf]')") from None
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(4)
