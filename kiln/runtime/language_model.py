@@ -83,6 +83,8 @@ class CausalLM:
         (batch, cache_len) read and write the KV-cache states; all graphs of one (batch,
         cache_len) share one set of cache buffers. select="greedy" returns `next_token` ids.
         """
+        if select == "greedy" and kind == "decode":
+            select = ("greedy", (), None)   # self-feeding, no EOS ids
         key = (kind, *shape, last_only, select)
         if key not in self._compiled:
             from .compiler import compile as compile_graph
@@ -125,8 +127,7 @@ class CausalLM:
         for kind, shape in todo:
             if progress:
                 todo.set_postfix_str(f"{kind} batch {shape[0]} cache {cache_len}")
-            self.compiled(kind, *shape, last_only=kind == "prefill",
-                          select=("greedy", (), None) if select == "greedy" and kind == "decode" else select)
+            self.compiled(kind, *shape, last_only=kind == "prefill", select=select)
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
