@@ -129,6 +129,14 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
             full.append(ms)
         res[f"kiln_decode_ms_b{B}"] = (median(full) - one) / (new - 1)
         tokens[B] = out[:, prompt:]
+        ex = dec.executor
+        res[f"kiln_decode_graph_b{B}"] = ex.stats()["cuda_graph"]
+        if getattr(ex, "graph_error", None) or getattr(ex, "compile_error", None):
+            log(f"  kiln b{B}: graph_error {getattr(ex, 'graph_error', None)} compile_error "
+                f"{getattr(ex, 'compile_error', None)}")
+        if ex._graph is not None:   # the device time of one step alone (replays back to back, no host work)
+            res[f"kiln_decode_replay_ms_b{B}"] = median(cuda_ms(torch, ex._graph.replay, 50))
+            log(f"  kiln b{B}: one decode step's CUDA graph alone {res[f'kiln_decode_replay_ms_b{B}']:.3f} ms")
         log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step (prefill+first token {one:.2f} ms)")
         if profile and B == batches[0]:
             res["kiln_profile_b%d" % B] = profile_launches(torch, dec.executor)
