@@ -8,15 +8,15 @@ configured from the checkpoint's `1_Pooling/config.json` and `modules.json`.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kiln.io.config import read_config
-from kiln.io.errors import CheckpointError
+from kiln.files import read_json_if_present
+from kiln.io.config import check_divisible, config_float, config_int, read_config
+from kiln.io.errors import CheckpointError, ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
@@ -46,15 +46,12 @@ class BertConfig:
         act = cfg.get("hidden_act", "gelu")
         if act not in HF_ACTIVATIONS:
             raise CheckpointError(f"BERT hidden_act {act!r} is not supported; expected one of {sorted(HF_ACTIVATIONS)}")
-        try:
-            c = cls(cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
-                    cfg["intermediate_size"], cfg.get("max_position_embeddings", 512), cfg.get("type_vocab_size", 2),
-                    cfg.get("layer_norm_eps", 1e-12), act)
-        except KeyError as e:
-            raise CheckpointError(f"BERT config.json lacks {e.args[0]!r}") from None
-        if c.hidden_size % c.num_attention_heads:
-            raise CheckpointError(f"BERT hidden_size {c.hidden_size} is not divisible by "
-                                  f"num_attention_heads {c.num_attention_heads}")
+        size = lambda name, **kw: config_int(cfg, name, max=1 << 24, **kw)  # noqa: E731
+        c = cls(size("vocab_size"), size("hidden_size"), size("num_hidden_layers"), size("num_attention_heads"),
+                size("intermediate_size"), size("max_position_embeddings", default=512),
+                size("type_vocab_size", default=2),
+                config_float(cfg, "layer_norm_eps", min=0.0, min_exclusive=True, default=1e-12), act)
+        check_divisible(cfg, "hidden_size", c.hidden_size, "num_attention_heads", c.num_attention_heads)
         return c
 
     @property
@@ -138,22 +135,29 @@ class Pooling:
 
     @classmethod
     def from_dir(cls, d: Path) -> "Pooling":
+        """From sentence-transformers' side files (each optional; one that exists must be a regular JSON file)."""
         mode, normalize, max_len = "mean", True, None
         pool_cfg = d / "1_Pooling" / "config.json"
-        if pool_cfg.exists():
-            pc = json.loads(pool_cfg.read_text())
+        pc = read_json_if_present(pool_cfg, "sentence-transformers pooling config", ConfigError)
+        if pc is not None:
             if pc.get("pooling_mode_cls_token"):
                 mode = "cls"
             elif pc.get("pooling_mode_mean_tokens"):
                 mode = "mean"
             else:
                 raise CheckpointError(f"{pool_cfg}: only mean and CLS pooling are supported, got {pc}")
-        modules = d / "modules.json"
-        if modules.exists():
-            normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-        sbert = d / "sentence_bert_config.json"
-        if sbert.exists():
-            max_len = json.loads(sbert.read_text()).get("max_seq_length")
+        modules = read_json_if_present(d / "modules.json", "sentence-transformers modules.json", ConfigError,
+                                       expect=list)
+        if modules is not None:
+            if not all(isinstance(m, dict) for m in modules):
+                raise ConfigError(f"{d / 'modules.json'}: expected a list of module objects, got {modules!r:.80}")
+            normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+        sbert = read_json_if_present(d / "sentence_bert_config.json", "sentence-transformers config", ConfigError)
+        if sbert is not None:
+            max_len = sbert.get("max_seq_length")
+            if max_len is not None and (type(max_len) is not int or max_len < 1):
+                raise ConfigError(f"{d / 'sentence_bert_config.json'}: max_seq_length must be a positive integer, "
+                                  f"got {max_len!r}")
         return cls(mode, normalize, max_len)
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kiln.io.config import config_get, read_config
+from kiln.io.config import check_divisible, config_bool, config_float, config_get, config_int, read_config
 from kiln.io.errors import ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
@@ -34,6 +34,8 @@ from kiln.runtime.language_model import CausalLM
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
+
+DIM_MAX = 1 << 24   # no real model has a size or head count near this; bigger values are config damage
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -73,11 +75,13 @@ class LlamaConfig:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"{where}: hidden_act {act!r} is not supported; the Llama family uses 'silu'")
-        hidden, heads = int(config_get(cfg, "hidden_size")), int(config_get(cfg, "num_attention_heads"))
-        kv_heads = int(config_get(cfg, "num_key_value_heads", default=heads))
-        layers = int(config_get(cfg, "num_hidden_layers"))
-        if heads % kv_heads:
-            raise ConfigError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        hidden, heads = config_int(cfg, "hidden_size", max=DIM_MAX), config_int(cfg, "num_attention_heads", max=DIM_MAX)
+        kv_heads = config_int(cfg, "num_key_value_heads", max=DIM_MAX, default=heads)
+        layers = config_int(cfg, "num_hidden_layers", max=DIM_MAX)
+        check_divisible(cfg, "num_attention_heads", heads, "num_key_value_heads", kv_heads)
+        if config_get(cfg, "head_dim", default=None) is None:
+            check_divisible(cfg, "hidden_size", hidden, "num_attention_heads", heads)
+        head_dim = config_int(cfg, "head_dim", max=DIM_MAX, default=hidden // heads)
         windows: tuple[int | None, ...] = ()
         if model_type == "mistral" and cfg.get("sliding_window") is not None:
             windows = (int(cfg["sliding_window"]),) * layers
@@ -90,17 +94,17 @@ class LlamaConfig:
             windows = tuple(int(cfg["sliding_window"]) if t == "sliding_attention" else None for t in types)
         bias = bool(cfg.get("attention_bias", False))
         return cls(
-            model_type=model_type, vocab_size=int(config_get(cfg, "vocab_size")), hidden_size=hidden,
-            intermediate_size=int(config_get(cfg, "intermediate_size")), num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=kv_heads,
-            head_dim=int(config_get(cfg, "head_dim", default=hidden // heads)),
-            rms_norm_eps=float(config_get(cfg, "rms_norm_eps", default=1e-6)), rope=RopeConfig.from_hf(cfg, where),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            model_type=model_type, vocab_size=config_int(cfg, "vocab_size", max=DIM_MAX), hidden_size=hidden,
+            intermediate_size=config_int(cfg, "intermediate_size", max=DIM_MAX), num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+            rms_norm_eps=config_float(cfg, "rms_norm_eps", min=0.0, min_exclusive=True, default=1e-6),
+            rope=RopeConfig.from_hf(cfg, where),
+            tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", default=False),
             qkv_bias=True if model_type == "qwen2" else bias and model_type != "mistral",
             o_bias=bias and model_type in ("llama", "qwen3"),
             mlp_bias=bool(cfg.get("mlp_bias", False)) and model_type == "llama",
             qk_norm=model_type == "qwen3", layer_windows=windows,
-            max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048))
+            max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1, default=2048))
 
     @classmethod
     def from_meta_params(cls, params: Mapping[str, Any], where: str = "params.json") -> "LlamaConfig":

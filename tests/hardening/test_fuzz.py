@@ -395,9 +395,6 @@ SIZE_FIELDS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
 bad_sizes = st.sampled_from([0, -1, -4, 2.5, 16.0, "16", True, None, [], {}, 10**30]) | json_values
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18, not in kiln.io: the Llama family's config parser "
-                   "(kiln/models/llama.py LlamaConfig.from_hf) does not validate sizes yet; it must call "
-                   "kiln.io.config.config_int/check_divisible (see docs/errors.md). Remove this mark when it does.")
 @fuzz_settings(60)
 @given(data=st.data())
 def test_fuzz_load_rejects_bad_size_fields_naming_them(tiny_llama, tmp_path, data):

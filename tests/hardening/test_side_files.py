@@ -191,9 +191,6 @@ def tiny_bert(tmp_path_factory):
     return d
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18, not in kiln.io: kiln/models/bert.py Pooling.from_dir reads "
-                   "1_Pooling/config.json, modules.json and sentence_bert_config.json with Path.exists() + "
-                   "json.loads(read_text()); it must call kiln.files.read_json_if_present. Remove this mark when it does.")
 @pytest.mark.parametrize("name, content", [("1_Pooling/config.json", None), ("1_Pooling/config.json", "{oops"),
                                            ("modules.json", "[1, 2]"), ("sentence_bert_config.json", "[]")])
 def test_sentence_transformers_side_files(tiny_bert, tmp_path, name, content):
