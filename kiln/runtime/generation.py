@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from kiln.errors import InputError
+
 from .logits_processors import apply_processors, build_processors, softmax
 
 # HF's `GenerationConfig._get_default_generation_params` for the settings kiln implements.
@@ -175,7 +177,7 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
     ids = _as_ids("input_ids", input_ids)
     batch, prompt_len = ids.shape
     if prompt_len == 0:
-        raise ValueError("input_ids is empty: generation needs at least one prompt token")
+        raise InputError("input_ids is empty: generation needs at least one prompt token")
     eos = config.eos_token_ids
     if attention_mask is not None:
         mask = _as_ids("attention_mask", attention_mask)
@@ -201,6 +203,10 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
     if max_length <= prompt_len:
         raise ValueError(f"nothing to generate: the prompt has {prompt_len} tokens and max_length is {max_length}; "
                          f"set max_new_tokens")
+    limit = getattr(model, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:   # as HF: a warning, the positions are computed anyway
+        warnings.warn(f"generating up to {max_length} tokens, past the model's max_position_embeddings ({limit}); "
+                      f"positions beyond it were not trained")
     pad = config.pad_token_id
     if pad is None and eos:
         pad = eos[0]

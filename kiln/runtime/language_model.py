@@ -33,6 +33,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from kiln.errors import InputError
 from kiln.ir import Graph
 
 from .generation import GenerationConfig, TextStreamer, generate
@@ -284,6 +285,12 @@ class CausalLM:
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"{name} must be an integer array [batch, seq], got shape {arr.shape} dtype {arr.dtype}")
         arr = arr.astype(np.int64, copy=False)
+        if arr.shape[1] == 0:
+            raise InputError(f"{name} is empty (shape {arr.shape}); a forward pass needs at least one token")
+        limit = self.max_position_embeddings
+        if limit is not None and arr.shape[1] > limit:
+            raise InputError(f"{name} has {arr.shape[1]} tokens, more than the model's max_position_embeddings "
+                             f"({limit})")
         if name == "input_ids" and arr.size and (arr.min() < 0 or arr.max() >= self.graphs.vocab_size):
             raise ValueError(f"input_ids must be in [0, {self.graphs.vocab_size}), got [{arr.min()}, {arr.max()}]")
         return arr
