@@ -353,7 +353,7 @@ def test_fuzz_config_readers(tmp_path, data):
 def _load_outcome(d):
     with time_limit(LIMIT_S, "kiln.load"):
         try:
-            return kiln.load(d, optimize=False)
+            return kiln.load(d)
         except KilnError as e:
             return e
 
@@ -361,7 +361,7 @@ def _load_outcome(d):
 @pytest.fixture(scope="module")
 def reference_model(tiny_llama):
     d, _ = tiny_llama
-    return kiln.load(d, optimize=False)
+    return kiln.load(d)
 
 
 def _checkpoint_copy(tiny_llama, tmp_path, text: str):

@@ -176,7 +176,7 @@ def test_kiln_load_with_a_fifo_in_the_checkpoint(tiny_llama, tmp_path, name):
     _fifo(d / name)
     with time_limit(30, "kiln.load"):
         with pytest.raises(KilnError, match=rf"{name}"):
-            kiln.load(d, optimize=False)
+            kiln.load(d)
 
 
 @pytest.fixture(scope="module")

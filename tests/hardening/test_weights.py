@@ -122,7 +122,7 @@ def test_kiln_load_refuses_integer_weights_naming_the_tensor(tiny_llama, tmp_pat
     d = _copy_with(tiny_llama, tmp_path, to_int)
     with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\.up_proj\.weight' is stored as int32 "
                                               r"\(integer\), expected a float tensor"):
-        kiln.load(d, optimize=False)
+        kiln.load(d)
 
 
 def test_kiln_load_refuses_nonfinite_weights_unless_allowed(tiny_llama, tmp_path, monkeypatch):
@@ -135,9 +135,9 @@ def test_kiln_load_refuses_nonfinite_weights_unless_allowed(tiny_llama, tmp_path
     d = _copy_with(tiny_llama, tmp_path, poison)
     with pytest.raises(CheckpointError, match=r"tensor 'model\.norm\.weight' \(float32, shape \(16,\)\) holds 1 "
                                               r"non-finite values \(NaN/Inf\), first at index \(3,\)"):
-        kiln.load(d, optimize=False)
+        kiln.load(d)
     monkeypatch.setenv("KILN_NONFINITE_WEIGHTS", "allow")
-    kiln.load(d, optimize=False)  # the documented opt-out
+    kiln.load(d)  # the documented opt-out
 
 
 def test_errors_name_the_checkpoint_key_through_prefix_stripped_views():

@@ -59,7 +59,7 @@ def test_converter_output_matches_hf(converted, quantization, tol):
     import torch
 
     model, dirs = converted
-    kiln_model = kiln.load(dirs[quantization], optimize=False)
+    kiln_model = kiln.load(dirs[quantization])
     feats = np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)
     ids = np.array([[50257, 50362, 314, 561]], dtype=np.int64)
     got = kiln_model(feats, decoder_input_ids=ids)["logits"]

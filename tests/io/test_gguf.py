@@ -100,7 +100,7 @@ def write_gguf(path, arch="llama", quant=Q.Q8_0, extra=None, tensor_hook=None):
 def test_logits_match_hf_loading_the_same_gguf(tmp_path, arch, quant):
     path = write_gguf(tmp_path / f"{arch}.gguf", arch, quant)
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
-    model = kiln.load(path, optimize=False)
+    model = kiln.load(path)
     ids = np.array([[1, 5, 9, 17, 33, 2, 60, 7]], dtype=np.int64)
     got = model(ids)
     with torch.no_grad():
