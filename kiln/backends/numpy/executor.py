@@ -175,7 +175,8 @@ class NumpyExecutor:
         for buf, vid in self._state_copies:
             np.copyto(buf, env[vid] if vid in env else self._known(vid))
         outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
-        return {name: np.array(a, copy=True) for name, a in outs.items()} if copy_outputs else outs
+        # C order: a view output (transposed heads, say) comes back as a plain array the next run takes as is
+        return {name: np.array(a, copy=True, order="C") for name, a in outs.items()} if copy_outputs else outs
 
 
 
