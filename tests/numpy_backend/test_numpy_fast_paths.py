@@ -143,18 +143,23 @@ def test_borrowed_outputs_are_arena_views_that_the_next_run_overwrites():
     np.testing.assert_array_equal(copied, 2 * np.tanh(one))     # a copy stays
 
 
+def _tiny_llama(path, max_positions: int):
+    """A 2-layer HF Llama saved to `path` and loaded by kiln."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=64, max_position_embeddings=max_positions)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    return kiln.load(path)
+
+
 def test_a_decode_step_writes_the_kv_cache_in_place(tmp_path):
     """The cache is graph state: each decode step writes one slot into the same buffers (buffer
     identity), and allocates nothing near the cache's size (tracemalloc)."""
     import tracemalloc
 
-    transformers = pytest.importorskip("transformers")
-    import torch
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=64, max_position_embeddings=2048)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
-    model = kiln.load(tmp_path)
+    model = _tiny_llama(tmp_path, max_positions=2048)
     cache = model.new_cache(1, 1024)
     model.prefill(np.array([[3, 5, 7]]), np.ones((1, 3), np.int64), np.array([[0, 1, 2]]), cache)
     dec = model.compiled("decode", 1, cache.max_len)
@@ -179,13 +184,7 @@ def test_a_decode_step_writes_the_kv_cache_in_place(tmp_path):
 
 
 def test_llama_and_bert_graphs_run_without_reference_fallbacks(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    import torch
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=64, max_position_embeddings=128)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
-    model = kiln.load(tmp_path)
+    model = _tiny_llama(tmp_path, max_positions=128)
     model.generate(np.array([[3, 5, 7]]), max_new_tokens=3)
     assert [cg.executor.reference_steps for cg in model._compiled.values()] == [{}, {}]
     from kiln.models.bert import BertConfig, build_bert_graph
