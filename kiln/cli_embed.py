@@ -42,7 +42,8 @@ def embed_main(args) -> int:
     model = loader_for("bert")(path, device=args.device, dtype=getattr(args, "dtype", "float32"))
     if model.tokenizer is None:
         raise ValueError(f"{path}: no tokenizer.json, so the sentences cannot be tokenized")
-    emb = encode_by_length(model, sentences, args.batch_size)
+    emb = model.encode(sentences, batch_size=args.batch_size,
+                       progress=len(sentences) > args.batch_size and sys.stderr.isatty())
 
     if out is not None:
         import numpy as np
@@ -71,20 +72,6 @@ def embed_main(args) -> int:
             head = ", ".join(f"{v:+.4f}" for v in e[:6])
             print(f"[{head}, ...]  {s}")
     return 0
-
-
-def encode_by_length(model, sentences: list[str], batch_size: int):
-    """model.encode over the sentences sorted longest first (fewer pad tokens per batch, as
-    sentence-transformers does); the rows come back in the input order."""
-    import numpy as np
-
-    _, mask = model.tokenizer.encode_batch(sentences, padding_side="right")
-    order = np.argsort(-mask.sum(axis=1), kind="stable")
-    emb = model.encode([sentences[i] for i in order], batch_size=batch_size,
-                       progress=len(sentences) > batch_size and sys.stderr.isatty())
-    restored = np.empty_like(emb)
-    restored[order] = emb
-    return restored
 
 
 def rank(emb) -> list[tuple[int, float]]:

@@ -203,26 +203,46 @@ class BertModel:
         return self._graph_for(*ids.shape).run(input_ids=ids, attention_mask=mask, token_type_ids=types)
 
     def encode(self, sentences: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Sentence embeddings [n, hidden] (pooled and, per the checkpoint, L2-normalized)."""
+        """Sentence embeddings [n, hidden] (pooled and, per the checkpoint, L2-normalized), in input order.
+
+        As sentence-transformers: longest sentences first, so a batch pads little. Batches are
+        padded to a bucket (rows and length rounded up to powers of two, length at least 8), so
+        a stream of varied inputs compiles a few graphs, not one per shape."""
         if self.tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer.json; call the model on input_ids instead")
         if isinstance(sentences, str):
             sentences = [sentences]
-        out = []
-        batches = range(0, len(sentences), batch_size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not sentences:
+            return np.zeros((0, self.config.hidden_size), np.float32)
+        ids, mask = self._truncate(*self.tokenizer.encode_batch(list(sentences), padding_side="right"))
+        limit = self._max_tokens()
+        room = _bucket(ids.shape[1], lo=8, hi=limit) - ids.shape[1]   # pad columns, so buckets span calls
+        ids = np.pad(ids, ((0, 0), (0, room)), constant_values=self.tokenizer.pad_token_id or 0)
+        mask = np.pad(mask, ((0, 0), (0, room)))
+        order = np.argsort(-mask.sum(axis=1), kind="stable")
+        out = np.empty((len(sentences), self.config.hidden_size), np.float32)
+        batches = range(0, len(order), batch_size)
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, desc="embedding", unit="batch")
         for start in batches:
-            chunk = list(sentences[start:start + batch_size])
-            ids, mask = self.tokenizer.encode_batch(chunk, padding_side="right")
-            ids, mask = self._truncate(ids, mask)
-            out.append(self.pooling(self(ids, mask)["last_hidden_state"], mask))
-        return np.concatenate(out) if out else np.zeros((0, self.config.hidden_size), np.float32)
+            rows = order[start:start + batch_size]
+            width = _bucket(int(mask[rows].sum(axis=1).max()), lo=8, hi=ids.shape[1])
+            pad_rows = _bucket(len(rows), lo=1, hi=batch_size) - len(rows)
+            take = np.concatenate([rows, np.repeat(rows[:1], pad_rows)])   # filler rows: copies, dropped below
+            b_ids, b_mask = ids[take, :width], mask[take, :width]
+            emb = self.pooling(self(b_ids, b_mask)["last_hidden_state"], b_mask)
+            out[rows] = emb[:len(rows)]
+        return out
+
+    def _max_tokens(self) -> int:
+        return min(self.pooling.max_seq_length or self.config.max_position_embeddings,
+                   self.config.max_position_embeddings)
 
     def _truncate(self, ids, mask):
-        limit = min(self.pooling.max_seq_length or self.config.max_position_embeddings,
-                    self.config.max_position_embeddings)
+        limit = self._max_tokens()
         if ids.shape[1] <= limit:
             return ids, mask
         warnings.warn(f"inputs of {ids.shape[1]} tokens truncated to the model's max_seq_length {limit} "
@@ -233,6 +253,12 @@ class BertModel:
             full = mask[:, -1] == 1
             ids[full, -1] = sep
         return ids, mask
+
+
+def _bucket(n: int, lo: int, hi: int) -> int:
+    """n rounded up to a power of two, at least lo, at most hi (when hi >= n)."""
+    b = max(lo, 1 << max(n - 1, 0).bit_length())
+    return max(n, min(b, hi))
 
 
 def _as_int64(name, a) -> np.ndarray:

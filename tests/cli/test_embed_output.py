@@ -1,4 +1,4 @@
-"""`kiln embed`: longest-first batching with the input order restored, --out .npy and --json."""
+"""`kiln embed`: ranking, --out .npy and --json in input order (encode's batching: tests/models/test_bert_encode.py)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,7 @@ import numpy as np
 import pytest
 from cli_helpers import run_kiln
 
-from kiln.cli_embed import encode_by_length, rank
-
-
-class _Tokenizer:
-    def encode_batch(self, texts, padding_side="right"):
-        n = [len(t.split()) for t in texts]
-        mask = np.zeros((len(texts), max(n)), np.int64)
-        for i, k in enumerate(n):
-            mask[i, :k] = 1
-        return mask.copy(), mask
-
-
-class _Model:
-    """Embeds a sentence as [word count, position in the list it was given]; records the batches."""
-
-    tokenizer = _Tokenizer()
-
-    def __init__(self):
-        self.seen = []
-
-    def encode(self, sentences, batch_size=32, progress=False):
-        self.seen = list(sentences)
-        return np.array([[len(s.split()), i] for i, s in enumerate(sentences)], np.float32)
-
-
-def test_sentences_are_encoded_longest_first_and_returned_in_input_order():
-    sentences = ["a b", "a b c d e", "a", "a b c d", "x y", "a b c"]
-    model = _Model()
-    emb = encode_by_length(model, sentences, batch_size=2)
-    assert [len(s.split()) for s in model.seen] == [5, 4, 3, 2, 2, 1]
-    assert model.seen[3:5] == ["a b", "x y"]  # ties keep the input order
-    assert emb[:, 0].tolist() == [2, 5, 1, 4, 2, 3]  # row i belongs to sentences[i]
+from kiln.cli_embed import rank
 
 
 def test_rank_is_by_cosine_similarity_to_the_first_row():
