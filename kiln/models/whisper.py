@@ -8,7 +8,7 @@ Two kinds of static graphs, compiled per shape and cached:
   K/V (one fused matmul for all layers), so decoding never recomputes them;
 * the **decoder** for (utterances, rows per utterance, new tokens, cache size): token +
   learned position embeddings, pre-LN blocks of causal self-attention over a bucketed cache
-  kept outside the graph (`kiln.nn.AppendCache`), cross-attention over the precomputed K/V
+  held as graph state (`kiln.nn.SlotCache`), cross-attention over the precomputed K/V
   (beams of one utterance share it as extra query rows) and a GELU MLP, then the output
   projection tied to the token embedding.
 
@@ -31,7 +31,7 @@ from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
-from kiln.nn import (MLP, AppendCache, Attention, Concat, Conv, CrossAttention, Embedding, KeyTable, LayerNorm,
+from kiln.nn import (MLP, Attention, Concat, Conv, CrossAttention, Embedding, KeyTable, LayerNorm, SlotCache,
                      Layout, Linear, Module, OrMake, TransformerBlock, Zeros, split_heads)
 from kiln.nn.mlp import HF_ACTIVATIONS, activation
 
@@ -173,10 +173,10 @@ def build_decoder_graph(cfg: WhisperConfig, batch: int, group: int, seq: int, ca
     """One decoder pass over `seq` new tokens for `batch` utterances x `group` hypotheses each.
 
     Inputs: ``input_ids`` [rows, seq] (rows = batch * group, utterance-major), ``positions`` [seq],
-    per layer ``cross_k.{i}`` / ``cross_v.{i}`` [batch, heads, 1500, head_dim] and, when
-    ``cache > 0``, ``self_k.{i}`` / ``self_v.{i}`` [rows, heads, cache, head_dim] with ``cache_mask``
-    [1, 1, seq, cache + seq] (True where a query may attend). Outputs: ``logits`` [rows, seq, vocab]
-    and the new self-attention K/V ``new_k.{i}`` / ``new_v.{i}`` [rows, heads, seq, head_dim].
+    ``cache_position`` [1] (the slot of the first new token) and per layer ``cross_k.{i}`` /
+    ``cross_v.{i}`` [batch, heads, 1500, head_dim]. States: the self-attention cache
+    ``cache.{i}.key`` / ``cache.{i}.value`` [rows, heads, cache, head_dim], where the new tokens'
+    K/V are written; token t attends to the slots up to its own. Output: ``logits`` [rows, seq, vocab].
     """
     dt = as_dtype(dtype).name
     nh, rows = cfg.decoder_attention_heads, batch * group
@@ -184,7 +184,7 @@ def build_decoder_graph(cfg: WhisperConfig, batch: int, group: int, seq: int, ca
     g = Graph(f"whisper_decoder_b{batch}_g{group}_s{seq}_c{cache}")
     ids = g.input("input_ids", (rows, seq), "int64")
     positions = g.input("positions", (seq,), "int64")
-    self_cache = AppendCache(g, rows, seq, cache, nh, hd, dt)
+    self_cache = SlotCache(g, rows, seq, cache, nh, hd, dt)
     kv_shape = (batch, nh, cfg.max_source_positions, hd)
     memory = [(g.input(f"cross_k.{i}", kv_shape, dt), g.input(f"cross_v.{i}", kv_shape, dt))
               for i in range(cfg.decoder_layers)]

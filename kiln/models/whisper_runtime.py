@@ -1,10 +1,12 @@
 """A loaded Whisper model: compiled encoder/decoder graphs per static shape, the encoder's output
-with the decoder's cross K/V, and a decoding session's bucketed self-attention cache.
+with the decoder's cross K/V, and a decoding session's self-attention cache.
 
-The self-attention cache lives outside the graph as NumPy arrays [rows, heads, capacity,
-head_dim]: a step feeds the cache and a bool mask of its filled slots, the graph attends over
-concat(cache, new) and returns only the new K/V, which `DecoderState` writes into the cache.
-Capacities grow in a few fixed buckets so a short transcript does not attend over 448 slots.
+The self-attention cache is state of the compiled decoder graphs ([rows, heads, capacity,
+head_dim] per layer; on the GPU for device="cuda"): a step writes its tokens' K/V in place at
+the next slots, and all decoder graphs of one (batch, group, capacity) share the buffers.
+Capacities grow in a few fixed buckets, so a short transcript does not attend over 448 slots;
+growing copies the filled slots into the next bucket's buffers, and beam search reorders rows
+in place, both where the buffers live.
 
 The graphs and the checkpoint mapping are in :mod:`kiln.models.whisper`; decoding (prompts, searches,
 timestamps, long-form audio) in :mod:`kiln.models.whisper_decoding`.
@@ -41,19 +43,15 @@ class EncoderOutput:
 
 
 class DecoderState:
-    """A decoding session: the cross K/V of `batch` utterances and a static self-attention
-    KV cache for `group` hypotheses per utterance (rows are utterance-major)."""
+    """A decoding session: the cross K/V of `batch` utterances and the self-attention cache (graph
+    state) for `group` hypotheses per utterance (rows are utterance-major). One session per
+    (batch, group) runs at a time: sessions share the model's cache buffers."""
 
     def __init__(self, model: WhisperModel, encoder_output: EncoderOutput, group: int = 1):
-        cfg = model.config
         self.model, self.enc, self.group = model, encoder_output, group
         self.rows = encoder_output.batch * group
         self.length = 0
         self.capacity = 0
-        nh = cfg.decoder_attention_heads
-        self._shape = (self.rows, nh, 0, cfg.d_model // nh)
-        self.k = [np.zeros(self._shape, model.np_dtype) for _ in range(cfg.decoder_layers)]
-        self.v = [np.zeros(self._shape, model.np_dtype) for _ in range(cfg.decoder_layers)]
 
     def step(self, input_ids) -> np.ndarray:
         """Feed tokens [rows, seq] at the next positions; returns logits [rows, seq, vocab]."""
@@ -68,23 +66,10 @@ class DecoderState:
                              f"{cfg.max_target_positions}")
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
             raise ValueError(f"decoder input_ids must be in [0, {cfg.vocab_size}), got [{ids.min()}, {ids.max()}]")
-        cache = self._reserve(start + seq) if start else 0  # the prefill attends over its own tokens only
-        run = self.model._decoder(self.enc.batch, self.group, seq, cache)
-        inputs = {"input_ids": ids.astype(np.int64, copy=False),
-                  "positions": np.arange(start, start + seq, dtype=np.int64), **self.enc.cross_kv}
-        if cache:
-            allowed = np.zeros((1, 1, seq, cache + seq), bool)
-            allowed[..., :start] = True
-            allowed[0, 0, :, cache:] = np.tril(np.ones((seq, seq), bool))
-            inputs["cache_mask"] = allowed
-            for i in range(cfg.decoder_layers):
-                inputs[f"self_k.{i}"], inputs[f"self_v.{i}"] = self.k[i], self.v[i]
-        out = run(**inputs)
-        if not start:
-            self._reserve(seq)
-        for i in range(cfg.decoder_layers):
-            self.k[i][:, :, start:start + seq] = out[f"new_k.{i}"]
-            self.v[i][:, :, start:start + seq] = out[f"new_v.{i}"]
+        self._reserve(start + seq)
+        run = self.model._decoder(self.enc.batch, self.group, seq, self.capacity)
+        out = run(input_ids=ids.astype(np.int64, copy=False), positions=np.arange(start, start + seq, dtype=np.int64),
+                  cache_position=np.array([start], np.int64), **self.enc.cross_kv)
         self.length = start + seq
         return out["logits"]
 
@@ -95,24 +80,24 @@ class DecoderState:
             raise ValueError(f"reorder needs {self.rows} row indices, got shape {idx.shape}")
         if np.any(idx // self.group != np.arange(self.rows) // self.group):
             raise ValueError("reorder may only move hypotheses within their own utterance")
-        self.k = [k[idx] for k in self.k]
-        self.v = [v[idx] for v in self.v]
+        holder = self.model._decoder(self.enc.batch, self.group, 1, self.capacity)
+        for name in holder.state_types:
+            holder.reorder_state(name, idx)
 
-    def _reserve(self, needed: int) -> int:
-        """Grow the cache to a bucket capacity >= needed (copying what it holds); returns the capacity."""
-        if needed > self.capacity:
-            cap = MIN_CACHE
-            while cap < needed:
-                cap *= 2
-            cap = max(needed, min(cap, self.model.config.max_target_positions))
-            rows, nh, _, hd = self._shape
-            grow = [np.zeros((rows, nh, cap, hd), self.model.np_dtype) for _ in range(2 * len(self.k))]
-            for i in range(len(self.k)):
-                grow[2 * i][:, :, :self.length] = self.k[i][:, :, :self.length]
-                grow[2 * i + 1][:, :, :self.length] = self.v[i][:, :, :self.length]
-            self.k, self.v = grow[0::2], grow[1::2]
-            self.capacity = cap
-        return self.capacity
+    def _reserve(self, needed: int) -> None:
+        """Move to a bucket capacity >= needed, copying the filled slots into its buffers."""
+        if needed <= self.capacity:
+            return
+        cap = MIN_CACHE
+        while cap < needed:
+            cap *= 2
+        cap = max(needed, min(cap, self.model.config.max_target_positions))
+        if self.length:
+            old = self.model._decoder(self.enc.batch, self.group, 1, self.capacity)
+            new = self.model._decoder(self.enc.batch, self.group, 1, cap)
+            for name in old.state_types:
+                new.state_buffer(name)[:, :, :self.length] = old.state_buffer(name)[:, :, :self.length]
+        self.capacity = cap
 
 
 class WhisperModel:
@@ -125,13 +110,20 @@ class WhisperModel:
         self.tokenizer, self.device, self.dtype, self.optimize = tokenizer, device, dtype, optimize
         self.np_dtype = as_dtype(dtype).np_dtype
         self._compiled: dict[tuple, object] = {}
+        self._cache_buffers: dict[tuple, dict] = {}   # (batch, group, capacity) -> state name -> buffer
 
     # -- compiled graphs, one per static shape
-    def _get(self, key: tuple, build):
+    def _get(self, key: tuple, build, shares: tuple | None = None):
         if key not in self._compiled:
             g = build()
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: self.params[k] for k in g.parameters})
+            shared = self._cache_buffers.setdefault(shares, {}) if shares is not None else {}
+            for name in cg.state_types:
+                if name in shared:
+                    cg.bind_state(name, shared[name])
+                else:
+                    shared[name] = cg.state_buffer(name)
             self._compiled[key] = cg
         return self._compiled[key]
 
@@ -140,7 +132,8 @@ class WhisperModel:
 
     def _decoder(self, batch: int, group: int, seq: int, cache: int):
         return self._get(("decoder", batch, group, seq, cache),
-                         lambda: build_decoder_graph(self.config, batch, group, seq, cache, self.dtype))
+                         lambda: build_decoder_graph(self.config, batch, group, seq, cache, self.dtype),
+                         shares=(batch, group, cache))
 
     # -- model API
     def encode(self, input_features) -> EncoderOutput:

@@ -11,10 +11,10 @@ uses these, so the runtime's state names and masking rules (kiln.runtime.kv_cach
 * `DecodeCache` (one token against the cache): input `cache_position` [1] (the slot),
   writes 1 into `cache.mask[:, slot]` and the new k/v at the slot, and attends over the
   cache under the mask (real tokens at slots <= slot, within the block's sliding window).
-* `AppendCache` (Whisper's bucketed cache, kept outside the graph): inputs `self_k.{i}` /
-  `self_v.{i}` [B, H, C, D] and `cache_mask` [1, 1, S, C + S] bool; attends over
-  concat(cache, new) under that mask and outputs only the new `new_k.{i}` / `new_v.{i}`. With
-  C = 0 it attends over the new tokens with the block's own (causal) rule.
+* `SlotCache` (rows that all hold the same number of tokens, like Whisper's hypotheses):
+  states `cache.{i}.key/value` [rows, H, L, D], input `cache_position` [1]; the S new tokens
+  are written at slots [p, p + S) and query t attends to slots <= p + t. One graph kind
+  serves the prompt and each later step; no mask state is needed.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from kiln.runtime.kv_cache import MASK, cache_name
 
 
 class _States:
-    """The cache states of one (batch, length): the slot mask and each layer's keys and values."""
+    """The cache states of one (batch, length): each layer's keys and values (and the slot mask)."""
 
-    def __init__(self, g: Graph, batch: int, length: int, kv_heads: int, head_dim: int, dtype: str):
+    def __init__(self, g: Graph, batch: int, length: int, kv_heads: int, head_dim: int, dtype: str,
+                 slot_mask: bool = True):
         self.shape, self.dtype = (batch, kv_heads, length, head_dim), dtype
-        self.mask = g.state(MASK, (batch, length), "int64")
+        self.mask = g.state(MASK, (batch, length), "int64") if slot_mask else None
 
     def write(self, g: Graph, layer: int, k: Value, v: Value, position: Value) -> tuple[Value, Value]:
         """Write k/v [B, Hkv, S, D] at slots [position, position + S); the whole updated cache."""
@@ -88,17 +89,16 @@ class DecodeCache:
         return attn.attend(g, q, k_all, v_all, self.mask(g, attn.window), positional=False)
 
 
-class AppendCache:
-    def __init__(self, g: Graph, rows: int, seq: int, cache: int, heads: int, head_dim: int, dtype: str):
-        self.cache, self.shape, self.dtype = cache, (rows, heads, cache, head_dim), dtype
-        self.mask = g.input("cache_mask", (1, 1, seq, cache + seq), "bool") if cache else None
+class SlotCache:
+    def __init__(self, g: Graph, rows: int, seq: int, length: int, heads: int, head_dim: int, dtype: str):
+        if not 1 <= seq <= length:
+            raise ValueError(f"{seq} new tokens do not fit a cache of {length} slots")
+        self.states = _States(g, rows, length, heads, head_dim, dtype, slot_mask=False)
+        self.position = g.input("cache_position", (1,), "int64")
+        slots = g.constant(np.arange(length, dtype=np.int64)[None, :], name="cache_slots")        # [1, L]
+        last = g.add(self.position, g.constant(np.arange(seq, dtype=np.int64)[:, None], name="cache_rows"))
+        self.mask = g.reshape(g.less_equal(slots, last), shape=[1, 1, seq, length])               # slot <= p + t
 
     def attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
-        i = attn.layer
-        g.output(f"new_k.{i}", k)
-        g.output(f"new_v.{i}", v)
-        if not self.cache:
-            return attn.attend(g, q, k, v)
-        k = g.concat([g.input(f"self_k.{i}", self.shape, self.dtype), k], axis=2)
-        v = g.concat([g.input(f"self_v.{i}", self.shape, self.dtype), v], axis=2)
-        return attn.attend(g, q, k, v, self.mask, positional=False)
+        k_all, v_all = self.states.write(g, attn.layer, k, v, self.position)
+        return attn.attend(g, q, k_all, v_all, self.mask, positional=False)

@@ -63,6 +63,16 @@ class CompiledGraph:
             raise InputError(f"state {name!r}: buffer has shape {tuple(buffer.shape)}, expected {t.shape}")
         self.executor.bind_state(name, buffer)
 
+    def reorder_state(self, name: str, rows) -> None:
+        """state[name] := state[name][rows] along its first axis, where the state lives (beam search)."""
+        t = self._state_type(name)
+        idx = np.asarray(rows)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx.size and (
+                idx.min() < 0 or idx.max() >= t.shape[0])) or idx.shape[0] != t.shape[0]:
+            raise InputError(f"state {name!r}: reorder needs {t.shape[0]} row indices in [0, {t.shape[0]}), "
+                             f"got {idx.dtype} {idx.shape}")
+        self.executor.reorder_state(name, idx.astype(np.int64))
+
     def _state_type(self, name: str) -> TensorType:
         if name not in self.plan.states:
             raise InputError(f"unknown state {name!r}; this graph's states are {sorted(self.plan.states)}")

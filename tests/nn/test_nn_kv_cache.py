@@ -1,6 +1,6 @@
 """The graph side of the KV cache: a prefill that fills the cache states, then decode steps that write one
 slot each, give what attention over the whole sequence gives (left padding, GQA, RoPE, sliding window);
-the bucketed AppendCache (Whisper) matches the same reference."""
+the SlotCache (Whisper) matches the same reference."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.ir import Graph
-from kiln.nn import AppendCache, Attention, DecodeCache, PromptCache, Rope, RopeConfig
+from kiln.nn import Attention, DecodeCache, PromptCache, Rope, RopeConfig, SlotCache
 from kiln.runtime.compiler import compile
 from kiln.runtime.kv_cache import MASK, cache_name
 from nn_helpers import close, init_params, t
@@ -74,27 +74,29 @@ def test_prefill_then_decode_matches_attention_over_the_whole_sequence(window, r
         assert decode.get_state(MASK)[:, slot].tolist() == [1, 1]
 
 
-def test_append_cache_matches_attention_over_the_whole_sequence(rng):
-    """Whisper's contract: the cache is fed back from the outputs `new_k`/`new_v`; the mask is the caller's."""
-    attn = Attention("a", DIM, NH, NKV, HD, causal=True, layer=0)  # with a cache, the caller's mask decides
+def test_slot_cache_matches_attention_over_the_whole_sequence(rng):
+    """Whisper's contract: a prompt of 3 tokens, then 2 more, written into shared cache states at
+    cache_position; each query sees the slots up to its own."""
+    attn = Attention("a", DIM, NH, NKV, HD, causal=True, layer=0)
     p = init_params(attn, rng)
-    seq0, seq1 = 3, 2
+    seq0, seq1, length = 3, 2, 8
     x = rng.standard_normal((B, seq0 + seq1, DIM)).astype(np.float32)
     wq, wk, wv = torch.split(t(p["a.qkv_proj.weight"]), list(attn.sizes))
     keep = torch.ones(seq0 + seq1, seq0 + seq1).tril().bool()
     o = sdpa(heads(F.linear(t(x), wq), NH), heads(F.linear(t(x), wk), NKV), heads(F.linear(t(x), wv), NKV), keep)
     want = F.linear(merge(o), t(p["a.o_proj.weight"]))
 
-    outs = []
-    for seq, cached in ((seq0, 0), (seq1, seq0)):
+    outs, first = [], None
+    for seq, start in ((seq0, 0), (seq1, seq0)):
         g = Graph()
-        cache = AppendCache(g, B, seq, cached, NKV, HD, "float32")
+        cache = SlotCache(g, B, seq, length, NKV, HD, "float32")
         g.output("y", attn(g, g.input("x", (B, seq, DIM)), cache=cache))
         cg = compile(g)
         cg.load_params(p)
-        feeds = {"x": x[:, cached:cached + seq]}
-        if cached:
-            feeds |= {"self_k.0": outs[0]["new_k.0"], "self_v.0": outs[0]["new_v.0"],
-                      "cache_mask": keep[cached:cached + seq][None, None].numpy()}
-        outs.append(cg.run(**feeds))
-    close(np.concatenate([o["y"] for o in outs], 1), want)
+        if first is None:
+            first = cg
+        else:
+            for name in cg.state_types:
+                cg.bind_state(name, first.state_buffer(name))
+        outs.append(cg.run(x=x[:, start:start + seq], cache_position=np.array([start]))["y"])
+    close(np.concatenate(outs, 1), want)

@@ -75,6 +75,10 @@ class NumpyExecutor:
     def set_state(self, name: str, value: np.ndarray) -> None:
         np.copyto(self.state[name], value)
 
+    def reorder_state(self, name: str, rows: np.ndarray) -> None:
+        buf = self.state[name]
+        buf[...] = buf[rows]
+
     def bind_state(self, name: str, array: np.ndarray) -> None:
         """Use `array` (shared with another compiled graph, say) as state `name`'s buffer from now on."""
         t = self.plan.states[name][2]

@@ -113,6 +113,10 @@ class TritonExecutor:
     def set_state(self, name: str, value: np.ndarray) -> None:
         copy_into(self.state[name], value)
 
+    def reorder_state(self, name: str, rows: np.ndarray) -> None:
+        buf = self.state[name]
+        buf.copy_(buf.index_select(0, torch.as_tensor(rows, device=buf.device)))
+
     def bind_state(self, name: str, buffer: torch.Tensor) -> None:
         """Use `buffer` (another compiled graph's state, say) as state `name` from now on."""
         cur = self.state[name]
