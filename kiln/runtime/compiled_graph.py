@@ -106,19 +106,11 @@ class CompiledGraph:
     __call__ = run
 
     def run_borrowed(self, **inputs) -> dict[str, np.ndarray]:
-        """As `run`, but the outputs may be views of the executor's buffers, valid until its next run.
-
-        Saves copying every output (a decode step's full KV cache); falls back to `run` on
-        backends that always copy.
-        """
+        """As `run`, but the outputs may be views of the executor's buffers, valid until its next run
+        (saves copying large outputs); falls back to `run` on backends that always copy."""
         if not getattr(self.executor, "borrowed_outputs", False):
             return self.run(**inputs)
-        _check_names("input", inputs, self.plan.inputs, require_all=True)
-        if any(vid not in self._params for vid, _ in self.plan.params.values()):
-            return self.run(**inputs)  # raises the error that names the missing parameters
-        bound = {self.plan.inputs[n][0]: _checked("input", n, a, self.plan.inputs[n][1])
-                 for n, a in inputs.items()}
-        return self.executor.run(bound, self._params, copy_outputs=False)
+        return self.executor.run(self._bound(inputs), self._params, copy_outputs=False)
 
 
 def _check_names(kind: str, given: Mapping, expected: Mapping, require_all: bool) -> None:

@@ -49,11 +49,3 @@ class StaticKVCache:
         self.length += 1
         return self.length - 1
 
-
-def past_name(layer: int, kind: str) -> str:
-    """Transitional: the old past/present graph I/O names (Whisper's decoder still uses them)."""
-    return f"past.{layer}.{kind}"
-
-
-def present_name(layer: int, kind: str) -> str:
-    return f"present.{layer}.{kind}"
