@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiln.io.config import read_config
+from kiln.io.config import check_divisible, config_bool, config_int, read_config
 from kiln.io.errors import CheckpointError
 from kiln.io.hub import resolve_model_path
 from kiln.io.safetensors_file import load_checkpoint_dir
@@ -65,19 +65,16 @@ class WhisperConfig:
         if act not in HF_ACTIVATIONS:
             raise CheckpointError(f"{where}: Whisper activation_function {act!r} is not supported; "
                                   f"expected one of {sorted(HF_ACTIVATIONS)}")
-        try:
-            c = cls(cfg["vocab_size"], cfg.get("num_mel_bins", 80), cfg["d_model"],
-                    cfg["encoder_layers"], cfg["encoder_attention_heads"], cfg["encoder_ffn_dim"],
-                    cfg["decoder_layers"], cfg["decoder_attention_heads"], cfg["decoder_ffn_dim"],
-                    cfg.get("max_source_positions", 1500), cfg.get("max_target_positions", 448), act,
-                    cfg.get("tie_word_embeddings", True), cfg.get("decoder_start_token_id"),
-                    cfg.get("eos_token_id"), cfg.get("pad_token_id"))
-        except KeyError as e:
-            raise CheckpointError(f"{where}: Whisper config lacks {e.args[0]!r}") from None
+        size = lambda name, **kw: config_int(cfg, name, max=1 << 24, **kw)  # noqa: E731
+        c = cls(size("vocab_size"), size("num_mel_bins", default=80), size("d_model"),
+                size("encoder_layers"), size("encoder_attention_heads"), size("encoder_ffn_dim"),
+                size("decoder_layers"), size("decoder_attention_heads"), size("decoder_ffn_dim"),
+                size("max_source_positions", default=1500), size("max_target_positions", default=448), act,
+                config_bool(cfg, "tie_word_embeddings", default=True),
+                config_int(cfg, "decoder_start_token_id", min=0, default=None),
+                cfg.get("eos_token_id"), config_int(cfg, "pad_token_id", min=0, default=None))
         for heads, what in ((c.encoder_attention_heads, "encoder"), (c.decoder_attention_heads, "decoder")):
-            if c.d_model % heads:
-                raise CheckpointError(f"{where}: d_model {c.d_model} is not divisible by "
-                                      f"{what}_attention_heads {heads}")
+            check_divisible(cfg, "d_model", c.d_model, f"{what}_attention_heads", heads)
         return c
 
     @property

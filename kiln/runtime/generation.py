@@ -20,7 +20,6 @@ host's work.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from kiln.errors import InputError
+from kiln.errors import ConfigError, InputError
+from kiln.files import read_json_if_present
 
 from .logits_processors import apply_processors, build_processors, softmax
 
@@ -68,13 +68,8 @@ class GenerationConfig:
     def from_dir(cls, directory, model_config: dict | None = None) -> "GenerationConfig":
         """generation_config.json of a checkpoint, else the special token ids of config.json (as HF)."""
         path = Path(directory) / "generation_config.json"
-        if path.is_file():
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path}: invalid JSON: {e}") from None
-            if not isinstance(raw, dict):
-                raise ValueError(f"{path}: expected a JSON object")
+        raw = read_json_if_present(path, "generation config", ConfigError)   # only a regular JSON object file
+        if raw is not None:
             active = {k: v for k, v in raw.items() if k in _INACTIVE and v != _INACTIVE[k]}
             if active:
                 warnings.warn(f"{path}: generation settings {active} are not supported by kiln and are ignored")

@@ -35,3 +35,18 @@ def test_generation_past_the_position_range_warns_as_hf(tiny):
     with pytest.warns(UserWarning, match="past the model's max_position_embeddings \\(12\\)"):
         out = tiny.generate(np.ones((1, 10), np.int64), max_new_tokens=4, eos_token_id=[])
     assert out.shape == (1, 14)
+
+
+def test_a_generation_config_that_is_not_a_json_object_file_names_it(tmp_path):
+    import os
+
+    from kiln.errors import ConfigError
+    from kiln.runtime.generation import GenerationConfig
+
+    (tmp_path / "generation_config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="generation_config.json"):
+        GenerationConfig.from_dir(tmp_path)
+    os.remove(tmp_path / "generation_config.json")
+    os.mkfifo(tmp_path / "generation_config.json")       # a named pipe: refused, never waited on
+    with pytest.raises(ConfigError, match="generation_config.json"):
+        GenerationConfig.from_dir(tmp_path)
