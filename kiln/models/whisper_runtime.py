@@ -118,12 +118,8 @@ class WhisperModel:
             g = build()
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: self.params[k] for k in g.parameters})
-            shared = self._cache_buffers.setdefault(shares, {}) if shares is not None else {}
-            for name in cg.state_types:
-                if name in shared:
-                    cg.bind_state(name, shared[name])
-                else:
-                    shared[name] = cg.state_buffer(name)
+            if shares is not None:
+                cg.share_states(self._cache_buffers.setdefault(shares, {}))
             self._compiled[key] = cg
         return self._compiled[key]
 

@@ -63,6 +63,15 @@ class CompiledGraph:
             raise InputError(f"state {name!r}: buffer has shape {tuple(buffer.shape)}, expected {t.shape}")
         self.executor.bind_state(name, buffer)
 
+    def share_states(self, pool: dict) -> None:
+        """Use the buffers in `pool` (state name -> buffer) for the states it has, and add this graph's
+        other states to it: every graph sharing one pool reads and writes the same cache."""
+        for name in self.state_types:
+            if name in pool:
+                self.bind_state(name, pool[name])
+            else:
+                pool[name] = self.state_buffer(name)
+
     def reorder_state(self, name: str, rows) -> None:
         """state[name] := state[name][rows] along its first axis, where the state lives (beam search)."""
         t = self._state_type(name)

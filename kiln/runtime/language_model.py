@@ -106,12 +106,7 @@ class CausalLM:
                     _feed_itself(g, *select[1:])
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
-            shared = self._cache_buffers.setdefault((shape[0], shape[-1]), {})
-            for name in cg.state_types:
-                if name in shared:
-                    cg.bind_state(name, shared[name])
-                else:
-                    shared[name] = cg.state_buffer(name)
+            cg.share_states(self._cache_buffers.setdefault((shape[0], shape[-1]), {}))
             self._compiled[key] = cg
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
