@@ -23,13 +23,13 @@
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from kiln.files import read_json_if_present
 from kiln.io.audio import load_audio
 from kiln.io.errors import ConfigError
 from kiln.io.log_mel import HOP_LENGTH, log_mel_spectrogram
@@ -113,11 +113,8 @@ class WhisperGenerationConfig:
     def from_dir(cls, d: Path, cfg, tokenizer=None) -> WhisperGenerationConfig:
         """generation_config.json if present, else the ids config.json and the tokenizer define."""
         path = Path(d) / "generation_config.json"
-        if path.is_file():
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ConfigError(f"{path}: invalid JSON: {e}") from None
+        raw = read_json_if_present(path, "generation config", ConfigError)   # only a regular JSON object file
+        if raw is not None:
             return cls.from_dict(raw, str(path))
         raw = {"decoder_start_token_id": cfg.decoder_start_token_id, "eos_token_id": cfg.eos_token_id,
                "pad_token_id": cfg.pad_token_id, "max_length": cfg.max_target_positions}
