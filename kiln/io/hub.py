@@ -2,7 +2,7 @@
 
 kiln never downloads. A model id ("org/name") is looked up in the local
 HuggingFace cache that ``huggingface_hub`` fills, so models fetched once with
-``huggingface-cli download`` (or by transformers) load without network access.
+``hf download`` (or by transformers) load without network access.
 
 Cache location (as huggingface_hub defines it): ``$HF_HUB_CACHE``, else
 ``$HUGGINGFACE_HUB_CACHE`` (legacy), else ``$HF_HOME/hub``, else
@@ -62,7 +62,7 @@ def resolve_model_path(path_or_id: str | os.PathLike, revision: str | None = Non
     if not snapshots.is_dir():
         raise ModelNotFoundError(
             f"model '{text}' not found: not a local directory and not in the HF cache; tried {tried}. "
-            "kiln does not download: fetch it first (e.g. `huggingface-cli download "
+            "kiln does not download: fetch it first (e.g. `hf download "
             f"{text}`) or set HF_HUB_CACHE / HF_HOME"
         )
 
