@@ -127,6 +127,22 @@ def _read_end(steps, kernels, i: int, v: int, value_storage) -> int:
     return i if producer_kernel == k else kern.last
 
 
+def sole_cache_writes(steps, pairs) -> dict[int, int]:
+    """State value -> assigned value, for (state, assigned) pairs where the only reader of the state
+    is the cache_write that makes its new value: always updated in place, whatever the kernels."""
+    readers: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        for v in flat_ids(s.inputs):
+            readers.setdefault(v, []).append(i)
+    out = {}
+    for vin, vout in pairs:
+        r = readers.get(vin, [])
+        if len(r) == 1 and steps[r[0]].op == "cache_write" and steps[r[0]].outputs == [vout] \
+                and steps[r[0]].inputs[0] == vin and steps[r[0]].inputs[1] != vin:
+            out[vin] = vout
+    return out
+
+
 def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, int]:
     """Assigned value -> state storage, for the state updates that can be computed in place."""
     producer = {o: i for i, s in enumerate(steps) for o in s.outputs}
@@ -139,6 +155,7 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
         if s.kind == "view" and next(flat_ids(s.inputs)) in base:
             for o in s.outputs:
                 base[o] = base[next(flat_ids(s.inputs))]
+    sole = sole_cache_writes(steps, states.values())
     out: dict[int, int] = {}
     for name, (vin, vout) in states.items():
         i = producer.get(vout)
@@ -147,10 +164,7 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
         if types[vout] != types[vin]:
             continue
         kern = kernels[steps[i].kernel] if kernels is not None and steps[i].kernel >= 0 else None
-        sole_cache_write = steps[i].op == "cache_write" and steps[i].inputs[0] == vin \
-            and steps[i].inputs[1] != vin and readers.get(vin) == [i] \
-            and not any(b == vin and v != vin for v, b in base.items())
-        if sole_cache_write:
+        if sole.get(vin) == vout:
             out[vout] = vin   # nothing else reads the old cache: write the new rows into it
             continue
         if kern is not None and kern.last != i:

@@ -17,7 +17,7 @@ import numpy as np
 from kiln.ir import SOURCE_OPS, Graph, TensorType
 
 from .kernels import Kernel, group_kernels
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, plan_memory, sole_cache_writes
 from .precision import step_precision
 from .step_inputs import flat_ids
 from .strides import contiguous_strides, reshape_strides
@@ -120,7 +120,8 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     outputs = {k: v.id for k, v in graph.outputs.items() if k not in states}
     keep = set(outputs.values()) | {vout for _, vout, _ in states.values()}
     _assign_releases(steps, keep | static)
-    kernels = group_kernels(steps, keep, types, _sole_cache_writes(steps, states))
+    pairs = [(vin, vout) for vin, vout, _ in states.values()]
+    kernels = group_kernels(steps, keep, types, sole_cache_writes(steps, pairs))
     memory = plan_memory(steps, types, keep, reuse=reuse_memory, kernels=kernels,
                          states={n: (vin, vout) for n, (vin, vout, _) in states.items()})
     for s in steps:
@@ -157,22 +158,6 @@ def _view_strides(n, types, strides) -> list | None:
             new[ax % len(shape)] *= k
         return [tuple(new)]
     return [st] * len(n.outputs)   # split: the same strides, other offsets
-
-
-def _sole_cache_writes(steps, states) -> dict[int, int]:
-    """State value -> assigned value, for states read only by the cache_write that makes their new
-    value (always updated in place, whatever the kernels)."""
-    readers: dict[int, list[int]] = {}
-    for i, s in enumerate(steps):
-        for v in flat_ids(s.inputs):
-            readers.setdefault(v, []).append(i)
-    out = {}
-    for vin, vout, _ in states.values():
-        r = readers.get(vin, [])
-        if len(r) == 1 and steps[r[0]].op == "cache_write" and steps[r[0]].outputs == [vout] \
-                and steps[r[0]].inputs[0] == vin and steps[r[0]].inputs[1] != vin:
-            out[vin] = vout
-    return out
 
 
 def _assign_releases(steps: list[Step], keep: set[int]) -> None:

@@ -143,7 +143,7 @@ class CausalLM:
         return out["logits"]
 
     # ---- the interface `generate` drives --------------------------------------------
-    device_greedy = True  # prefill/decode(greedy=True) pick argmax ids where the model runs
+    device_greedy = True  # prefill(greedy=True) and greedy_steps pick argmax ids where the model runs
 
     def new_cache(self, batch: int, max_length: int) -> StaticKVCache:
         return StaticKVCache(batch, self.cache_length(max_length))
@@ -185,17 +185,16 @@ class CausalLM:
                 return
             pending = ahead
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
-               greedy: bool = False) -> np.ndarray:
-        """Feed one token per row at the cache's next slot; return its logits [B, V] (greedy: ids [B])."""
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
+        """Feed one token per row at the cache's next slot; return its logits [B, V] (greedy decoding
+        runs `greedy_steps` instead)."""
         b = tokens.shape[0]
         slot = cache.next_slot()
-        select = ("greedy", (), None) if greedy else "logits"
-        out = self.compiled("decode", b, cache.max_len, select=select).run(
+        out = self.compiled("decode", b, cache.max_len).run(
             input_ids=np.asarray(tokens, np.int64).reshape(b, 1),
             position_ids=np.asarray(positions, np.int64).reshape(b, 1),
             cache_position=np.array([slot], np.int64))
-        return out["next_token"] if greedy else out["logits"][:, -1]
+        return out["logits"][:, -1]
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,
