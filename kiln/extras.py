@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx",),
     "gguf": ("gguf",),
     "vision": ("Pillow",),
+    "video": ("Pillow", "av"),
     "gpu": ("torch",),
 }
 
@@ -36,6 +37,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "onnx"),
     "gguf": ("gguf", "gguf"),
     "PIL": ("vision", "Pillow"),
+    "av": ("video", "av"),
     "torch": ("gpu", "torch"),
     "triton": ("gpu", "torch"),
 }
