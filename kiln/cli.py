@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kiln.cli_common import DEVICES, DTYPES, check_choice, fail, positive_float, positive_int, probability, user_error
+from kiln.cli_common import DEVICES, DTYPES, check_choice, fail, numbers, positive_float, positive_int, probability, user_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--language", default=None, help="speech models: spoken language, e.g. en (default: detect)")
     r.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
                    help="speech models: transcribe, or translate to English")
+    r.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="image input for vision models (repeat for several images)")
+    r.add_argument("--video", default=None, metavar="FILE_OR_DIR",
+                   help="video models: a video file or a directory of frames")
+    r.add_argument("--point", action="append", default=[], type=numbers(2, "a point X,Y"), metavar="X,Y",
+                   help="segmentation models: a foreground click in image pixels (repeat for several)")
+    r.add_argument("--box", default=None, type=numbers(4, "a box X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1",
+                   help="segmentation models: a box prompt in image pixels")
     _device_dtype(r)
     r.set_defaults(func=_run)
 

@@ -7,6 +7,7 @@ Imported by the subcommands only when they run; it must stay cheap to import (no
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -44,6 +45,20 @@ def probability(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
     return value
+
+
+def numbers(count: int, what: str):
+    """An argparse type for `count` comma-separated numbers (a point "X,Y", a box "X0,Y0,X1,Y1")."""
+    def parse(text: str) -> tuple[float, ...]:
+        parts = text.split(",")
+        try:
+            values = tuple(float(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what} as {count} comma-separated numbers, got {text!r}")
+        return values
+    return parse
 
 
 # ---- checks before any work ----------------------------------------------------------------------
