@@ -27,7 +27,7 @@ from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
 from kiln.nn import (MLP, Attention, Concat, DecodeCache, Embedding, KeyTable, Layout, Linear, Module,
-                     PromptCache, RMSNorm, Rope, RopeConfig, TransformerBlock)
+                     PromptCache, RMSNorm, Rope, RopeConfig, TransformerBlock, feature_inputs, place_features)
 from kiln.nn.rope import ROPE_TYPES  # noqa: F401  (part of this module's face)
 from kiln.runtime.generation import GenerationConfig
 from kiln.runtime.language_model import CausalLM
@@ -160,9 +160,11 @@ class Llama(Module):
         self.norm = RMSNorm("model.norm", h, eps, dtype=dt)
         self.lm_head = None if cfg.tie_word_embeddings else Linear("lm_head", h, cfg.vocab_size, dtype=dt)
 
-    def __call__(self, g: Graph, ids, positions, cache, last_only: bool = False):
-        """float32 logits of ids [B, S] at `positions`; the cache decides what attention sees."""
-        x = self.embed(g, ids)
+    def __call__(self, g: Graph, ids, positions, cache, last_only: bool = False, features=None):
+        """float32 logits of ids [B, S] at `positions`; the cache decides what attention sees.
+
+        `features` (inputs_embeds, embeds_mask) replace the token embeddings where the mask is set."""
+        x = place_features(g, self.embed(g, ids), features)
         tables = self.rope.tables(g, positions)
         for block in self.layers:
             x = block(g, x, rope_tables=tables, cache=cache)
@@ -182,14 +184,20 @@ class LlamaGraphs:
         self.num_layers, self.num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
         self.head_dim, self.vocab_size = config.head_dim, config.vocab_size
 
-    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None) -> Graph:
-        """Logits of a prompt of S tokens; with `cache_len`, its keys/values fill the cache states' first S slots."""
-        g = Graph(f"{self.config.model_type}_prefill_b{batch}_s{seq}" + (f"_l{cache_len}" if cache_len else ""))
+    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
+                      features: bool = False) -> Graph:
+        """Logits of a prompt of S tokens; with `cache_len`, its keys/values fill the cache states' first S slots.
+
+        With `features`, rows of an `inputs_embeds` input replace the token embeddings where `embeds_mask`
+        is set (image features of a vision-language model; kiln.nn.features)."""
+        g = Graph(f"{self.config.model_type}_prefill_b{batch}_s{seq}" + (f"_l{cache_len}" if cache_len else "")
+                  + ("_features" if features else ""))
         ids = g.input("input_ids", (batch, seq), "int64")
         mask = g.input("attention_mask", (batch, seq), "int64")
         pos = g.input("position_ids", (batch, seq), "int64")
+        feats = feature_inputs(g, batch, seq, self.config.hidden_size, self.dtype) if features else None
         cache = PromptCache(g, mask, cache_len, kv_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=self.dtype)
-        g.output("logits", self.model(g, ids, pos, cache, last_only))
+        g.output("logits", self.model(g, ids, pos, cache, last_only, features=feats))
         return g
 
     def decode_graph(self, batch: int, max_len: int) -> Graph:

@@ -9,6 +9,7 @@ of these blocks plus a config dataclass and a key table.
 from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
 from .conv import Conv
+from .features import feature_inputs, place_features
 from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Zeros
 from .kv_cache import DecodeCache, PromptCache, SlotCache
 from .linear import Embedding, Linear
@@ -17,7 +18,7 @@ from .module import Module, ParamSpec
 from .norm import LayerNorm, RMSNorm
 from .rope import Rope, RopeConfig
 
-__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "Concat", "KeyTable",
+__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
            "Layout", "OrMake", "Transposed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
            "Rope", "RopeConfig"]

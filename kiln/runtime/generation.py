@@ -167,8 +167,10 @@ def _sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig, streamer=None,
              seed: int | np.random.Generator | None = None, output_scores: bool = False,
-             output_logits: bool = False, return_dict_in_generate: bool = False):
-    """Token ids [batch, prompt + new] (or a GenerateOutput); see the module docstring for the semantics."""
+             output_logits: bool = False, return_dict_in_generate: bool = False, features=None):
+    """Token ids [batch, prompt + new] (or a GenerateOutput); see the module docstring for the semantics.
+
+    `features` (an encoder's rows at placeholder tokens) go to the model's prefill only."""
     ids = _as_ids("input_ids", input_ids)
     batch, prompt_len = ids.shape
     if prompt_len == 0:
@@ -219,7 +221,8 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
     # plain greedy: the model picks the argmax where it runs, so only token ids come back
     on_device = getattr(model, "device_greedy", False) and not do_sample and not processors \
         and not output_scores and not output_logits
-    logits = model.prefill(ids, mask, positions, cache, **({"greedy": True} if on_device else {}))
+    extra = ({"greedy": True} if on_device else {}) | ({"features": features} if features is not None else {})
+    logits = model.prefill(ids, mask, positions, cache, **extra)
     if streamer is not None:
         streamer.put(ids)
     unfinished = np.ones(batch, bool)

@@ -48,7 +48,8 @@ class DecoderGraphs(Protocol):
     head_dim: int
     vocab_size: int
 
-    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None) -> Graph: ...
+    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
+                      features: bool = False) -> Graph: ...
 
     def decode_graph(self, batch: int, max_len: int) -> Graph: ...
 
@@ -77,25 +78,29 @@ class CausalLM:
         return getattr(self.config, "max_position_embeddings", None)
 
     # ---- compiled graphs ------------------------------------------------------
-    def compiled(self, kind: str, *shape: int, last_only: bool = False, select: str = "logits"):
+    def compiled(self, kind: str, *shape: int, last_only: bool = False, select: str = "logits",
+                 features: bool = False):
         """The compiled graph of `kind` and shape, built on first use.
 
         "forward" (batch, seq): logits, no cache. "prefill" (batch, seq, cache_len) and "decode"
         (batch, cache_len) read and write the KV-cache states; all graphs of one (batch,
         cache_len) share one set of cache buffers. select="greedy" returns `next_token` ids.
+        `features`: a forward or prefill that also takes `inputs_embeds` / `embeds_mask`
+        (kiln.nn.features: an encoder's features at their placeholder tokens).
         """
         if select == "greedy" and kind == "decode":
             select = ("greedy", (), None)   # self-feeding, no EOS ids
-        key = (kind, *shape, last_only, select)
+        key = (kind, *shape, last_only, select) + (("features",) if features else ())
         if key not in self._compiled:
             from .compiler import compile as compile_graph
 
             t0 = time.perf_counter()
+            extra = {"features": True} if features else {}
             if kind == "forward":
-                g = self.graphs.prefill_graph(*shape, last_only=last_only)
+                g = self.graphs.prefill_graph(*shape, last_only=last_only, **extra)
             elif kind == "prefill":
                 batch, seq, cache_len = shape
-                g = self.graphs.prefill_graph(batch, seq, last_only=last_only, cache_len=cache_len)
+                g = self.graphs.prefill_graph(batch, seq, last_only=last_only, cache_len=cache_len, **extra)
             elif kind == "decode":
                 g = self.graphs.decode_graph(*shape)
             else:
@@ -129,8 +134,11 @@ class CausalLM:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
 
     # ---- forward -------------------------------------------------------------------
-    def __call__(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
-        """Logits [batch, seq, vocab] (float32), as HF's forward: positions default to 0..S-1."""
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, features=None) -> np.ndarray:
+        """Logits [batch, seq, vocab] (float32), as HF's forward: positions default to 0..S-1.
+
+        `features` = (inputs_embeds [B, S, hidden], embeds_mask [B, S] bool): rows that replace the
+        token embeddings where the mask is set (a multimodal model's encoder output)."""
         ids = self._ids("input_ids", input_ids)
         mask = np.ones_like(ids) if attention_mask is None else self._ids("attention_mask", attention_mask)
         self._same_shape("attention_mask", mask, ids)
@@ -138,8 +146,8 @@ class CausalLM:
             pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
         else:
             pos = np.broadcast_to(self._ids("position_ids", position_ids), ids.shape).copy()
-        out = self.compiled("forward", *ids.shape, last_only=False).run(
-            input_ids=ids, attention_mask=mask, position_ids=pos)
+        out = self.compiled("forward", *ids.shape, last_only=False, features=features is not None).run(
+            input_ids=ids, attention_mask=mask, position_ids=pos, **self._features(features, ids))
         return out["logits"]
 
     # ---- the interface `generate` drives --------------------------------------------
@@ -149,14 +157,17 @@ class CausalLM:
         return StaticKVCache(batch, self.cache_length(max_length))
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
-                greedy: bool = False) -> np.ndarray:
+                greedy: bool = False, features=None) -> np.ndarray:
         """Run the prompt into the cache; return the last position's logits [B, V] (greedy: ids [B])."""
         ids = self._ids("input_ids", ids)
         b, s = ids.shape
+        feeds = self._features(features, ids)
         cache.start(s)
         select = "greedy" if greedy else "logits"
-        out = self.compiled("prefill", b, s, cache.max_len, last_only=True, select=select).run(
-            input_ids=ids, attention_mask=np.asarray(mask, np.int64), position_ids=np.asarray(positions, np.int64))
+        out = self.compiled("prefill", b, s, cache.max_len, last_only=True, select=select,
+                            features=features is not None).run(
+            input_ids=ids, attention_mask=np.asarray(mask, np.int64), position_ids=np.asarray(positions, np.int64),
+            **feeds)
         return out["next_token"] if greedy else out["logits"][:, -1]
 
     def greedy_steps(self, cache: StaticKVCache, tokens: np.ndarray, positions: np.ndarray,
@@ -202,8 +213,11 @@ class CausalLM:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, eos_token_id: int | Sequence[int] | None = None,
                  pad_token_id: int | None = None, streamer=None, seed: int | np.random.Generator | None = None,
-                 output_scores: bool = False, output_logits: bool = False, return_dict_in_generate: bool = False):
-        """Token ids [batch, prompt + new], as HF `generate` (defaults from the checkpoint's generation config)."""
+                 output_scores: bool = False, output_logits: bool = False, return_dict_in_generate: bool = False,
+                 features=None):
+        """Token ids [batch, prompt + new], as HF `generate` (defaults from the checkpoint's generation config).
+
+        `features` (inputs_embeds, embeds_mask) go into the prompt's embeddings, as in `__call__`."""
         cfg = self.generation_config.merged(
             max_new_tokens=max_new_tokens, max_length=max_length, min_new_tokens=min_new_tokens,
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -214,7 +228,7 @@ class CausalLM:
             cfg.max_new_tokens = None
         return generate(self, input_ids, attention_mask, config=cfg, streamer=streamer, seed=seed,
                         output_scores=output_scores, output_logits=output_logits,
-                        return_dict_in_generate=return_dict_in_generate)
+                        return_dict_in_generate=return_dict_in_generate, features=features)
 
     def generate_text(self, prompt: str | Sequence[str], *, chat: bool = False, system: str | None = None,
                       stream: Callable[[str], None] | None = None, skip_special_tokens: bool = True,
@@ -288,6 +302,20 @@ class CausalLM:
         if name == "input_ids" and arr.size and (arr.min() < 0 or arr.max() >= self.graphs.vocab_size):
             raise ValueError(f"input_ids must be in [0, {self.graphs.vocab_size}), got [{arr.min()}, {arr.max()}]")
         return arr
+
+    def _features(self, features, ids: np.ndarray) -> dict:
+        """The graph inputs for `features` = (inputs_embeds, embeds_mask), shapes checked against ids."""
+        if features is None:
+            return {}
+        embeds, where = (np.asarray(a) for a in features)
+        hidden = getattr(self.config, "hidden_size", None)
+        if embeds.ndim != 3 or embeds.shape[:2] != ids.shape or (hidden is not None and embeds.shape[2] != hidden):
+            raise InputError(f"inputs_embeds has shape {embeds.shape}, expected [batch, seq, hidden] = "
+                             f"{[*ids.shape, hidden]}")
+        if where.shape != ids.shape or where.dtype != np.bool_:
+            raise InputError(f"embeds_mask must be a bool array of input_ids' shape {ids.shape}, "
+                             f"got {where.dtype} {where.shape}")
+        return {"inputs_embeds": embeds, "embeds_mask": where}
 
     @staticmethod
     def _same_shape(name: str, a: np.ndarray, ids: np.ndarray) -> None:
