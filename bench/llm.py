@@ -1,5 +1,6 @@
 """LLM decode/prefill benchmark on one GPU: kiln (Triton backend) vs HF transformers eager vs
-torch.compile(mode="reduce-overhead"), all in one run, bfloat16, random weights.
+torch.compile(mode="reduce-overhead"), in one run with each peer in its own process (a crash or a
+hang loses only that peer), bfloat16, random weights.
 
 Models: SmolLM2-135M and SmolLM2-360M configurations. For each model the same random weights
 (HF's init) are saved once with `save_pretrained` and loaded by kiln through `kiln.load`, so
@@ -27,10 +28,13 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 CONFIGS = {
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -162,29 +166,32 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
     return tokens
 
 
-def profile_launches(torch, ex, reps: int = 5) -> list:
-    """Device time per launch label (events around every launch of an eager pass), top 12."""
-    from collections import defaultdict
-    times = defaultdict(float)
-    counts = defaultdict(int)
-    for _ in range(reps):
-        evs = []
-        for fn, args in ex.calls:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn(*args)
-            e.record()
-            evs.append((s, e))
+def profile_launches(torch, ex, reps: int = 20) -> list:
+    """Device time per kernel of one decode step: CUPTI (torch.profiler) over CUDA-graph replays, so the
+    times are the kernels' own, not the host's launch gaps. Top 15 by total time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if ex._graph is None:
+        log("    (no CUDA graph: nothing to profile)")
+        return []
+    ex._graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            ex._graph.replay()
         torch.cuda.synchronize()
-        for (s, e), l in zip(evs, ex.program.launches):
-            times[l.label] += s.elapsed_time(e) / reps
-            counts[l.label] += 1
-    rows = sorted(times.items(), key=lambda kv: -kv[1])
-    total = sum(times.values())
-    log(f"    per-launch device time, eager pass: {total:.3f} ms over {len(ex.calls)} launches")
-    for label, ms in rows[:12]:
-        log(f"      {ms:8.3f} ms  x{counts[label] // reps:3d}  {label}")
-    return [(l, ms, counts[l] // reps) for l, ms in rows]
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((e.key, us / reps / 1e3, e.count // reps))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    log(f"    device time per step by kernel (CUPTI, CUDA-graph replay): {total:.3f} ms in "
+        f"{sum(r[2] for r in rows)} kernels")
+    for name, ms, n in rows[:15]:
+        log(f"      {ms:8.3f} ms  x{n:3d}  {name[:90]}")
+    return rows
 
 
 # ---- HF peers ------------------------------------------------------------------------------------
@@ -280,11 +287,12 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
 
 # ---- matmul configurations for the decode shapes ----------------------------------------------
 
-def sweep_matmul(torch, cfg: dict, batches) -> list:
+def sweep_matmul(torch, cfg: dict, batches, bw: float) -> list:
     """Device time of the fused decode matmuls for several Triton block configurations vs cuBLAS."""
     import itertools
 
     import triton.testing
+    from kiln.backends.triton.kernels.gemv import MAX_M, Gemv
     from kiln.backends.triton.kernels.matmul import Matmul
 
     h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
@@ -311,6 +319,23 @@ def sweep_matmul(torch, cfg: dict, batches) -> list:
                         nw if kw.get("norm") else None, None)
                 res[(conf["BN"], conf["BK"], conf["num_warps"])] = triton.testing.do_bench(
                     lambda: k(*args), warmup=25, rep=100, return_mode="median") * 1e3
+            gemv = {}
+            if M <= MAX_M:
+                for bn, bk, nw_ in itertools.product((2, 4, 8, 16), (128, 256, 512, 1024), (4, 8)):
+                    if triton.next_power_of_2(M) * bn * bk > 8192:
+                        continue
+                    k = Gemv(M, N, K, bf, cfg=dict(BM=triton.next_power_of_2(M), BN=bn, BK=bk, num_warps=nw_), **kw)
+                    args = (a, w.t().unsqueeze(0), c, None, r if kw.get("has_residual") else None,
+                            nw if kw.get("norm") else None, None)
+                    gemv[(bn, bk, nw_)] = triton.testing.do_bench(
+                        lambda: k(*args), warmup=25, rep=100, return_mode="median") * 1e3
+                gk = Gemv(M, N, K, bf, **kw)
+                gemv_default = triton.testing.do_bench(lambda: gk(*args), warmup=25, rep=100,
+                                                       return_mode="median") * 1e3
+                gbest = min(gemv, key=gemv.get)
+                byte_us = width * K * 2 / bw * 1e6     # the weight read once at copy bandwidth
+                log(f"    M={M} {name:22s} gemv best {gbest} {gemv[gbest]:6.1f} us, default {gk.cfg['BN'], gk.cfg['BK'], gk.cfg['num_warps']} "
+                    f"{gemv_default:6.1f} us, weight at copy bandwidth {byte_us:6.1f} us")
             cub = triton.testing.do_bench(lambda: torch.matmul(a[0], w.t()), warmup=25, rep=100,
                                           return_mode="median") * 1e3
             best = min(res, key=res.get)
@@ -319,7 +344,8 @@ def sweep_matmul(torch, cfg: dict, batches) -> list:
             log(f"    M={M} {name:22s} N={N:6d} K={K:5d}: best {best} {res[best]:6.1f} us, "
                 f"default {dkey} {res.get(dkey, float('nan')):6.1f} us, cuBLAS (no fusion) {cub:6.1f} us")
             rows.append(dict(M=M, shape=name, N=N, K=K, best=best, best_us=res[best], default_us=res.get(dkey),
-                             cublas_us=cub, all={str(k): v for k, v in res.items()}))
+                             cublas_us=cub, all={str(k): v for k, v in res.items()},
+                             gemv={str(k): v for k, v in gemv.items()}))
     return rows
 
 
@@ -343,11 +369,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=512)
-    ap.add_argument("--profile", action="store_true", help="kiln: device time per launch")
+    ap.add_argument("--profile", action="store_true", help="kiln: device time per kernel of one decode step")
     ap.add_argument("--sweep", action="store_true", help="time decode matmul block configurations first")
     ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)   # PEER:CKPT:OUT, one peer in this process
     args = ap.parse_args(argv)
-    cold_caches()
+    if args.worker:
+        return worker(args)
     import torch
     import transformers
 
@@ -359,7 +387,7 @@ def main(argv=None) -> int:
     bw = hbm_bandwidth(torch)
     dev = torch.cuda.get_device_name()
     log(f"{dev}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"copy bandwidth {bw / 1e12:.2f} TB/s")
+        f"copy bandwidth {bw / 1e12:.2f} TB/s; each peer in its own process")
     results = {"device": dev, "bandwidth_Bps": bw, "torch": torch.__version__,
                "transformers": transformers.__version__, "models": {}}
 
@@ -374,28 +402,27 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         hf_cfg = transformers.LlamaConfig(**cfg, initializer_range=0.02, bos_token_id=None, eos_token_id=None,
                                           pad_token_id=None)
-        hf = transformers.LlamaForCausalLM(hf_cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+        hf = transformers.LlamaForCausalLM(hf_cfg).to(dtype=torch.bfloat16).eval()
         ckpt = Path(tempfile.mkdtemp(prefix=f"smollm2-{name}-"))
         hf.save_pretrained(ckpt)
         res["params"] = sum(p.numel() for p in hf.parameters())
+        del hf
         if args.sweep:
-            res["matmul_sweep"] = sweep_matmul(torch, cfg, batches)
+            res["matmul_sweep"] = sweep_matmul(torch, cfg, batches, bw)
             save()
         toks = {}
-        for peer in peers:
-            try:
-                if peer == "kiln":
-                    toks[peer] = bench_kiln(torch, ckpt, batches, args.prompt, args.new, args.prefill, res,
-                                            args.profile)
-                    x = torch.randn(256, 256, device="cuda")      # the device is still healthy
-                    torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-3, atol=1e-3)
-                else:
-                    toks[peer] = bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res,
-                                          compiled=peer == "compile")
-            except Exception as e:  # report and go on with the other peers
-                import traceback
-                traceback.print_exc()
-                res[f"{peer}_error"] = f"{type(e).__name__}: {e}"
+        for peer in peers:   # one process per peer: a crash or a hang loses only that peer
+            out = Path(tempfile.mkdtemp(prefix=f"{peer}-")) / "result.json"
+            cmd = [sys.executable, __file__, "--worker", f"{peer}:{ckpt}:{out}", "--models", name,
+                   "--batches", args.batches, "--prompt", str(args.prompt), "--new", str(args.new),
+                   "--prefill", str(args.prefill)] + (["--profile"] if args.profile else [])
+            proc = subprocess.run(cmd)
+            if out.is_file():
+                got = json.loads(out.read_text())
+                res.update(got["res"])
+                toks[peer] = {int(b): np.asarray(t) for b, t in got["tokens"].items()}
+            if proc.returncode != 0:
+                res.setdefault(f"{peer}_error", f"worker exited with status {proc.returncode}")
             save()
         for B in batches:
             res[f"roofline_ms_b{B}"] = roofline_ms(cfg, B, args.prompt, args.new, bw)
@@ -404,10 +431,45 @@ def main(argv=None) -> int:
                     if peer in toks and B in toks[peer]:
                         res[f"kiln_vs_{peer}_same_tokens_b{B}"] = float((toks["kiln"][B] == toks[peer][B]).mean())
         save()
-        del hf
-        gc.collect()
-        torch.cuda.empty_cache()
     print_table(results, batches)
+    save()
+    return 0
+
+
+def worker(args) -> int:
+    """One peer on one saved checkpoint; writes {"res": numbers, "tokens": {batch: ids}} to OUT."""
+    peer, ckpt, out = args.worker.split(":", 2)
+    cold_caches()
+    import torch
+    import transformers
+
+    batches = [int(b) for b in args.batches.split(",")]
+    tokens: dict = {}
+
+    class Autosave(dict):
+        """Every number is on disk as soon as it is measured: a later crash (a segfault) keeps it."""
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            save()
+
+    def save():
+        Path(out).write_text(json.dumps({"res": res, "tokens": {str(b): np.asarray(t).tolist()
+                                                                for b, t in tokens.items()}}, default=str))
+    res: dict = Autosave()
+    try:
+        if peer == "kiln":
+            tokens = bench_kiln(torch, Path(ckpt), batches, args.prompt, args.new, args.prefill, res, args.profile)
+            x = torch.randn(256, 256, device="cuda")      # the device is still healthy
+            torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-3, atol=1e-3)
+        else:
+            hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).to("cuda").eval()
+            tokens = bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res, compiled=peer == "compile")
+    except Exception as e:  # report what was measured so far
+        import traceback
+        traceback.print_exc()
+        res[f"{peer}_error"] = f"{type(e).__name__}: {e}"
+        save()
+        return 1
     save()
     return 0
 

@@ -12,7 +12,7 @@ from, in increasing priority: HF's defaults, the checkpoint's generation_config.
 The model is anything with `new_cache(batch, max_length)`, `prefill(ids, mask,
 positions, cache) -> [B, V]` and `decode(tokens, positions, cache) -> [B, V]`; a model
 with `device_greedy` also takes `prefill(..., greedy=True)` (argmax ids [B]) and offers
-`greedy_steps(cache, tokens, positions, unfinished, eos, pad)`, an iterator of each decode
+`greedy_steps(cache, tokens, positions, unfinished, eos, pad, count)`, an iterator of each decode
 step's ids, for plain greedy decoding: logits never leave the device and steps overlap the
 host's work.
 """
@@ -252,7 +252,8 @@ def generate(model, input_ids, attention_mask=None, *, config: GenerationConfig,
         last_pos = last_pos + 1
         if on_device:
             if steps is None:
-                steps = model.greedy_steps(cache, nxt, last_pos, unfinished, eos, pad)
+                steps = model.greedy_steps(cache, nxt, last_pos, unfinished, eos, pad,
+                                           count=max_length - ids.shape[1])
             logits = next(steps)
         else:
             logits = model.decode(nxt, last_pos, cache)

@@ -171,11 +171,12 @@ class CausalLM:
         return out["next_token"] if greedy else out["logits"][:, -1]
 
     def greedy_steps(self, cache: StaticKVCache, tokens: np.ndarray, positions: np.ndarray,
-                     unfinished: np.ndarray, eos: Sequence[int], pad: int | None):
+                     unfinished: np.ndarray, eos: Sequence[int], pad: int | None, count: int | None = None):
         """Greedy decode steps from `tokens` [B] at `positions` [B]: yields each step's ids [B]
-        (pad for finished rows, as `generate` appends them). Each step feeds itself on the device,
-        and the next step is launched before this one's ids are read, so the GPU never waits for the
-        host (a step past the last one wanted may run; its slot is simply unused)."""
+        (pad for finished rows, as `generate` appends them), at most `count` of them. Each step feeds
+        itself on the device, and the next step is launched before this one's ids are read, so the GPU
+        never waits for the host (when every row stops at EOS early, one step past it may have run;
+        its slot is simply unused)."""
         b = tokens.shape[0]
         eos = tuple(int(e) for e in eos)
         cg = self.compiled("decode", b, cache.max_len, select=("greedy", eos, pad if eos else None))
@@ -186,9 +187,11 @@ class CausalLM:
             cg.set_state(UNFINISHED, np.asarray(unfinished, bool))
         cache.next_slot()
         pending = cg.run_async()
+        left = cache.max_len - cache.length if count is None else count - 1   # steps still to launch
         while True:
             ahead = None
-            if cache.length < cache.max_len:
+            if left > 0 and cache.length < cache.max_len:
+                left -= 1
                 cache.next_slot()
                 ahead = cg.run_async()
             yield pending.wait()["next_token"]

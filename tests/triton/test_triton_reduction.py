@@ -73,3 +73,18 @@ def test_integer_reductions_and_nan_max(rng):
     xv = randn(rng, (2, 4))
     xv[0, 2] = np.nan
     check(g, {"i": rng.integers(-100, 100, (5, 7)).astype(np.int32), "x": xv})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_argmax_over_a_vocabulary_splits_into_chunks(rng, dtype):
+    """Greedy decoding's argmax over ~10K logits runs as per-chunk winners + a combine launch; the first
+    maximum still wins across chunk boundaries (ties planted in two chunks) and NaN counts as largest."""
+    g = Graph()
+    x = g.input("x", (3, 10000), dtype)
+    g.output("ids", g.argmax(x, axis=-1))
+    xv = randn(rng, (3, 10000), dtype)
+    xv[0, 5000] = xv[0, 9000] = 50.0     # a tie across chunks: the earlier one
+    xv[1, 4095] = xv[1, 4096] = 50.0     # a tie at a chunk boundary
+    xv[2, 7777] = np.nan
+    ex = check(g, {"x": xv})
+    assert "argmax [3 chunks]" in ex.describe(), ex.describe()

@@ -29,6 +29,7 @@ from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
 from .kernels import attention as attn_k
 from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
+from .kernels.gemv import Gemv
 from .kernels import reduction as red_k
 from .kernels.pointwise import PointwiseExpr, PointwiseKernel, Ref
 
@@ -414,7 +415,9 @@ class Lowering:
         R = int(np.prod([t.shape[a] for a in axes]))
         inner = int(np.prod(t.shape[axes[-1] + 1:]))
         out = self._out(s.outputs[0])
-        self._emit("reduction", op, red_k.Reduce(op, outer, R, inner, x.meta.dtype), (x, out))
+        k = red_k.Reduce(op, outer, R, inner, x.meta.dtype)
+        self._emit("reduction", op + (f" [{k.chunks} chunks]" if k.chunks > 1 else ""), k,
+                   (x, out, *self._scratch(k.scratch())))
 
     def _op_sum(self, i, s):
         return self._reduce(s, "sum")
@@ -518,7 +521,7 @@ class Lowering:
                 rop = self._contiguous(rop.derive(re))
                 r3 = rop.meta.view(batch + (M, n_out))
         dtype = a.dtype
-        impl = mm_k.choose_impl(M, n_out, K, torch.device(self.device_type if not interpreting() else "cpu"))
+        impl = mm_k.choose_impl(M, n_out, K, torch.device(self.device_type if not interpreting() else "cpu"), batch=bt)
         if activation in mm_k.GATED and bias is not None:
             raise NotImplementedError("gated activation with bias")
         if impl == "cublas" and batch[0] > 1:
@@ -530,6 +533,11 @@ class Lowering:
                                   unit_offset=unit, has_bias=bias is not None, activation=activation,
                                   round_out=cast_out is not None, has_norm_bias=nb is not None)
             scratch = self._scratch(k.scratch())
+        elif impl == "gemv":
+            k = Gemv(M, n_out, K, dtype, norm=norm, eps=eps, unit_offset=unit, has_bias=bias is not None,
+                     activation=activation, has_residual=residual is not None, round_out=cast_out is not None,
+                     has_norm_bias=nb is not None)
+            scratch = None
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,
                             has_bias=bias is not None, activation=activation, has_residual=residual is not None,

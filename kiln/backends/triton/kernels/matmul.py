@@ -121,11 +121,34 @@ ACTIVATIONS = ("none", "silu", "gelu", "gelu_tanh", "relu") + GATED
 NORMS = ("none", "rms_norm", "layer_norm")
 
 
-def choose_impl(M: int, N: int, K: int, device: torch.device) -> str:
-    """'triton' or 'cublas'. KILN_MATMUL=triton|cublas forces one (for experiments)."""
+def fused_flags(dtype: torch.dtype, *, norm: str, unit_offset: bool, has_norm_bias: bool, has_bias: bool,
+                activation: str, has_residual: bool, round_out: bool) -> dict:
+    """The constexpr switches of the fused prologue/epilogue (shared by the GEMM and the GEMV)."""
+    if norm not in NORMS:
+        raise NotImplementedError(f"matmul prologue norm {norm!r} is not one of {NORMS}")
+    if activation not in ACTIVATIONS:
+        raise NotImplementedError(f"matmul epilogue activation {activation!r} is not one of {ACTIVATIONS}")
+    return dict(NORM=norm, UNIT_OFFSET=unit_offset, HAS_NORM_BIAS=has_norm_bias, HAS_BIAS=has_bias, ACT=activation,
+                GATED=activation in GATED, HAS_RES=has_residual, IEEE=dtype == torch.float32, INTERP=interpreting(),
+                ROUND=round_out, DOT_DTYPE={torch.float32: tl.float32, torch.float16: tl.float16,
+                                            torch.bfloat16: tl.bfloat16}.get(dtype, tl.float32))
+
+
+def choose_impl(M: int, N: int, K: int, device: torch.device, batch: int = 1) -> str:
+    """'gemv', 'triton' or 'cublas'. KILN_MATMUL=gemv|triton|cublas forces one where it applies (experiments).
+
+    A few rows of one product stream the weight (gemv.py); skinny products up to M = 128 are
+    the fused tensor-core GEMM; larger ones cuBLAS."""
+    from .gemv import MAX_M
+
     forced = os.environ.get("KILN_MATMUL")
+    gemv_ok = batch == 1 and M <= MAX_M
+    if forced == "gemv":
+        return "gemv" if gemv_ok else "triton"
     if forced in ("triton", "cublas"):
         return forced if (forced == "triton" or device.type == "cuda") else "triton"
+    if gemv_ok:
+        return "gemv"
     if device.type != "cuda":
         return "triton"
     return "triton" if M < 128 else "cublas"
@@ -159,17 +182,12 @@ class Matmul:
                  eps: float = 1e-5, unit_offset: bool = False, has_bias: bool = False,
                  activation: str = "none", has_residual: bool = False, round_out: bool = False,
                  has_norm_bias: bool = False, cfg: dict | None = None):
-        if norm not in NORMS:
-            raise NotImplementedError(f"matmul prologue norm {norm!r} is not one of {NORMS}")
-        if activation not in ACTIVATIONS:
-            raise NotImplementedError(f"matmul epilogue activation {activation!r} is not one of {ACTIVATIONS}")
         self.M, self.N, self.K, self.batch = M, N, K, batch
         self.cfg = cfg or config(M, N, K, dtype)
         self.gated = activation in GATED
-        self.flags = dict(NORM=norm, UNIT_OFFSET=unit_offset, HAS_NORM_BIAS=has_norm_bias, HAS_BIAS=has_bias, ACT=activation, GATED=self.gated,
-                          HAS_RES=has_residual, IEEE=dtype == torch.float32, INTERP=interpreting(), ROUND=round_out,
-                          DOT_DTYPE={torch.float32: tl.float32, torch.float16: tl.float16,
-                                     torch.bfloat16: tl.bfloat16}.get(dtype, tl.float32))
+        self.flags = fused_flags(dtype, norm=norm, unit_offset=unit_offset, has_norm_bias=has_norm_bias,
+                                 has_bias=has_bias, activation=activation, has_residual=has_residual,
+                                 round_out=round_out)
         self.eps = float(eps)
         self.grid = (triton.cdiv(M, self.cfg["BM"]) * triton.cdiv(N, self.cfg["BN"]), batch)
 

@@ -1,0 +1,163 @@
+"""Skinny matmul (decode: a few rows of activations against a weight matrix) that streams the weight.
+
+At batch-1 decode a linear layer is a matrix-vector product: every weight byte is read once and
+used for M (1 to 8) multiply-adds, so the kernel's only job is to keep HBM busy. The tensor-core
+GEMM (matmul.py) pads M to 16 rows and gives each program a [BK, BN] tile along a column block;
+for a 2048-wide layer that is 128 programs for 132 SMs, too few loads in flight to approach copy
+bandwidth. Here each program owns BN output columns (weight rows, contiguous along K) and walks
+K in BK-wide chunks, multiplying on the CUDA cores into a [BM, BN, BK] float32 accumulator that
+is reduced once at the end; narrow BN (4-8) gives hundreds of programs even for small layers.
+
+The fused prologue (RMS/layer norm of A, statistics over all of K first) and epilogue (bias,
+activation or gated activation of the two halves of B, residual, rounding) are the GEMM's, so
+`Gemv` is a drop-in for `Matmul` where `choose_impl` picks it. Block shapes come from a sweep
+on an H200 (bench/llm.py --sweep); float32 and the interpreter use the same code path.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..device import interpreting
+from .launch import launch
+from . import tmath as tm
+
+MAX_M = 8  # above this the tensor-core GEMM reuses each weight tile across enough rows to win
+
+
+@triton.jit
+def _gemv_kernel(a, b, c, bias, res, nw, nb,
+                 M, N, K,
+                 sam, sak, sbk, sbn, scm, scn, srm, srn,
+                 up_off, eps,
+                 NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 ACT: tl.constexpr, GATED: tl.constexpr, HAS_RES: tl.constexpr, ROUND: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid = tl.program_id(0)
+    rm = tl.arange(0, BM)
+    rn = pid * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mmask = rm < M
+    nmask = rn < N
+    a_rows = a + rm[:, None].to(tl.int64) * sam                      # [BM, 1]
+    w_rows = b + rn[:, None].to(tl.int64) * sbn                      # [BN, 1]: weight rows, K contiguous
+
+    if NORM != "none":  # row statistics over all of K (A is a few rows: cheap, and L2-resident)
+        s1 = tl.zeros([BM], tl.float32)
+        s2 = tl.zeros([BM], tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            t = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
+            s1 += tl.sum(t, 1)
+            s2 += tl.sum(t * t, 1)
+        if NORM == "rms_norm":
+            mean = tl.zeros([BM], tl.float32)
+            rstd = 1.0 / tl.sqrt(s2 / K + eps)
+        else:
+            mean = s1 / K
+            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+
+    acc = tl.zeros([BM, BN, BK], tl.float32)
+    if GATED:
+        acc_up = tl.zeros([BM, BN, BK], tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        kmask = kk < K
+        x = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
+        if NORM != "none":
+            t = (x.to(tl.float32) - mean[:, None]) * rstd[:, None]
+            wv = tl.load(nw + kk, mask=kmask, other=0.0).to(tl.float32)
+            if UNIT_OFFSET:
+                wv = wv + 1.0
+            t = t * wv[None, :]
+            if HAS_NORM_BIAS:
+                t = t + tl.load(nb + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+            x = t.to(DOT_DTYPE)   # the GEMM feeds the normalized rows to the dot in the model dtype too
+        x = x.to(tl.float32)[:, None, :]                             # [BM, 1, BK]
+        wmask = nmask[:, None] & kmask[None, :]
+        w = tl.load(w_rows + kk[None, :] * sbk, mask=wmask, other=0.0)
+        acc += x * w.to(tl.float32)[None, :, :]
+        if GATED:
+            u = tl.load(w_rows + up_off * sbn + kk[None, :] * sbk, mask=wmask, other=0.0)
+            acc_up += x * u.to(tl.float32)[None, :, :]
+
+    y = tl.sum(acc, 2)                                               # [BM, BN]
+    if HAS_BIAS:
+        y += tl.load(bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        up = tl.sum(acc_up, 2)
+        if ACT == "swiglu":
+            y = y * tm.sigmoid(y) * up
+        elif ACT == "geglu":
+            y = tm.gelu(y) * up
+        else:
+            y = tm.gelu_tanh(y) * up
+    else:
+        y = tm.activation(y, ACT)
+    cmask = mmask[:, None] & nmask[None, :]
+    if HAS_RES:
+        r = tl.load(res + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)
+        y += r.to(tl.float32)
+    if ROUND:
+        y = y.to(DOT_DTYPE).to(tl.float32)
+    tl.store(c + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, y.to(c.dtype.element_ty), mask=cmask)
+
+
+def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False) -> dict:
+    """Block shape from the H200 sweep (bench/llm.py --sweep, 1B decode shapes at M = 1): BK = 1024 so
+    each of 128 threads loads 16 contiguous bytes of a weight row; BN 2 (4 gated, 8 for a vocabulary
+    head) so even a 2048-wide layer has 1024 programs in flight. BM*BN*BK float32 accumulators stay
+    under 8192 per program (BK halves for more rows)."""
+    bm = triton.next_power_of_2(max(M, 1))
+    if interpreting():
+        return dict(BM=bm, BN=4, BK=32, num_warps=4)
+    bn = 8 if N >= 16384 else (4 if gated else 2)
+    bk = min(1024, triton.next_power_of_2(K))
+    while bm * bn * bk > 8192 and bk > 128:
+        bk //= 2
+    while bm * bn * bk > 8192 and bn > 1:
+        bn //= 2
+    return dict(BM=bm, BN=bn, BK=bk, num_warps=4)
+
+
+class Gemv:
+    """`Matmul`'s contract for one product (batch 1) of M <= MAX_M rows."""
+
+    archetype = "matmul"
+
+    def __init__(self, M: int, N: int, K: int, dtype: torch.dtype, *, norm: str = "none", eps: float = 1e-5,
+                 unit_offset: bool = False, has_bias: bool = False, activation: str = "none",
+                 has_residual: bool = False, round_out: bool = False, has_norm_bias: bool = False,
+                 cfg: dict | None = None):
+        from .matmul import GATED, fused_flags
+
+        if M > MAX_M:
+            raise ValueError(f"Gemv takes at most {MAX_M} rows, got {M}")
+        self.M, self.N, self.K = M, N, K
+        self.cfg = cfg or config(M, N, K, dtype, gated=activation in GATED)
+        flags = fused_flags(dtype, norm=norm, unit_offset=unit_offset, has_norm_bias=has_norm_bias, has_bias=has_bias,
+                            activation=activation, has_residual=has_residual, round_out=round_out)
+        self.flags = {k: flags[k] for k in ("NORM", "UNIT_OFFSET", "HAS_NORM_BIAS", "HAS_BIAS", "ACT", "GATED",
+                                           "HAS_RES", "ROUND", "DOT_DTYPE")}
+        self.eps = float(eps)
+        self.grid = (triton.cdiv(N, self.cfg["BN"]),)
+
+    def __call__(self, a, b, c, bias=None, residual=None, norm_weight=None, norm_bias=None) -> None:
+        """a [.., M, K], b [.., K, N (2N gated)], c and residual [.., M, N]: one product (leading dims 1)."""
+        a, b, c = _2d(a), _2d(b), _2d(c)
+        res = _2d(residual) if residual is not None else c
+        cfg = self.cfg
+        launch(_gemv_kernel, self.grid,
+               a, b, c, bias if bias is not None else c, res,
+               norm_weight if norm_weight is not None else c, norm_bias if norm_bias is not None else c,
+               self.M, self.N, self.K,
+               a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+               res.stride(0), res.stride(1), self.N, self.eps,
+               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], **self.flags)
+
+
+def _2d(t: torch.Tensor) -> torch.Tensor:
+    """The last two dims of a view whose leading dims are all 1 (no copy)."""
+    return t[(0,) * (t.dim() - 2)] if t.dim() > 2 else t
