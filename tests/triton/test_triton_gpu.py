@@ -105,12 +105,18 @@ def test_generate_on_cuda_brings_back_only_the_chosen_token_ids(llama):
     prompt = np.random.default_rng(3).integers(0, llama.vocab_size, size=(2, 9))
     model.generate(prompt, max_new_tokens=33, eos_token_id=[])      # compile and capture first
     torch.cuda.synchronize()
+    runs = []
+    for key, cg in model._compiled.items():   # which graphs run, and what each brings back
+        def spy(*a, _key=key, _ex=cg.executor, _orig=cg.executor.run_async, **k):
+            runs.append((_key[0], sorted(_ex.outputs)))
+            return _orig(*a, **k)
+        cg.executor.run_async = spy
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         out = model.generate(prompt, max_new_tokens=33, eos_token_id=[])
         torch.cuda.synchronize()
     assert out.shape == (2, 9 + 33)
     down = [e for e in prof.events() if "Memcpy DtoH" in e.name]
-    assert len(down) == 33, [e.name for e in down]                   # prefill's ids + 32 decode steps
+    assert len(down) == 33, (len(down), len(runs), runs[:2], runs[-1])   # prefill's ids + 32 decode steps
     nbytes = {getattr(e, "device_memory_usage", None) for e in down}
     dec = model.compiled("decode", 2, model.cache_length(9 + 33), select="greedy")
     assert list(dec.plan.outputs) == ["next_token"] and dec.plan.types[dec.plan.outputs["next_token"]].shape == (2,)
