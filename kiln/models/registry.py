@@ -32,6 +32,7 @@ FAMILIES: dict[str, str | Callable] = {
     "qwen3": "kiln.models.llama:load_llama",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
+    "vjepa2": "kiln.models.vjepa2:load_vjepa2",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
