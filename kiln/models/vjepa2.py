@@ -50,6 +50,7 @@ class VJEPA2Config:
     pred_num_hidden_layers: int
     pred_num_mask_tokens: int
     pred_mlp_ratio: float
+    frames_per_clip: int = 64
     id2label: dict[int, str] = field(default_factory=dict)
 
     @classmethod
@@ -68,7 +69,7 @@ class VJEPA2Config:
                 config_int(cfg, "num_pooler_layers", min=0, max=1 << 10, default=3),
                 size("pred_hidden_size", 384), size("pred_num_attention_heads", 12),
                 size("pred_num_hidden_layers", 12), size("pred_num_mask_tokens", 10), ratio("pred_mlp_ratio"),
-                {int(k): str(v) for k, v in labels.items()})
+                size("frames_per_clip", 64), {int(k): str(v) for k, v in labels.items()})
         check_divisible(cfg, "hidden_size", c.hidden_size, "num_attention_heads", c.num_attention_heads)
         check_divisible(cfg, "pred_hidden_size", c.pred_hidden_size, "pred_num_attention_heads",
                         c.pred_num_attention_heads)
