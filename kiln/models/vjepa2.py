@@ -187,14 +187,15 @@ class AttentivePooler(Module):
 
 
 class VJEPA2Modules(Module):
-    """The blocks a checkpoint holds: the encoder, plus the predictor or the pooler and classifier."""
+    """The blocks a checkpoint holds: the encoder, plus the predictor (when it has one) or the pooler and
+    classifier (a VJEPA2ForVideoClassification checkpoint, whose stored predictor goes unused)."""
 
-    def __init__(self, cfg: VJEPA2Config, classifier: bool, dtype="float32"):
+    def __init__(self, cfg: VJEPA2Config, classifier: bool, predictor: bool = True, dtype="float32"):
         super().__init__("", dtype)
         self.encoder = Encoder(cfg, dtype)
-        self.predictor = None if classifier else Predictor(cfg, dtype)
+        self.predictor = Predictor(cfg, dtype) if predictor and not classifier else None
         self.pooler = AttentivePooler(cfg, dtype) if classifier else None
-        self.classifier = Linear("classifier", cfg.hidden_size, len(cfg.id2label) or 2, bias=True,
+        self.classifier = Linear("classifier", cfg.hidden_size, len(cfg.id2label), bias=True,
                                  dtype=dtype) if classifier else None
 
 
@@ -270,15 +271,17 @@ ORIGINAL_LAYOUT = Layout("original", "patch_embed.proj.weight", strip=("module.b
 
 KEYS = KeyTable("V-JEPA 2", HF_LAYOUT, ORIGINAL_LAYOUT)
 CLASSIFIER_MARKERS = {"hf": "classifier.weight", "original": "linear.weight"}
+PREDICTOR_MARKERS = {"hf": "predictor.embeddings.predictor_embeddings.weight", "original": "predictor_embed.weight"}
 
 
 def vjepa2_params(weights: WeightMap, cfg: VJEPA2Config, dtype="float32") -> tuple[dict, VJEPA2Modules, str]:
-    """(parameters, the blocks they belong to, the layout name): a classifier when the checkpoint has a head."""
+    """(parameters, the blocks they belong to, the layout name): a classifier when the checkpoint has a head,
+    and the predictor when it has one (the original encoder checkpoints come without)."""
     layout, w = KEYS.detect(weights)
     classifier = w.has(CLASSIFIER_MARKERS[layout.name])
     if classifier and not cfg.id2label:
         raise ConfigError(f"{weights.source}: a V-JEPA 2 classifier checkpoint needs id2label in config.json")
-    modules = VJEPA2Modules(cfg, classifier, dtype)
+    modules = VJEPA2Modules(cfg, classifier, w.has(PREDICTOR_MARKERS[layout.name]), dtype)
     try:
         params = KEYS.load(weights, modules.params())
     except CheckpointError as e:
@@ -322,6 +325,9 @@ class VJEPA2Model:
             raise InputError("give both context_mask and target_mask (the predictor needs both), or neither")
         if context_mask is None:
             return self._graph_for(pixels.shape, None).run(pixel_values_videos=pixels)
+        if self.modules.predictor is None:
+            raise InputError("this V-JEPA 2 checkpoint has no predictor weights, so it takes no context_mask / "
+                             "target_mask")
         n = self.num_tokens(*pixels.shape[1:2], *pixels.shape[3:])
         ctx, tgt = (_check_mask(name, m, pixels.shape[0], n) for name, m in
                     (("context_mask", context_mask), ("target_mask", target_mask)))

@@ -137,6 +137,26 @@ def test_wrong_shape_names_key_and_layout(encoder_ckpt, classifier_ckpt, tmp_pat
         kiln.load(bad)
 
 
+def test_encoder_only_original_checkpoint(encoder_ckpt, encoder, tmp_path):
+    """The original releases keep the encoder and the predictor apart: an encoder alone loads."""
+    def drop_predictor(t):
+        for k in [k for k in t if k.startswith(("predictor_", "mask_tokens."))]:
+            del t[k]
+
+    alone = kiln.load(save_original(encoder_ckpt[1], tmp_path / "enc", drop_predictor))
+    x = clip(1, 4, 16, 16, seed=5)
+    np.testing.assert_array_equal(alone(x)["last_hidden_state"], encoder(x)["last_hidden_state"])
+    with pytest.raises(InputError, match="no predictor"):
+        alone(x, context_mask=np.array([[0]]), target_mask=np.array([[1]]))
+
+
+def test_hf_mask_tokens_shape_is_checked(encoder_ckpt, tmp_path):
+    bad = edit_hf(encoder_ckpt[1], tmp_path / "tokens", lambda t: t.update(
+        {"predictor.embeddings.mask_tokens": t["predictor.embeddings.mask_tokens"][:, 0]}))
+    with pytest.raises(CheckpointError, match=r"predictor\.embeddings\.mask_tokens.*\(3, 1, 1, 32\).*hf layout"):
+        kiln.load(bad)
+
+
 def test_not_a_vjepa2_checkpoint(encoder_ckpt, tmp_path):
     bad = edit_hf(encoder_ckpt[1], tmp_path / "renamed",
                   lambda t: t.update(stem=t.pop("encoder.embeddings.patch_embeddings.proj.weight")))
