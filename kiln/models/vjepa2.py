@@ -62,6 +62,9 @@ class VJEPA2Config:
                               f"(square patches), found {cfg['patch_size']!r}")
         act = config_str(cfg, "hidden_act", choices=sorted(HF_ACTIVATIONS), default="gelu")
         labels = cfg.get("id2label") or {}
+        if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
+            raise ConfigError(f"{getattr(cfg, 'path', 'config')}: field 'id2label' must map class numbers to "
+                              f"names, found {labels!r:.80}")
         c = cls(size("patch_size", 16), size("crop_size", 256), size("tubelet_size", 2), size("in_chans", 3),
                 size("hidden_size", 1024), size("num_attention_heads", 16), size("num_hidden_layers", 24),
                 ratio("mlp_ratio"), config_float(cfg, "layer_norm_eps", min=0.0, min_exclusive=True, default=1e-6),
@@ -73,7 +76,6 @@ class VJEPA2Config:
         check_divisible(cfg, "hidden_size", c.hidden_size, "num_attention_heads", c.num_attention_heads)
         check_divisible(cfg, "pred_hidden_size", c.pred_hidden_size, "pred_num_attention_heads",
                         c.pred_num_attention_heads)
-        check_divisible(cfg, "crop_size", c.crop_size, "patch_size", c.patch_size)
         return c
 
     @property
@@ -205,8 +207,8 @@ def gather_rows(g: Graph, x: Value, ids: Value) -> Value:
     return g.take_along_axis(x, g.reshape(ids, shape=[b, n, 1]), axis=1)
 
 
-def build_vjepa2_graph(cfg: VJEPA2Config, modules: VJEPA2Modules, shape: tuple[int, ...],
-                       masks: tuple[int, int] | None = None, dtype="float32") -> Graph:
+def build_vjepa2_graph(modules: VJEPA2Modules, shape: tuple[int, ...], masks: tuple[int, int] | None = None,
+                       dtype="float32") -> Graph:
     """One static shape: pixel_values_videos [B, T, C, H, W] (float32) -> last_hidden_state, and with
     masks = (context, target) counts the masked/target encoder rows and the predictor's output; a
     classifier's graph returns logits."""
@@ -240,7 +242,7 @@ HF_LAYOUT = Layout("hf", "encoder.embeddings.patch_embeddings.proj.weight", stri
     **_attn_keys("pooler.self_attention_layers.{i}.self_attn", "pooler.self_attention_layers.{i}.self_attn",
                  "q_proj", "k_proj", "v_proj"),
     "pooler.cross_attention_layer.cross_attn.kv_proj.{kind}": Concat(
-        "pooler.cross_attention_layer.cross_attn.k_proj.{kind}", "pooler.cross_attention_layer.cross_attn.v_proj.{kind}"),
+        *(f"pooler.cross_attention_layer.cross_attn.{p}_proj.{{kind}}" for p in "kv")),
     "predictor.embeddings.mask_tokens": Unsqueezed("predictor.embeddings.mask_tokens", axis=1),
     "{name}": "{name}",
 }, ignore=("predictor.*",))
@@ -303,7 +305,7 @@ class VJEPA2Model:
     def _graph_for(self, shape: tuple[int, ...], masks: tuple[int, int] | None):
         key = (shape, masks)
         if key not in self._compiled:
-            g = build_vjepa2_graph(self.config, self.modules, shape, masks, self.dtype)
+            g = build_vjepa2_graph(self.modules, shape, masks, self.dtype)
             cg = compile_graph(g, device=self.device)
             cg.load_params({k: v for k, v in self.params.items() if k in g.parameters})
             self._compiled[key] = cg
@@ -328,7 +330,7 @@ class VJEPA2Model:
         if self.modules.predictor is None:
             raise InputError("this V-JEPA 2 checkpoint has no predictor weights, so it takes no context_mask / "
                              "target_mask")
-        n = self.num_tokens(*pixels.shape[1:2], *pixels.shape[3:])
+        n = self.num_tokens(pixels.shape[1], pixels.shape[3], pixels.shape[4])
         ctx, tgt = (_check_mask(name, m, pixels.shape[0], n) for name, m in
                     (("context_mask", context_mask), ("target_mask", target_mask)))
         out = self._graph_for(pixels.shape, (ctx.shape[1], tgt.shape[1])).run(

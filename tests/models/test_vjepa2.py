@@ -164,6 +164,21 @@ def test_not_a_vjepa2_checkpoint(encoder_ckpt, tmp_path):
         kiln.load(bad)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("num_attention_heads", 5, "hidden_size"),
+    ("patch_size", [4, 4], "one integer"),
+    ("id2label", {"a": "x"}, "id2label"),
+    ("hidden_act", "mish", "hidden_act"),
+])
+def test_bad_config_is_named(field, value, match):
+    from kiln.errors import ConfigError
+    from kiln.models.vjepa2 import VJEPA2Config
+    from vjepa2_checkpoints import TINY
+
+    with pytest.raises(ConfigError, match=match):
+        VJEPA2Config.from_dict({**TINY, field: value})
+
+
 @pytest.mark.parametrize("frames", [1, 3])
 def test_too_few_or_odd_frames_raise(encoder, frames):
     with pytest.raises(InputError, match=f"{frames} frames.*tubelets of 2 frames"):

@@ -8,7 +8,6 @@ following HF's conversion scripts (convert_vjepa2_to_hf.py, convert_vjepa2_class
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -137,7 +136,3 @@ def edit_hf(hf_dir: Path, directory: Path, edit) -> Path:
 
 def clip(batch: int, frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randn(batch, frames, 3, height, width).astype(np.float32)
-
-
-def config_of(directory: Path) -> dict:
-    return json.loads((directory / "config.json").read_text())
