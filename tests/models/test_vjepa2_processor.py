@@ -57,7 +57,7 @@ def test_preprocess_equals_hf_video_processor(shape, crop):
     import transformers
 
     video = frames(*shape)
-    ref = transformers.VJEPA2VideoProcessor(crop_size=crop)([video], return_tensors="np")["pixel_values_videos"]
+    ref = transformers.VJEPA2VideoProcessor(crop_size=crop)([video], return_tensors="pt")["pixel_values_videos"].numpy()
     np.testing.assert_allclose(preprocess_video(video, crop_size=crop), ref, atol=1e-5)
 
 
