@@ -32,11 +32,13 @@ FAMILIES: dict[str, str | Callable] = {
     "qwen3": "kiln.models.llama:load_llama",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
+    "vjepa2": "kiln.models.vjepa2:load_vjepa2",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
 # prompt (speech models); each function takes the parsed argparse namespace and returns an exit code.
-CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main"}
+CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main",
+                                          "vjepa2": "kiln.cli_vjepa2:vjepa2_main"}
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}

@@ -10,15 +10,16 @@ from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
 from .conv import Conv
 from .features import feature_inputs, place_features
-from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Zeros
+from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Unsqueezed, Zeros
 from .kv_cache import DecodeCache, PromptCache, SlotCache
 from .linear import Embedding, Linear
 from .mlp import MLP, activation, gated_activation
 from .module import Module, ParamSpec
 from .norm import LayerNorm, RMSNorm
 from .rope import Rope, RopeConfig
+from .rope3d import Rope3D
 
 __all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
-           "Layout", "OrMake", "Transposed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
+           "Layout", "OrMake", "Transposed", "Unsqueezed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
-           "Rope", "RopeConfig"]
+           "Rope", "RopeConfig", "Rope3D"]

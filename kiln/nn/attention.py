@@ -98,13 +98,14 @@ class CrossAttention(Module):
     """Queries from x [rows, S, dim] attend over a memory's keys/values [B, H, M, D].
 
     `memory(g, m)` projects a memory once (with `kv_proj`; a family may instead fuse every
-    layer's K/V projection into one matmul). With `group` > 1, rows are B utterance-major groups
+    layer's K/V projection into one matmul). `out_proj=False` returns the merged heads as they are
+    (V-JEPA 2's attentive pooler has no output projection). With `group` > 1, rows are B utterance-major groups
     of hypotheses (beams) sharing one memory: they become extra query rows, K/V are not copied.
     """
 
     def __init__(self, name: str, dim: int, heads: int, head_dim: int | None = None, *, memory_dim: int | None = None,
                  bias: bool = True, kv_bias: bool | None = None, out_bias: bool = True, kv_proj: bool = True,
-                 scale: float | None = None, names: Mapping[str, str] | None = None, dtype="float32"):
+                 out_proj: bool = True, scale: float | None = None, names: Mapping[str, str] | None = None, dtype="float32"):
         super().__init__(name, dtype)
         n = {**NAMES, "out": "out_proj", **(names or {})}
         self.heads, self.head_dim, self.scale = heads, dim // heads if head_dim is None else head_dim, scale
@@ -114,7 +115,7 @@ class CrossAttention(Module):
         if kv_proj:
             self.kv = Linear(f"{name}.{n['kv']}", memory_dim or dim, 2 * inner, bias if kv_bias is None else kv_bias,
                              parts=(inner, inner), dtype=dtype)
-        self.out = Linear(f"{name}.{n['out']}", inner, dim, out_bias, dtype=dtype)
+        self.out = Linear(f"{name}.{n['out']}", inner, dim, out_bias, dtype=dtype) if out_proj else None
 
     def memory(self, g: Graph, m: Value) -> tuple[Value, Value]:
         if self.kv is None:
@@ -126,11 +127,12 @@ class CrossAttention(Module):
         rows, s, _ = x.shape
         nh, hd = self.heads, self.head_dim
         q = self.q(g, x)
+        out = self.out or (lambda g_, t: t)
         if group == 1:
-            return self.out(g, merge_heads(g, g.attention(split_heads(g, q, nh, hd), k, v, scale=self.scale)))
+            return out(g, merge_heads(g, g.attention(split_heads(g, q, nh, hd), k, v, scale=self.scale)))
         batch = rows // group
         q = g.reshape(g.transpose(g.reshape(q, shape=[batch, group, s, nh, hd]), perm=[0, 3, 1, 2, 4]),
                       shape=[batch, nh, group * s, hd])
         a = g.attention(q, k, v, scale=self.scale)  # [batch, nh, group * s, hd]
         a = g.transpose(g.reshape(a, shape=[batch, nh, group, s, hd]), perm=[0, 2, 3, 1, 4])
-        return self.out(g, g.reshape(a, shape=[rows, s, nh * hd]))
+        return out(g, g.reshape(a, shape=[rows, s, nh * hd]))

@@ -10,6 +10,8 @@ pattern's fields filled in) or an entry:
   part stands for a tensor the checkpoint does not have (Whisper's bias-free K projection).
 * `Transposed(k)`: a tensor stored transposed.
 * `OrMake(k, make)`: a tensor some exporters drop, rebuilt by `make(shape)` when missing.
+* `Unsqueezed(k, axis)`: a tensor stored with an extra unit axis (HF V-JEPA 2's [M, 1, 1, D] mask
+  tokens for a [M, 1, D] parameter), shape-checked with that axis and loaded without it.
 
 A `KeyTable` holds a family's layouts (e.g. HF and the original Meta layout); `detect`
 picks the one whose `marker` key the checkpoint has, optionally after stripping a prefix
@@ -72,7 +74,13 @@ class OrMake:
     make: Callable[[tuple[int, ...]], np.ndarray]
 
 
-Source = Union[str, Concat, Transposed, OrMake]
+@dataclass(frozen=True)
+class Unsqueezed:
+    key: str
+    axis: int
+
+
+Source = Union[str, Concat, Transposed, OrMake, Unsqueezed]
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,9 @@ def _take(w: WeightMap, src: Source, fields: dict[str, str], ps: ParamSpec) -> n
             raise CheckpointError(f"{w.source}: '{key}' is missing and its fallback made shape {made.shape}, "
                                   f"expected {ps.shape}")
         return made.astype(dt)
+    if isinstance(src, Unsqueezed):
+        stored = ps.shape[:src.axis] + (1,) + ps.shape[src.axis:]
+        return w.take(_fill(src.key, fields), shape=stored, dtype=dt).reshape(ps.shape)
     if isinstance(src, Concat):
         if ps.parts is None:
             raise CheckpointError(f"{w.source}: {src} fuses tensors into a parameter of shape {ps.shape} that "
