@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "TokenizerError",
     "ModelNotFoundError",
+    "DistributedError",
 ]
 
 
@@ -77,3 +78,7 @@ class ModelNotFoundError(CheckpointError, FileNotFoundError):
 
     Also a ``FileNotFoundError`` so that generic "file missing" handlers work.
     """
+
+
+class DistributedError(KilnError, RuntimeError):
+    """A collective or a sharded model needs a process group that is missing or of another size."""

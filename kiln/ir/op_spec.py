@@ -15,7 +15,7 @@ REQUIRED = object()  # marks an attribute without a default
 
 CATEGORIES = (
     "pointwise", "reduction", "matmul", "attention", "layout", "gather",
-    "norm", "conv", "pool", "resample", "source",
+    "norm", "conv", "pool", "resample", "source", "collective",
 )
 
 InferFn = Callable[[list, dict], "list[TensorType] | TensorType"]

@@ -20,6 +20,7 @@ from kiln.runtime.compiler import compile as compile_graph
 from kiln.autodiff import grad, grad_name
 from kiln.ir import Graph, GraphError, TensorType, Value
 
+from .data_parallel import average_gradients, mean_over_ranks
 from .optimizers import Optimizer
 
 LR, STEP, GRAD_NORM = "lr", "step", "grad_norm"
@@ -76,12 +77,15 @@ def _trainable(graph: Graph, trainable) -> list[str]:
 
 
 def build_step_graph(graph: Graph, optimizer: Optimizer, *, loss: str = "loss", trainable=None,
-                     clip_norm: float | None = None, metrics: Sequence[str] = ()) -> Graph:
-    """One graph: graph's forward, gradients of `loss`, clipping and the optimizer update."""
+                     clip_norm: float | None = None, metrics: Sequence[str] = (), world: int = 1) -> Graph:
+    """One graph: graph's forward, gradients of `loss`, clipping and the optimizer update.
+
+    With `world` > 1 (data parallel) the gradients, the loss and the metrics are averaged over
+    the ranks before clipping (kiln.train.data_parallel)."""
     names = _trainable(graph, trainable)
     g = grad(graph, names, loss)
-    grads = {n: g.outputs[grad_name(n)] for n in names}
-    keep = {loss: g.outputs[loss], **{m: g.outputs[m] for m in metrics}}
+    grads = average_gradients(g, {n: g.outputs[grad_name(n)] for n in names}, world)
+    keep = {k: mean_over_ranks(g, g.outputs[k], world) for k in (loss, *metrics)}
     g.outputs = dict(keep)
     add_update(g, {n: g.parameters[n] for n in names}, grads, optimizer, clip_norm)
     g.name = f"{graph.name}_train_step"
@@ -117,9 +121,14 @@ class TrainStep:
 
     def __init__(self, graph: Graph, optimizer: Optimizer, *, loss: str = "loss", trainable=None,
                  clip_norm: float | None = None, accumulation: int = 1, metrics: Sequence[str] = (),
-                 device: str = "cpu"):
+                 device: str = "cpu", world: int = 1):
         if not isinstance(accumulation, int) or accumulation < 1:
             raise ValueError(f"accumulation must be a positive int, got {accumulation!r}")
+        if not isinstance(world, int) or world < 1:
+            raise ValueError(f"world must be a positive int (data-parallel ranks), got {world!r}")
+        if world > 1 and accumulation > 1:
+            raise NotImplementedError("gradient accumulation with data parallelism (world > 1)")
+        self.world = world
         if clip_norm is not None and clip_norm <= 0:
             raise ValueError(f"clip_norm must be positive, got {clip_norm}")
         for m in metrics:
@@ -132,7 +141,7 @@ class TrainStep:
         self.state_names = [state_name(s, n) for n in self.trainable for s in optimizer.slots]
         if accumulation == 1:
             g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
-                                 metrics=metrics)
+                                 metrics=metrics, world=world)
             _updates_as_states(g, self.trainable + self.state_names)
             self._fused = compile_graph(g, device=device)
         else:

@@ -8,6 +8,8 @@ from typing import Callable, Mapping
 
 from tqdm.auto import tqdm
 
+from kiln.distributed import require_world
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loader import ArrayLoader
 from .schedules import Constant
@@ -21,14 +23,29 @@ class Trainer:
     runs after every epoch; its values join the epoch's record in `history`. Checkpoints
     hold the parameters, optimizer state, step, position in the epoch, partial epoch sums and
     history, so `load` + `fit` continues the run exactly as if it had not stopped.
+
+    `distributed=True` (data parallel, under torchrun; the step built with `world=N`): every rank
+    walks the same global batches and trains on its 1/N slice of each (rank r: rows
+    [r*b/N, (r+1)*b/N)), so the run equals one process on the whole batch. Only rank 0 shows
+    progress, logs, evaluates and writes checkpoints; a checkpoint holds the (replicated) state
+    and positions in global batches, so it resumes on any number of ranks.
     """
 
     def __init__(self, step: TrainStep, loader: ArrayLoader, *, schedule: Callable[[int], float] | None = None,
                  evaluate: Callable[[Mapping], dict] | None = None, progress: bool = True,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, distributed: bool = False):
         if len(loader) < step.accumulation:
             raise ValueError(f"the loader gives {len(loader)} batches per epoch, fewer than the "
                              f"{step.accumulation} micro-batches of one step")
+        self.world = step.world if distributed else 1
+        if not distributed and step.world > 1:
+            raise ValueError(f"the step averages gradients over {step.world} ranks; pass distributed=True")
+        self.rank = require_world(self.world, "Trainer(distributed=True)")
+        if loader.batch_size % self.world:
+            raise ValueError(f"batch_size {loader.batch_size} does not split into {self.world} equal shards")
+        self.main = self.rank == 0
+        if not self.main:
+            progress, log, evaluate = False, None, None
         self.step, self.loader = step, loader
         self.schedule = schedule or Constant(step.optimizer.lr)
         self.evaluate, self.progress, self.log = evaluate, progress, log
@@ -54,7 +71,7 @@ class Trainer:
                 if max_steps is not None and self.step.step_count >= max_steps:
                     bar.close()
                     return self.history
-                group = [next(batches) for _ in range(k)]
+                group = [self._shard(next(batches)) for _ in range(k)]
                 lr = self.schedule(self.step.step_count)
                 report = self.step(group if k > 1 else group[0], lr)
                 for name, v in report.items():
@@ -74,7 +91,17 @@ class Trainer:
             self.epoch, self.position, self.sums = self.epoch + 1, 0, {}
         return self.history
 
+    def _shard(self, batch: Mapping) -> dict:
+        """This rank's slice of a global batch."""
+        if self.world == 1:
+            return dict(batch)
+        n = self.loader.batch_size // self.world
+        return {k: v[self.rank * n:(self.rank + 1) * n] for k, v in batch.items()}
+
     def save(self, path) -> None:
+        """Write a checkpoint (rank 0 only under distributed=True)."""
+        if not self.main:
+            return
         meta = {"epoch": self.epoch, "position": self.position, "sums": self.sums, "history": self.history,
                 "step_losses": self.step_losses, "optimizer": self.step.optimizer.config()}
         save_checkpoint(path, self.step.params, self.step.opt_state, self.step.step_count, meta)

@@ -324,6 +324,10 @@ CASES: list[Case] = [
          id="broadcast"),
     Case("embedding", [In((2, 5), 0, 4), Fl((4, 3))], lambda i, w: F.embedding(i, w)),
     Case("repeat_interleave", [Fl((2, 3))], lambda x: x.repeat_interleave(2, 1), {"repeats": 2, "axis": 1}),
+    # collectives, single-process meaning (world 1); tests/distributed runs them on two ranks
+    Case("all_reduce", [Fl((2, 3))], lambda x: x.clone(), {"world": 1, "reduce": "mean"}, vmap=False),
+    Case("all_gather", [Fl((2, 3))], lambda x: x.clone(), {"world": 1, "axis": 1}, vmap=False),
+    Case("reduce_scatter", [Fl((2, 4))], lambda x: x.clone(), {"world": 1, "axis": -1}, vmap=False),
     # norms
     Case("layer_norm", [Fl((2, 3, 5)), Fl((5,)), Fl((5,))], lambda x, w, b: F.layer_norm(x, (5,), w, b, 1e-5)),
     Case("layer_norm", [Fl((3, 5))], lambda x: F.layer_norm(x, (5,), eps=1e-3), {"eps": 1e-3}, "plain"),

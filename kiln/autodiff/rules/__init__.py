@@ -3,3 +3,4 @@
 
 from . import elementwise, reduction, matmul, layout, norm, attention  # noqa: F401
 from . import conv, fused, grad  # noqa: F401
+from . import collective  # noqa: F401

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from kiln.ir.ops.conv import conv_geometry, conv_transpose_geometry
 
+from .. import collectives as _coll
 from .device import to_numpy, torch_dtype
 
 
@@ -270,6 +271,8 @@ TORCH_FALLBACKS = {
     "gelu": _pointwise("gelu"), "clamp": _pointwise("clamp"),
     **{f"conv{n}d": _conv(n) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": _conv_transpose(n) for n in (1, 2, 3)},
+    # collectives: torch.distributed on the CUDA tensors (NCCL; captured in the CUDA graph)
+    "all_reduce": _coll.all_reduce, "all_gather": _coll.all_gather, "reduce_scatter": _coll.reduce_scatter,
 }
 
 

@@ -5,3 +5,4 @@ from . import conv  # noqa: F401
 from . import fused  # noqa: F401
 from . import cache  # noqa: F401  (state updates)
 from . import grad  # noqa: F401  (ops that backward passes need)
+from . import collective  # noqa: F401  (across the ranks of a process group)

@@ -10,3 +10,4 @@ from ._registry import KERNELS, kernel  # noqa: F401
 from . import elementwise, reduction, matmul, layout, norm, attention, conv  # noqa: F401
 from . import fused  # noqa: F401
 from . import grad  # noqa: F401  (backward-pass ops)
+from . import collective  # noqa: F401  (torch.distributed)
