@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kiln.distributed import require_world
 from kiln.io.config import check_divisible, config_bool, config_float, config_get, config_int, read_config
 from kiln.io.errors import ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
@@ -27,7 +28,8 @@ from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
 from kiln.nn import (MLP, Attention, Concat, DecodeCache, Embedding, KeyTable, Layout, Linear, Module,
-                     PromptCache, RMSNorm, Rope, RopeConfig, TransformerBlock, feature_inputs, place_features)
+                     PromptCache, RMSNorm, Rope, RopeConfig, TransformerBlock, feature_inputs, place_features,
+                     shard_params)
 from kiln.nn.rope import ROPE_TYPES  # noqa: F401  (part of this module's face)
 from kiln.runtime.generation import GenerationConfig
 from kiln.runtime.language_model import CausalLM
@@ -142,9 +144,13 @@ class LlamaConfig:
 # ---- the network ---------------------------------------------------------------------------
 
 class Llama(Module):
-    """Token embedding, pre-norm blocks, final norm, LM head (tied to the embedding or not)."""
+    """Token embedding, pre-norm blocks, final norm, LM head (tied to the embedding or not).
 
-    def __init__(self, cfg: LlamaConfig, dtype: str = "float32"):
+    With `tp_world` > 1, this rank's part of a tensor-parallel model: `cfg` has the local head
+    counts and MLP width (`local_config`), and the attention output and MLP down projections
+    are row-parallel (one all_reduce each per block); embeddings, norms and the head are replicated."""
+
+    def __init__(self, cfg: LlamaConfig, dtype: str = "float32", tp_world: int = 1):
         super().__init__("", dtype)
         h, eps, dt = cfg.hidden_size, cfg.rms_norm_eps, self.dtype
         self.rope = Rope(cfg.rope, cfg.head_dim, cfg.rope_layout, dt)
@@ -157,6 +163,8 @@ class Llama(Module):
             RMSNorm(f"model.layers.{i}.post_attention_layernorm", h, eps, dtype=dt),
             MLP(f"model.layers.{i}.mlp", h, cfg.intermediate_size, "silu", gated=True, bias=cfg.mlp_bias, dtype=dt))
             for i in range(cfg.num_hidden_layers)]
+        for block in self.layers:
+            block.attn.out.reduce_world = block.mlp.down.reduce_world = tp_world
         self.norm = RMSNorm("model.norm", h, eps, dtype=dt)
         self.lm_head = None if cfg.tie_word_embeddings else Linear("lm_head", h, cfg.vocab_size, dtype=dt)
 
@@ -175,12 +183,28 @@ class Llama(Module):
         return logits if self.dtype == "float32" else g.cast(logits, dtype="float32")
 
 
-class LlamaGraphs:
-    """Builds the prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM)."""
+def local_config(cfg: LlamaConfig, world: int) -> LlamaConfig:
+    """One rank's share of a tensor-parallel model: heads, KV heads and MLP width divided by `world`."""
+    for field_name, n in (("num_attention_heads", cfg.num_attention_heads),
+                          ("num_key_value_heads", cfg.num_key_value_heads), ("intermediate_size", cfg.intermediate_size)):
+        if n % world:
+            raise ConfigError(f"tensor_parallel={world}: {field_name} ({n}) does not split into {world} equal parts")
+    return replace(cfg, num_attention_heads=cfg.num_attention_heads // world,
+                   num_key_value_heads=cfg.num_key_value_heads // world,
+                   intermediate_size=cfg.intermediate_size // world)
 
-    def __init__(self, config: LlamaConfig, dtype: str = "float32"):
-        self.config, self.dtype = config, as_dtype(dtype).name
-        self.model = Llama(config, self.dtype)
+
+class LlamaGraphs:
+    """Builds the prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM).
+
+    `tp_world` > 1: the graphs of one tensor-parallel rank (`config` is the full model's; the KV cache
+    holds this rank's KV heads)."""
+
+    def __init__(self, config: LlamaConfig, dtype: str = "float32", tp_world: int = 1):
+        self.full_config = config
+        config = local_config(config, tp_world) if tp_world > 1 else config
+        self.config, self.dtype, self.tp_world = config, as_dtype(dtype).name, tp_world
+        self.model = Llama(config, self.dtype, tp_world)
         self.num_layers, self.num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
         self.head_dim, self.vocab_size = config.head_dim, config.vocab_size
 
@@ -260,23 +284,25 @@ def read_llama_config(directory: Path) -> tuple[LlamaConfig, dict, str]:
 
 
 def load_llama(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,
-               progress: bool = False) -> CausalLM:
+               progress: bool = False, tensor_parallel: int = 1) -> CausalLM:
     """A Llama-family checkpoint directory as a CausalLM (weights, tokenizer, generation defaults)."""
     d = Path(path)
     cfg, raw, filename = read_llama_config(d)
     weights = WeightMap(load_checkpoint_dir(d, filename=filename), source=str(d))
     tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
     return causal_lm_from_weights(cfg, weights, tokenizer=tokenizer, generation_config=GenerationConfig.from_dir(d, raw),
-                                  device=device, dtype=dtype, optimize=optimize, progress=progress, name=str(d))
+                                  device=device, dtype=dtype, optimize=optimize, progress=progress, name=str(d),
+                                  tensor_parallel=tensor_parallel)
 
 
 def causal_lm_from_weights(cfg: LlamaConfig, weights: WeightMap, *, tokenizer=None,
                            generation_config: GenerationConfig | None = None, device: str = "cpu",
                            dtype: str = "float32", optimize: bool = True, progress: bool = False,
-                           name: str = "model") -> CausalLM:
+                           name: str = "model", tensor_parallel: int = 1) -> CausalLM:
     """A CausalLM from a parsed config and checkpoint tensors in HF or original key layout.
 
-    The entry point for every weight source (safetensors directories, GGUF files, ...)."""
+    The entry point for every weight source (safetensors directories, GGUF files, ...).
+    `tensor_parallel=N` (under torchrun, N ranks): this rank's slice of the model (kiln.nn.parallel)."""
     layout, view = KEYS.detect(weights)
     cfg = replace(cfg, **layout.implies)
     if layout.name == "meta" and not view.has("output.weight"):  # the original layout stores no tied head
@@ -287,5 +313,9 @@ def causal_lm_from_weights(cfg: LlamaConfig, weights: WeightMap, *, tokenizer=No
 
         layers = tqdm(layers, desc="loading weights", unit="layer", leave=False)
     params = llama_params(weights, cfg, dtype, layers=layers)
-    return CausalLM(LlamaGraphs(cfg, dtype), params, tokenizer=tokenizer, generation_config=generation_config,
+    graphs = LlamaGraphs(cfg, dtype, tensor_parallel)
+    if tensor_parallel > 1:
+        rank = require_world(tensor_parallel, f"{name} with tensor_parallel={tensor_parallel}")
+        params = shard_params(params, Llama(cfg, dtype).params(), graphs.model.params(), rank, tensor_parallel)
+    return CausalLM(graphs, params, tokenizer=tokenizer, generation_config=generation_config,
                     device=device, dtype=dtype, optimize=optimize, name=name)

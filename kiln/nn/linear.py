@@ -8,14 +8,19 @@ from .module import Module, ParamSpec
 
 
 class Linear(Module):
-    """y = x W^T + b with W [out, in] (HF's layout); `parts` names a load-time fusion's row blocks."""
+    """y = x W^T + b with W [out, in] (HF's layout); `parts` names a load-time fusion's row blocks.
+
+    `reduce_world` > 1 makes it row-parallel (tensor parallelism): this rank holds a slice of the
+    input features, and the partial products are summed over the ranks (all_reduce) before the
+    bias is added once."""
 
     def __init__(self, name: str, in_features: int, out_features: int, bias: bool = False, *,
-                 parts: tuple[int, ...] | None = None, dtype="float32"):
+                 parts: tuple[int, ...] | None = None, reduce_world: int = 1, dtype="float32"):
         super().__init__(name, dtype)
         if parts is not None and sum(parts) != out_features:
             raise ValueError(f"Linear {name!r}: parts {parts} do not add up to out_features {out_features}")
         self.in_features, self.out_features, self.bias, self.parts = in_features, out_features, bias, parts
+        self.reduce_world = reduce_world
 
     def own_params(self) -> dict[str, ParamSpec]:
         p = {"weight": ParamSpec((self.out_features, self.in_features), self.dtype, self.parts)}
@@ -24,7 +29,10 @@ class Linear(Module):
         return p
 
     def __call__(self, g: Graph, x: Value) -> Value:
-        return g.linear(x, self.param(g, "weight"), self.param(g, "bias") if self.bias else None)
+        if self.reduce_world == 1:
+            return g.linear(x, self.param(g, "weight"), self.param(g, "bias") if self.bias else None)
+        y = g.all_reduce(g.linear(x, self.param(g, "weight")), world=self.reduce_world)
+        return g.add(y, self.param(g, "bias")) if self.bias else y
 
 
 class Embedding(Module):

@@ -24,7 +24,7 @@ def rank_inputs(rank: int) -> dict[str, np.ndarray]:
     return {"x": rng.standard_normal((4, 6)).astype(np.float32)}
 
 
-def collectives(rank: int, world: int) -> dict[str, np.ndarray]:
+def collectives(rank: int, world: int, out=None) -> dict[str, np.ndarray]:
     """all_reduce (sum, mean), all_gather, reduce_scatter and the gradient through all_gather."""
     g = Graph("collectives")
     x = g.input("x", (4, 6))
@@ -78,13 +78,24 @@ def data_parallel(rank: int, world: int, global_batch: int = 16, steps: int = 5,
     return {**step.params, "losses": np.array(trainer.step_losses)}
 
 
-CASES = {"collectives": collectives, "data_parallel": data_parallel,
+def tensor_parallel(rank: int, world: int, out: Path) -> dict[str, np.ndarray]:
+    """Logits and 16 greedy tokens of the tiny Llama saved at out/llama, split over `world` ranks."""
+    model = kiln.load(str(out / "llama"), tensor_parallel=world)
+    ids = np.random.default_rng(5).integers(0, model.graphs.vocab_size, (2, 11))
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0
+    return {"logits": model(ids, mask), "tokens": model.generate(ids, mask, max_new_tokens=16, eos_token_id=[]),
+            "kv_heads": np.array(model.graphs.num_kv_heads)}
+
+
+CASES = {"collectives": collectives,
+         "data_parallel": lambda rank, world, out: data_parallel(rank, world),
          "data_parallel_3_steps": lambda rank, world, out: data_parallel(rank, world, steps=3,
-                                                                          checkpoint=str(out / "ck.safetensors"))}
+                                                                          checkpoint=str(out / "ck.safetensors")),
+         "tensor_parallel": tensor_parallel}
 
 if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])
     rank, world = kiln.distributed.init()
-    fn = CASES[case]
-    result = fn(rank, world, out) if case == "data_parallel_3_steps" else fn(rank, world)
+    result = CASES[case](rank, world, out)
     np.savez(out / f"rank{rank}.npz", **result)

@@ -60,6 +60,21 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
         np.testing.assert_allclose(resumed[name], ref[name], atol=1e-6, err_msg=name)
 
 
+def test_tensor_parallel_llama_equals_one_process(tmp_path):
+    """Heads, KV heads and MLP columns split over 2 ranks (one all_reduce per attention block and
+    per MLP): logits and 16 greedy tokens of a left-padded batch equal the unsplit model's."""
+    sys.path.insert(0, str(HERE.parent / "models"))
+    from llama_checkpoints import save_checkpoint
+
+    save_checkpoint(tmp_path / "llama", "llama3", num_attention_heads=4, num_key_value_heads=2)
+    got = torchrun("tensor_parallel", tmp_path)
+    ref = dist_cases.tensor_parallel(0, 1, tmp_path)
+    for out in got:
+        assert int(out["kv_heads"]) == 1                       # the KV cache holds this rank's heads
+        np.testing.assert_allclose(out["logits"], ref["logits"], atol=1e-5)
+        np.testing.assert_array_equal(out["tokens"], ref["tokens"])
+
+
 def test_a_collective_without_a_group_names_the_launch():
     from kiln.errors import DistributedError
     import kiln
@@ -69,3 +84,18 @@ def test_a_collective_without_a_group_names_the_launch():
     g.output("y", g.all_reduce(g.input("x", (2,)), world=2))
     with pytest.raises(DistributedError, match="torchrun --nproc-per-node 2"):
         kiln.compile(g).run(x=np.ones(2, np.float32))
+
+
+def test_tensor_parallel_needs_the_group_and_divisible_sizes(tmp_path):
+    from kiln.errors import ConfigError, DistributedError
+    import kiln
+
+    sys.path.insert(0, str(HERE.parent / "models"))
+    from llama_checkpoints import save_checkpoint
+
+    save_checkpoint(tmp_path / "odd", "llama3", num_attention_heads=4, num_key_value_heads=1)
+    with pytest.raises(ConfigError, match="num_key_value_heads \\(1\\) does not split into 2"):
+        kiln.load(str(tmp_path / "odd"), tensor_parallel=2)
+    save_checkpoint(tmp_path / "even", "llama3")
+    with pytest.raises(DistributedError, match="torchrun --nproc-per-node 2"):
+        kiln.load(str(tmp_path / "even"), tensor_parallel=2)
