@@ -32,6 +32,10 @@ FAMILIES: dict[str, str | Callable] = {
     "qwen3": "kiln.models.llama:load_llama",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
+    "siglip": "kiln.models.siglip:load_siglip",
+    "siglip_vision_model": "kiln.models.siglip:load_siglip",
+    "idefics3": "kiln.models.smolvlm:load_smolvlm",
+    "smolvlm": "kiln.models.smolvlm:load_smolvlm",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a

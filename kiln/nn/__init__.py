@@ -10,7 +10,7 @@ from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
 from .conv import Conv
 from .features import feature_inputs, place_features
-from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Zeros
+from .keys import Concat, KeyTable, Layout, OrMake, Rows, Transposed, Zeros
 from .kv_cache import DecodeCache, PromptCache, SlotCache
 from .linear import Embedding, Linear
 from .mlp import MLP, activation, gated_activation
@@ -19,6 +19,6 @@ from .norm import LayerNorm, RMSNorm
 from .rope import Rope, RopeConfig
 
 __all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
-           "Layout", "OrMake", "Transposed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
+           "Layout", "OrMake", "Rows", "Transposed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
            "Rope", "RopeConfig"]

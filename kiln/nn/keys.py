@@ -10,6 +10,8 @@ pattern's fields filled in) or an entry:
   part stands for a tensor the checkpoint does not have (Whisper's bias-free K projection).
 * `Transposed(k)`: a tensor stored transposed.
 * `OrMake(k, make)`: a tensor some exporters drop, rebuilt by `make(shape)` when missing.
+* `Rows(k, start, stop, blocks)`: row blocks [start, stop) of a tensor stored as `blocks`
+  equal blocks along axis 0 (a packed Q/K/V in-projection whose parts feed different blocks).
 
 A `KeyTable` holds a family's layouts (e.g. HF and the original Meta layout); `detect`
 picks the one whose `marker` key the checkpoint has, optionally after stripping a prefix
@@ -72,7 +74,15 @@ class OrMake:
     make: Callable[[tuple[int, ...]], np.ndarray]
 
 
-Source = Union[str, Concat, Transposed, OrMake]
+@dataclass(frozen=True)
+class Rows:
+    key: str
+    start: int
+    stop: int
+    blocks: int
+
+
+Source = Union[str, Concat, Transposed, OrMake, Rows]
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,11 @@ def _take(w: WeightMap, src: Source, fields: dict[str, str], ps: ParamSpec) -> n
             raise CheckpointError(f"{w.source}: '{key}' is missing and its fallback made shape {made.shape}, "
                                   f"expected {ps.shape}")
         return made.astype(dt)
+    if isinstance(src, Rows):
+        key = _fill(src.key, fields)
+        block = ps.shape[0] // (src.stop - src.start)
+        stored = w.take(key, shape=(block * src.blocks,) + ps.shape[1:], dtype=dt)
+        return np.ascontiguousarray(stored[src.start * block:src.stop * block])
     if isinstance(src, Concat):
         if ps.parts is None:
             raise CheckpointError(f"{w.source}: {src} fuses tensors into a parameter of shape {ps.shape} that "

@@ -1,0 +1,110 @@
+"""SigLIP vs HF transformers: the vision tower alone (with its pooling head, at the trained and at
+an interpolated resolution) and the two-tower SiglipModel's embeddings and zero-shot logits.
+
+Tiny random models, every weight re-drawn (HF's init leaves attention near uniform and zero
+biases), saved with save_pretrained and loaded back through kiln.load.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.errors import InputError
+from kiln.load import load
+
+transformers = pytest.importorskip("transformers")
+
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8, num_channels=3)
+TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, projection_size=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def redraw(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every weight re-drawn so that each feature changes the output measurably."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                fan_in = int(np.prod(p.shape[1:])) if "probe" not in name and "position" not in name else 1
+                scale = fan_in ** -0.5 if fan_in > 1 else 0.1
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def vision_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    hf = redraw(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**VISION)))
+    d = tmp_path_factory.mktemp("siglip_vision")
+    hf.save_pretrained(d)
+    return d, hf
+
+
+@pytest.fixture(scope="module")
+def two_tower_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    hf = redraw(transformers.SiglipModel(transformers.SiglipConfig(vision_config=VISION, text_config=TEXT)), seed=1)
+    d = tmp_path_factory.mktemp("siglip")
+    hf.save_pretrained(d)
+    return d, hf
+
+
+def pixels(n, size, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, *size)).astype(np.float32)
+
+
+def test_vision_tower_matches_hf(vision_ckpt):
+    d, hf = vision_ckpt
+    model = load(d)
+    px = pixels(2, (32, 32))
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(px))
+    out = model(px)
+    np.testing.assert_allclose(out["last_hidden_state"], ref.last_hidden_state.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["pooler_output"], ref.pooler_output.numpy(), atol=1e-4)
+
+
+def test_other_resolutions_interpolate_the_position_table_like_hf(vision_ckpt):
+    d, hf = vision_ckpt
+    model = load(d)
+    px = pixels(1, (48, 24), seed=1)          # 6x3 patches from a 4x4 table
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(px), interpolate_pos_encoding=True)
+    out = model(px, interpolate_pos_encoding=True)
+    np.testing.assert_allclose(out["last_hidden_state"], ref.last_hidden_state.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["pooler_output"], ref.pooler_output.numpy(), atol=1e-4)
+    with pytest.raises(InputError, match="interpolate_pos_encoding=True"):
+        model(px)
+    with pytest.raises(InputError, match=r"pixel_values must be \[images, 3, height, width\]"):
+        model(pixels(1, (32, 32))[:, :1])
+
+
+def test_two_towers_give_hf_embeddings_and_zero_shot_logits(two_tower_ckpt):
+    d, hf = two_tower_ckpt
+    model = load(d)
+    px = pixels(2, (32, 32), seed=2)
+    ids = np.random.default_rng(3).integers(0, TEXT["vocab_size"], size=(3, 7))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(px))
+    out = model(input_ids=ids, pixel_values=px)
+    for name in ("logits_per_image", "logits_per_text", "image_embeds", "text_embeds"):
+        np.testing.assert_allclose(out[name], getattr(ref, name).numpy(), atol=1e-4, err_msg=name)
+    assert out["logits_per_image"].shape == (2, 3)
+    assert (out["logits_per_image"].argmax(1) == ref.logits_per_image.numpy().argmax(1)).all()
+    with torch.no_grad():
+        img = hf.get_image_features(pixel_values=torch.from_numpy(px)).pooler_output.numpy()
+        mask = np.ones_like(ids)
+        mask[0, 5:] = 0
+        txt = hf.get_text_features(input_ids=torch.from_numpy(ids),
+                                   attention_mask=torch.from_numpy(mask)).pooler_output.numpy()
+    np.testing.assert_allclose(model.get_image_features(px), img, atol=1e-4)
+    got = model.get_text_features(ids, attention_mask=mask)
+    np.testing.assert_allclose(got, txt, atol=1e-4)
+    assert np.abs(got - model.get_text_features(ids)).max() > 1e-3   # the mask changes the result
