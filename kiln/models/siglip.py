@@ -258,12 +258,12 @@ def _bicubic_1d(n_in: int, n_out: int) -> np.ndarray:
 def siglip_layout(name: str, marker: str, strip: tuple[str, ...] = (), extra: Mapping | None = None, **kw) -> Layout:
     """HF SigLIP key names (any prefix): Q/K/V fused, the pooling head's packed in-projection split."""
     return Layout(name, marker, strip=strip, keys={
+        **(extra or {}),    # a family's own keys first: the patterns below match any prefix
         "{pre}.self_attn.qkv_proj.{kind}": Concat(*(f"{{pre}}.self_attn.{p}_proj.{{kind}}" for p in "qkv")),
         "{pre}.head.attention.q.{kind}": Rows("{pre}.head.attention.in_proj_{kind}", 0, 1, 3),
         "{pre}.head.attention.kv.{kind}": Rows("{pre}.head.attention.in_proj_{kind}", 1, 3, 3),
         "head.attention.q.{kind}": Rows("head.attention.in_proj_{kind}", 0, 1, 3),
         "head.attention.kv.{kind}": Rows("head.attention.in_proj_{kind}", 1, 3, 3),
-        **(extra or {}),
         "{name}": "{name}",
     }, **kw)
 

@@ -13,30 +13,9 @@ import torch
 
 from kiln.errors import InputError
 from kiln.load import load
+from vlm_checkpoints import TEXT, VISION, redraw
 
 transformers = pytest.importorskip("transformers")
-
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-              patch_size=8, num_channels=3)
-TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, projection_size=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-
-
-def redraw(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every weight re-drawn so that each feature changes the output measurably."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                fan_in = int(np.prod(p.shape[1:])) if "probe" not in name and "position" not in name else 1
-                scale = fan_in ** -0.5 if fan_in > 1 else 0.1
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-            elif "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
 def vision_ckpt(tmp_path_factory):
