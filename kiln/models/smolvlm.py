@@ -286,7 +286,7 @@ def load_smolvlm(path, device: str = "cpu", dtype: str = "float32", **_options) 
     params = KEYS.load(weights, spec)
     tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
     processor = None
-    if tokenizer is not None and (d / "preprocessor_config.json").is_file():
+    if tokenizer is not None and any((d / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
         from .smolvlm_processor import SmolVLMProcessor
 
         processor = SmolVLMProcessor.from_dir(d, tokenizer, cfg)

@@ -48,3 +48,43 @@ def vlm_model(family: str = "smolvlm", seed: int = 0, tie: bool = False):
                   scale_factor=2, image_token_id=IMAGE_TOKEN, tie_word_embeddings=tie, pad_token_id=None)
     torch.manual_seed(seed)
     return redraw(model_cls(cfg), seed)
+
+
+# ---- a processor: byte-level BPE tokenizer with the image tokens, and HF's Pil image processor ------
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+            "<global-img>", "<video>", *[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]]
+CHAT_TEMPLATE = (  # SmolVLM's template
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] "
+    "== 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == "
+    "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+CORPUS = ["Describe the image in detail.", "What is in this picture? A cat on a mat.",
+          "User: Assistant: frames from a video of a red ball", "0123456789 :,.!?"] * 8
+
+
+def vlm_tokenizer():
+    """A HF fast tokenizer: the specials first (ids 0..42), then bytes and merges (vocab <= 320)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<end_of_utterance>",
+                                                pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def hf_processor(tile: int = 32, longest: int = 64, image_seq_len: int = TOKENS_PER_TILE, **image_kwargs):
+    """HF's Idefics3Processor over Idefics3ImageProcessorPil (Pillow, no torchvision)."""
+    import transformers
+
+    images = transformers.Idefics3ImageProcessorPil(size={"longest_edge": longest},
+                                                    max_image_size={"longest_edge": tile}, **image_kwargs)
+    return transformers.Idefics3Processor(images, vlm_tokenizer(), image_seq_len=image_seq_len,
+                                          chat_template=CHAT_TEMPLATE)
