@@ -37,15 +37,16 @@ def redraw(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def vlm_model(family: str = "smolvlm", seed: int = 0, tie: bool = False):
+def vlm_model(family: str = "smolvlm", seed: int = 0, tie: bool = False, image_token_id: int = IMAGE_TOKEN,
+              **decoder):
     """A tiny Idefics3 or SmolVLM ForConditionalGeneration with re-drawn weights."""
     import transformers
 
     cfg_cls = {"smolvlm": transformers.SmolVLMConfig, "idefics3": transformers.Idefics3Config}[family]
     model_cls = {"smolvlm": transformers.SmolVLMForConditionalGeneration,
                  "idefics3": transformers.Idefics3ForConditionalGeneration}[family]
-    cfg = cfg_cls(vision_config=dict(VISION), text_config={**DECODER, "tie_word_embeddings": tie},
-                  scale_factor=2, image_token_id=IMAGE_TOKEN, tie_word_embeddings=tie, pad_token_id=None)
+    cfg = cfg_cls(vision_config=dict(VISION), text_config={**DECODER, "tie_word_embeddings": tie, **decoder},
+                  scale_factor=2, image_token_id=image_token_id, tie_word_embeddings=tie, pad_token_id=None)
     torch.manual_seed(seed)
     return redraw(model_cls(cfg), seed)
 
@@ -88,3 +89,13 @@ def hf_processor(tile: int = 32, longest: int = 64, image_seq_len: int = TOKENS_
                                                     max_image_size={"longest_edge": tile}, **image_kwargs)
     return transformers.Idefics3Processor(images, vlm_tokenizer(), image_seq_len=image_seq_len,
                                           chat_template=CHAT_TEMPLATE)
+
+
+def save_vlm_checkpoint(directory, family: str = "smolvlm", seed: int = 6):
+    """A complete checkpoint: model (vocab 320, <image> = the tokenizer's id), tokenizer, processor, template."""
+    processor = hf_processor()
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    hf = vlm_model(family, seed=seed, tie=True, image_token_id=image_id, vocab_size=320)
+    hf.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return hf, processor
