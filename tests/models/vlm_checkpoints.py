@@ -99,3 +99,13 @@ def save_vlm_checkpoint(directory, family: str = "smolvlm", seed: int = 6):
     hf.save_pretrained(directory)
     processor.save_pretrained(directory)
     return hf, processor
+
+
+def hf_image_features(hf, pixel_values):
+    """HF's connector output [tiles * tokens, hidden], whichever transformers 5.x shape it returns."""
+    with torch.no_grad():
+        out = hf.get_image_features(pixel_values=torch.as_tensor(pixel_values))
+    out = getattr(out, "pooler_output", out)
+    if isinstance(out, (list, tuple)):
+        out = torch.cat([o.reshape(-1, o.shape[-1]) for o in out])
+    return out.reshape(-1, out.shape[-1]).numpy()
