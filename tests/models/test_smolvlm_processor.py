@@ -12,7 +12,7 @@ from PIL import Image
 
 from kiln.errors import InputError
 from kiln.io.tokenizer import Tokenizer
-from kiln.models.smolvlm_processor import SmolVLMProcessor, number_words
+from kiln.models.smolvlm_processor import ImageSettings, SmolVLMProcessor, number_words
 from vlm_checkpoints import hf_processor
 
 transformers = pytest.importorskip("transformers")
@@ -112,3 +112,49 @@ def test_video_sampling_matches_smolvlm2():
     for total, fps in ((300, 30.0), (40, 10.0), (12, 24.0)):
         meta = VideoMetadata(total_num_frames=total, fps=fps, duration=total / fps)
         np.testing.assert_array_equal(ours.sample_frames(total, fps), hf.sample_frames(meta, num_frames=8, fps=2))
+
+
+def write_video(path, frames=30, fps=10):
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for i in range(frames):
+            arr = np.full((32, 48, 3), i * 8, np.uint8)
+            arr[:, : i + 1] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_video_file_is_sampled_and_stamped(processors, tmp_path):
+    ours, _ = processors
+    path = tmp_path / "clip.mp4"
+    write_video(path)                       # 3 s at 10 fps; SmolVLM2 samples 1 fps: 3 frames
+    out = ours("<video>What happens?", video=str(path))
+    text = ours.tokenizer.decode(out["input_ids"][0])
+    assert text.startswith("You are provided the following series of three frames from a 0:00:03 [H:MM:SS] video.")
+    assert [text.count(f"Frame from 00:{s:02d}:") for s in (0, 1, 2)] == [1, 1, 1]
+    assert out["pixel_values"].shape == (1, 3, 3, 32, 32)
+    with pytest.raises(InputError, match="cannot decode"):
+        bad = tmp_path / "bad.mp4"
+        bad.write_bytes(b"not a video at all")
+        ours("<video>", video=str(bad))
+    with pytest.raises(InputError, match="no <video> placeholder"):
+        ours("no placeholder", video=str(path))
+
+
+def test_video_pixels_close_to_hf_torchvision_processor(tmp_path):
+    """HF's video processor runs on torchvision (LANCZOS, or BICUBIC before torchvision 0.27), so its
+    pixels are near, not equal to, the Pillow path's; the frame layout and sampling are the same."""
+    pytest.importorskip("torchvision")
+    from transformers import SmolVLMVideoProcessor
+
+    frames = np.stack([np.asarray(picture(48, 36, seed=20 + i)) for i in range(4)])
+    hf = SmolVLMVideoProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    ref = hf(videos=[frames], do_sample_frames=False, return_tensors="np")["pixel_values"]
+    ours = SmolVLMProcessor(None, ImageSettings(longest_edge=64, tile=32), 4)
+    got = np.stack(ours.video(list(frames))[0])
+    assert ref.shape == (1, *got.shape)
+    assert np.abs(got - ref[0]).mean() < 0.05
