@@ -67,3 +67,14 @@ def test_run_names_bad_images(ckpt, capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
     assert main(["run", str(d), "--image", paths[0]]) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_generate_text_from_python(ckpt):
+    d, hf, processor, paths = ckpt
+    from kiln.load import load
+
+    model = load(d)
+    pieces = []
+    reply = model.generate_text("Describe the image", images=paths[:1], max_new_tokens=12, stream=pieces.append)
+    assert reply == hf_reply(hf, processor, paths[:1], "Describe the image")
+    assert "".join(pieces) == reply
