@@ -22,18 +22,18 @@ RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "
 
 def load_image(path: str | os.PathLike):
     """An image file as a decoded Pillow image; InputError naming the file when it is not one."""
-    pil = require("PIL", "reading images")
-    from PIL import Image  # noqa: F401  (the submodule)
+    require("PIL", "reading images")
+    from PIL import Image
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         what = "is a directory, expected an image file" if os.path.isdir(path) else "not found"
         raise InputError(f"image file {path!r} {what}")
     try:
-        with pil.Image.open(path) as im:
+        with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (OSError, SyntaxError, ValueError, pil.Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"cannot decode {path!r} as an image (expected PNG, JPEG or another format Pillow reads): "
                          f"{' '.join(str(e).split())}") from None
 

@@ -130,10 +130,10 @@ class PoolingHead(Module):
         super().__init__(name, dtype)
         h = cfg.hidden_size
         self.probe = Probe(name, h, dtype)
-        self.attention = CrossAttention(self.full_name(f"attention"), h, cfg.num_attention_heads,
+        self.attention = CrossAttention(self.full_name("attention"), h, cfg.num_attention_heads,
                                         names={"q": "q", "kv": "kv", "out": "out_proj"}, dtype=dtype)
-        self.layernorm = LayerNorm(self.full_name(f"layernorm"), h, cfg.layer_norm_eps, dtype=dtype)
-        self.mlp = MLP(self.full_name(f"mlp"), h, cfg.intermediate_size, cfg.hidden_act, bias=True,
+        self.layernorm = LayerNorm(self.full_name("layernorm"), h, cfg.layer_norm_eps, dtype=dtype)
+        self.mlp = MLP(self.full_name("mlp"), h, cfg.intermediate_size, cfg.hidden_act, bias=True,
                        names={"up": "fc1", "down": "fc2"}, dtype=dtype)
 
     def __call__(self, g: Graph, x: Value) -> Value:
@@ -152,14 +152,14 @@ class SiglipVision(Module):
         super().__init__(prefix, dtype)
         h, dt = cfg.hidden_size, self.dtype
         self.cfg = cfg
-        self.patch = Conv(self.full_name(f"embeddings.patch_embedding"), cfg.num_channels, h, cfg.patch_size, dims=2,
+        self.patch = Conv(self.full_name("embeddings.patch_embedding"), cfg.num_channels, h, cfg.patch_size, dims=2,
                           stride=cfg.patch_size, dtype=dt)
-        self.position = Embedding(self.full_name(f"embeddings.position_embedding"), cfg.grid ** 2, h, dtype=dt)
-        self.encoder = SiglipEncoder(self.full_name(f"encoder"), h, cfg.num_attention_heads, cfg.intermediate_size,
+        self.position = Embedding(self.full_name("embeddings.position_embedding"), cfg.grid ** 2, h, dtype=dt)
+        self.encoder = SiglipEncoder(self.full_name("encoder"), h, cfg.num_attention_heads, cfg.intermediate_size,
                                      cfg.hidden_act, cfg.layer_norm_eps, cfg.num_hidden_layers, dt)
-        self.post_layernorm = LayerNorm(self.full_name(f"post_layernorm"), h, cfg.layer_norm_eps, dtype=dt)
+        self.post_layernorm = LayerNorm(self.full_name("post_layernorm"), h, cfg.layer_norm_eps, dtype=dt)
         use_head = cfg.use_head if with_head is None else with_head
-        self.head = PoolingHead(self.full_name(f"head"), cfg, dt) if use_head else None
+        self.head = PoolingHead(self.full_name("head"), cfg, dt) if use_head else None
 
     def embed(self, g: Graph, pixels: Value, position_ids: Value | None = None,
               interpolate_pos_encoding: bool = False) -> Value:
@@ -201,12 +201,12 @@ class SiglipText(Module):
         super().__init__(prefix, dtype)
         h, dt = cfg.hidden_size, self.dtype
         self.cfg = cfg
-        self.token = Embedding(self.full_name(f"embeddings.token_embedding"), cfg.vocab_size, h, dtype=dt)
-        self.position = Embedding(self.full_name(f"embeddings.position_embedding"), cfg.max_position_embeddings, h, dtype=dt)
-        self.encoder = SiglipEncoder(self.full_name(f"encoder"), h, cfg.num_attention_heads, cfg.intermediate_size,
+        self.token = Embedding(self.full_name("embeddings.token_embedding"), cfg.vocab_size, h, dtype=dt)
+        self.position = Embedding(self.full_name("embeddings.position_embedding"), cfg.max_position_embeddings, h, dtype=dt)
+        self.encoder = SiglipEncoder(self.full_name("encoder"), h, cfg.num_attention_heads, cfg.intermediate_size,
                                      cfg.hidden_act, cfg.layer_norm_eps, cfg.num_hidden_layers, dt)
-        self.final_layer_norm = LayerNorm(self.full_name(f"final_layer_norm"), h, cfg.layer_norm_eps, dtype=dt)
-        self.head = Linear(self.full_name(f"head"), h, cfg.projection_size, bias=True, dtype=dt)
+        self.final_layer_norm = LayerNorm(self.full_name("final_layer_norm"), h, cfg.layer_norm_eps, dtype=dt)
+        self.head = Linear(self.full_name("head"), h, cfg.projection_size, bias=True, dtype=dt)
 
     def __call__(self, g: Graph, ids: Value, attention_mask: Value | None = None) -> tuple[Value, Value]:
         b, s = ids.shape
