@@ -83,3 +83,11 @@ def to_pixels(rgb: np.ndarray, rescale: float | None, mean: Sequence[float] | No
         s = np.asarray(std, np.float32).reshape(-1, 1, 1)
         x = (x - m) / s
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def fixed_size_pixels(images: Sequence[Any], height: int, width: int, resample: int, rescale: float | None,
+                      mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    """float32 [N, 3, height, width]: each image (path, Pillow image or uint8 array) as RGB, resized to one
+    fixed size, rescaled and normalized (the plain image processor of SigLIP / CLIP-style encoders)."""
+    return np.stack([to_pixels(resize(rgb_array(im, f"image {i}"), height, width, resample), rescale, mean, std)
+                     for i, im in enumerate(images)])

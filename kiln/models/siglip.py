@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from kiln.errors import InputError
+from kiln.files import read_json_if_present
+from kiln.io.image import fixed_size_pixels
 from kiln.io.config import check_divisible, config_bool, config_float, config_int, config_str, read_config
 from kiln.io.errors import ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
@@ -297,12 +299,46 @@ def _token_ids(name: str, a, vocab: int, max_len: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class SiglipImageSettings:
+    """The checkpoint's image processor: one fixed size, Pillow resample code, rescale, mean / std."""
+
+    height: int = 224
+    width: int = 224
+    resample: int = 3           # bicubic
+    rescale: float | None = 1 / 255
+    mean: tuple[float, ...] | None = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] | None = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_dir(cls, d: Path) -> "SiglipImageSettings | None":
+        """From preprocessor_config.json (transformers 4) or processor_config.json's image_processor (5)."""
+        proc = read_json_if_present(d / "processor_config.json", "processor config", ConfigError) or {}
+        cfg = proc.get("image_processor") or read_json_if_present(
+            d / "preprocessor_config.json", "image processor config", ConfigError)
+        if cfg is None:
+            return None
+        where = _Sub(cfg.get("size") or {}, f"{d} image processor size")
+        norm = cfg.get("do_normalize", True)
+        return cls(config_int(where, "height", default=224), config_int(where, "width", default=224),
+                   int(cfg.get("resample", 3)),
+                   float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None,
+                   tuple(cfg.get("image_mean", (0.5,) * 3)) if norm else None,
+                   tuple(cfg.get("image_std", (0.5,) * 3)) if norm else None)
+
+
 class _Compiled:
-    """Graphs built per static shape, compiled once and cached."""
+    """Graphs built per static shape, compiled once and cached; `pixel_values(images)` prepares images."""
 
     def __init__(self, params: dict[str, np.ndarray], device: str, dtype: str):
         self.params, self.device, self.dtype = params, device, dtype
         self._cache: dict[tuple, Any] = {}
+        self.image_settings: SiglipImageSettings | None = None
+
+    def pixel_values(self, images) -> np.ndarray:
+        """Images (paths, Pillow images, uint8 arrays) -> float32 [N, 3, H, W], as HF's SiglipImageProcessor."""
+        s = self.image_settings or SiglipImageSettings()
+        return fixed_size_pixels(list(images), s.height, s.width, s.resample, s.rescale, s.mean, s.std)
 
     def _run(self, key: tuple, build, **inputs) -> dict[str, np.ndarray]:
         if key not in self._cache:
@@ -417,7 +453,9 @@ def load_siglip(path, device: str = "cpu", dtype: str = "float32", **_options):
     if raw.get("model_type") == "siglip_vision_model":
         cfg = SiglipVisionConfig.from_hf(raw)
         spec = SiglipVision(cfg, "", dtype).params()
-        return SiglipVisionModel(cfg, KEYS.load(weights, spec, layers=range(cfg.num_hidden_layers)), device, dtype)
+        model = SiglipVisionModel(cfg, KEYS.load(weights, spec, layers=range(cfg.num_hidden_layers)), device, dtype)
+        model.image_settings = SiglipImageSettings.from_dir(d)
+        return model
     for sub in ("vision_config", "text_config"):
         if not isinstance(raw.get(sub), dict):
             raise ConfigError(f"{raw.path}: a 'siglip' config needs a {sub!r} object")
@@ -425,7 +463,9 @@ def load_siglip(path, device: str = "cpu", dtype: str = "float32", **_options):
     text = SiglipTextConfig.from_hf(_Sub(raw["text_config"], f"{raw.path} (text_config)"))
     spec = {**SiglipVision(vision, "vision_model", dtype, with_head=True).params(),
             **SiglipText(text, "text_model", dtype).params(), **LogitScale("", dtype).params()}
-    return SiglipModel(vision, text, KEYS.load(weights, spec), device, dtype)
+    model = SiglipModel(vision, text, KEYS.load(weights, spec), device, dtype)
+    model.image_settings = SiglipImageSettings.from_dir(d)
+    return model
 
 
 class _Sub(dict):

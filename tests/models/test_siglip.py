@@ -87,3 +87,22 @@ def test_two_towers_give_hf_embeddings_and_zero_shot_logits(two_tower_ckpt):
     got = model.get_text_features(ids, attention_mask=mask)
     np.testing.assert_allclose(got, txt, atol=1e-4)
     assert np.abs(got - model.get_text_features(ids)).max() > 1e-3   # the mask changes the result
+
+
+def test_images_are_prepared_like_hf_and_classified_zero_shot(two_tower_ckpt, tmp_path):
+    """The checkpoint's image processor settings, Pillow images of other sizes, then zero-shot logits."""
+    from PIL import Image
+
+    d, hf = two_tower_ckpt
+    proc = transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    proc.save_pretrained(d)
+    rng = np.random.default_rng(4)
+    pics = [Image.fromarray(rng.integers(0, 256, size=s, dtype=np.uint8)) for s in ((40, 70, 3), (20, 18, 3))]
+    pics.append(pics[0].convert("RGBA"))
+    model = load(d)
+    px = model.pixel_values(pics)
+    np.testing.assert_array_equal(px, proc(pics, return_tensors="np")["pixel_values"])
+    ids = rng.integers(0, TEXT["vocab_size"], size=(2, 5))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(px)).logits_per_image.numpy()
+    np.testing.assert_allclose(model(input_ids=ids, pixel_values=px)["logits_per_image"], ref, atol=1e-4)
