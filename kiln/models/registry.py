@@ -33,12 +33,18 @@ FAMILIES: dict[str, str | Callable] = {
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
     "vjepa2": "kiln.models.vjepa2:load_vjepa2",
+    "siglip": "kiln.models.siglip:load_siglip",
+    "siglip_vision_model": "kiln.models.siglip:load_siglip",
+    "idefics3": "kiln.models.smolvlm:load_smolvlm",
+    "smolvlm": "kiln.models.smolvlm:load_smolvlm",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
 # prompt (speech models); each function takes the parsed argparse namespace and returns an exit code.
 CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main",
-                                          "vjepa2": "kiln.cli_vjepa2:vjepa2_main"}
+                                          "vjepa2": "kiln.cli_vjepa2:vjepa2_main",
+                                          "idefics3": "kiln.cli_smolvlm:smolvlm_main",
+                                          "smolvlm": "kiln.cli_smolvlm:smolvlm_main"}
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}

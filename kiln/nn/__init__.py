@@ -10,7 +10,7 @@ from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
 from .conv import Conv
 from .features import feature_inputs, place_features
-from .keys import Concat, KeyTable, Layout, OrMake, Transposed, Unsqueezed, Zeros
+from .keys import Concat, KeyTable, Layout, OrMake, Rows, Transposed, Unsqueezed, Zeros
 from .kv_cache import DecodeCache, PromptCache, SlotCache
 from .linear import Embedding, Linear
 from .mlp import MLP, activation, gated_activation
@@ -23,4 +23,4 @@ from .rope3d import Rope3D
 __all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
            "Layout", "OrMake", "Transposed", "Unsqueezed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm", "shard_params",
-           "Rope", "RopeConfig", "Rope3D"]
+           "Rope", "RopeConfig", "Rope3D", "Rows"]

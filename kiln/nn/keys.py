@@ -12,6 +12,8 @@ pattern's fields filled in) or an entry:
 * `OrMake(k, make)`: a tensor some exporters drop, rebuilt by `make(shape)` when missing.
 * `Unsqueezed(k, axis)`: a tensor stored with an extra unit axis (HF V-JEPA 2's [M, 1, 1, D] mask
   tokens for a [M, 1, D] parameter), shape-checked with that axis and loaded without it.
+* `Rows(k, start, stop, blocks)`: row blocks [start, stop) of a tensor stored as `blocks`
+  equal blocks along axis 0 (a packed Q/K/V in-projection whose parts feed different blocks).
 
 A `KeyTable` holds a family's layouts (e.g. HF and the original Meta layout); `detect`
 picks the one whose `marker` key the checkpoint has, optionally after stripping a prefix
@@ -80,7 +82,15 @@ class Unsqueezed:
     axis: int
 
 
-Source = Union[str, Concat, Transposed, OrMake, Unsqueezed]
+@dataclass(frozen=True)
+class Rows:
+    key: str
+    start: int
+    stop: int
+    blocks: int
+
+
+Source = Union[str, Concat, Transposed, OrMake, Unsqueezed, Rows]
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,11 @@ def _take(w: WeightMap, src: Source, fields: dict[str, str], ps: ParamSpec) -> n
     if isinstance(src, Unsqueezed):
         stored = ps.shape[:src.axis] + (1,) + ps.shape[src.axis:]
         return w.take(_fill(src.key, fields), shape=stored, dtype=dt).reshape(ps.shape)
+    if isinstance(src, Rows):
+        key = _fill(src.key, fields)
+        block = ps.shape[0] // (src.stop - src.start)
+        stored = w.take(key, shape=(block * src.blocks,) + ps.shape[1:], dtype=dt)
+        return np.ascontiguousarray(stored[src.start * block:src.stop * block])
     if isinstance(src, Concat):
         if ps.parts is None:
             raise CheckpointError(f"{w.source}: {src} fuses tensors into a parameter of shape {ps.shape} that "
