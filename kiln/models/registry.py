@@ -30,6 +30,10 @@ FAMILIES: dict[str, str | Callable] = {
     "mistral": "kiln.models.llama:load_llama",
     "qwen2": "kiln.models.llama:load_llama",
     "qwen3": "kiln.models.llama:load_llama",
+    "gemma": "kiln.models.gemma:load_gemma",
+    "gemma2": "kiln.models.gemma:load_gemma",
+    "gemma3_text": "kiln.models.gemma:load_gemma",
+    "gemma3": "kiln.models.gemma:load_gemma",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
 }

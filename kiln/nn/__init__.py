@@ -17,8 +17,9 @@ from .mlp import MLP, activation, gated_activation
 from .module import Module, ParamSpec
 from .norm import LayerNorm, RMSNorm
 from .rope import Rope, RopeConfig
+from .softcap import softcap
 
 __all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
            "Layout", "OrMake", "Transposed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
            "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm",
-           "Rope", "RopeConfig"]
+           "Rope", "RopeConfig", "softcap"]
