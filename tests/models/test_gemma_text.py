@@ -164,3 +164,32 @@ def test_gemma3_vision_language_config_reads_its_text_config():
     assert cfg.model_type == "gemma3_text" and cfg.layer_types == (SLIDING, SLIDING)
     with pytest.raises(ConfigError, match="text_config"):
         GemmaConfig.from_hf({"model_type": "gemma3"})
+
+
+# ---- Gemma 3 vision-language checkpoints: the text stack ---------------------------------------------
+
+def test_gemma3_vision_language_checkpoint_generates_from_text(tmp_path):
+    """Gemma3ForConditionalGeneration (keys under model.language_model.*): text-only prompts as HF."""
+    transformers = pytest.importorskip("transformers")
+    from gemma_checkpoints import COMMON, redraw
+
+    text = {k: v for k, v in COMMON.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    cfg = transformers.Gemma3Config(
+        text_config=dict(text, sliding_window=4, query_pre_attn_scalar=20,
+                         layer_types=[SLIDING, FULL], rope_parameters={
+                             SLIDING: {"rope_type": "default", "rope_theta": 10.0},
+                             FULL: {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0}}),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    redraw(hf, 6)
+    hf.save_pretrained(tmp_path)
+    model = kiln.load(tmp_path)
+    assert model.config.model_type == "gemma3_text" and model.config.layer_types == (SLIDING, FULL)
+    ids = ids_of((2, 12), seed=6)
+    np.testing.assert_allclose(model(ids), hf_logits(hf, ids), atol=TOL, rtol=0)
+    prompt = ids[:1, :5]
+    mask = np.ones_like(prompt)
+    got = model.generate(prompt, mask, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    np.testing.assert_array_equal(got, hf_generate(hf, prompt, mask, 16))
