@@ -30,7 +30,7 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def write_gemma3_gguf(path, quant=Q.Q8_0):
+def write_gemma3_gguf(path, quant=Q.Q8_0, extra=None):
     cfg = transformers.Gemma3TextConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, sliding_window=4, max_position_embeddings=128, rms_norm_eps=1e-6,
@@ -51,6 +51,8 @@ def write_gemma3_gguf(path, quant=Q.Q8_0):
     w.add_layer_norm_rms_eps(1e-6)
     w.add_sliding_window(4)
     w.add_vocab_size(64)
+    for key, value in (extra or {}).items():
+        w.add_string(key, value)
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             continue  # tied
@@ -99,3 +101,11 @@ def test_gemma3_gguf_norms_lose_the_stored_unit_offset(tmp_path):
                                                 "pre_feedforward_layernorm", "post_feedforward_layernorm",
                                                 "q_norm", "k_norm", "norm"}
     assert all(abs(float(ck.tensors[k].mean())) < 0.2 for k in norms)   # 0.1 N(0, 1) offsets, not 1 + w
+
+
+def test_unsupported_rope_scaling_names_it(tmp_path):
+    from kiln.io.gguf import GGUFError
+
+    path = write_gemma3_gguf(tmp_path / "yarn.gguf", Q.F32, extra={"gemma3.rope.scaling.type": "yarn"})
+    with pytest.raises(GGUFError, match=r"yarn\.gguf: rope scaling 'yarn' is not supported"):
+        kiln.load(path)
