@@ -106,7 +106,9 @@ class GemmaConfig:
         head_dim = config_int(cfg, "head_dim", max=DIM_MAX, default=hidden // heads)
         layer_types = _layer_types(cfg, model_type, layers, where)
         later = model_type != "gemma"   # Gemma 2 and 3 settings; Gemma's HF model has none of them
-        gemma2 = model_type == "gemma2"
+        caps = {}   # Gemma 2 caps by default, Gemma 3 only when its config asks
+        for name, gemma2_default in (("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)):
+            caps[name] = _optional(cfg, name, gemma2_default if model_type == "gemma2" else None) if later else None
         return cls(
             model_type=model_type, vocab_size=config_int(cfg, "vocab_size", max=DIM_MAX), hidden_size=hidden,
             intermediate_size=config_int(cfg, "intermediate_size", max=DIM_MAX), num_hidden_layers=layers,
@@ -116,12 +118,10 @@ class GemmaConfig:
             hidden_act=HF_ACTIVATIONS[act_name],
             sliding_window=_optional(cfg, "sliding_window", 4096, config_int, max=2**31 - 1) if later else None,
             query_pre_attn_scalar=_optional(cfg, "query_pre_attn_scalar", 256.0) if later else None,
-            attn_logit_softcapping=_optional(cfg, "attn_logit_softcapping", 50.0 if gemma2 else None) if later else None,
-            final_logit_softcapping=_optional(cfg, "final_logit_softcapping", 30.0 if gemma2 else None)
-            if later else None,
             attention_bias=config_bool(cfg, "attention_bias", default=False),
             tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", default=True),
-            max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1, default=8192))
+            max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1, default=8192),
+            **caps)
 
 
 def _optional(cfg, name: str, default, read=config_float, **limits):
@@ -268,7 +268,8 @@ class GemmaGraphs:
 
 _KEYS = {
     "model.layers.{i}.self_attn.qkv_proj.{kind}": Concat(*(f"layers.{{i}}.self_attn.{p}_proj.{{kind}}" for p in "qkv")),
-    "model.layers.{i}.mlp.gate_up_proj.{kind}": Concat("layers.{i}.mlp.gate_proj.{kind}", "layers.{i}.mlp.up_proj.{kind}"),
+    "model.layers.{i}.mlp.gate_up_proj.{kind}": Concat("layers.{i}.mlp.gate_proj.{kind}",
+                                                       "layers.{i}.mlp.up_proj.{kind}"),
     "model.layers.{i}.{name}": "layers.{i}.{name}",
     "model.{name}": "{name}",
     "lm_head.weight": "lm_head.weight",

@@ -54,7 +54,8 @@ def main() -> int:
         hf_word_pieces=np.array([len(p) for p in hf_words]))
     kiln_logits = model(out)[0]
     print(f"wrote {REFERENCE}; HF greedy: {tok.decode(out[0])!r}")
-    print(f"kiln vs HF: max |logit diff| {np.abs(kiln_logits - logits).max():.2e} (max |logit| {np.abs(logits).max():.1f})")
+    print(f"kiln vs HF: max |logit diff| {np.abs(kiln_logits - logits).max():.2e} "
+          f"(max |logit| {np.abs(logits).max():.1f})")
     print(f"HF tokenizer pieces for whole-vocabulary words: {dict(zip(WHOLE_WORDS, [len(p) for p in hf_words]))}")
     return 0
 

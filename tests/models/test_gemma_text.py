@@ -30,7 +30,7 @@ def checkpoints(tmp_path_factory):
 
     def get(variant):
         if variant not in made:
-            ck = save(tmp_path_factory.mktemp(variant), variant, seed=VARIANTS.index(variant) if variant in VARIANTS else 7)
+            ck = save(tmp_path_factory.mktemp(variant), variant, seed=VARIANTS.index(variant))
             made[variant] = (ck, kiln.load(ck.path))
         return made[variant]
 
