@@ -27,9 +27,8 @@ from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, as_dtype
-from kiln.nn import (MLP, Attention, Concat, DecodeCache, Embedding, KeyTable, Layout, Linear, Module,
-                     PromptCache, RMSNorm, Rope, RopeConfig, TransformerBlock, feature_inputs, place_features,
-                     shard_params)
+from kiln.nn import (MLP, Attention, Concat, DecoderGraphs, Embedding, KeyTable, Layout, Linear, Module, RMSNorm,
+                     Rope, RopeConfig, TransformerBlock, place_features, shard_params)
 from kiln.nn.rope import ROPE_TYPES  # noqa: F401  (part of this module's face)
 from kiln.runtime.generation import GenerationConfig
 from kiln.runtime.language_model import CausalLM
@@ -194,44 +193,16 @@ def local_config(cfg: LlamaConfig, world: int) -> LlamaConfig:
                    intermediate_size=cfg.intermediate_size // world)
 
 
-class LlamaGraphs:
-    """Builds the prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM).
+class LlamaGraphs(DecoderGraphs):
+    """The prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM).
 
     `tp_world` > 1: the graphs of one tensor-parallel rank (`config` is the full model's; the KV cache
     holds this rank's KV heads)."""
 
     def __init__(self, config: LlamaConfig, dtype: str = "float32", tp_world: int = 1):
-        self.full_config = config
+        self.full_config, self.tp_world = config, tp_world
         config = local_config(config, tp_world) if tp_world > 1 else config
-        self.config, self.dtype, self.tp_world = config, as_dtype(dtype).name, tp_world
-        self.model = Llama(config, self.dtype, tp_world)
-        self.num_layers, self.num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
-        self.head_dim, self.vocab_size = config.head_dim, config.vocab_size
-
-    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
-                      features: bool = False) -> Graph:
-        """Logits of a prompt of S tokens; with `cache_len`, its keys/values fill the cache states' first S slots.
-
-        With `features`, rows of an `inputs_embeds` input replace the token embeddings where `embeds_mask`
-        is set (image features of a vision-language model; kiln.nn.features)."""
-        g = Graph(f"{self.config.model_type}_prefill_b{batch}_s{seq}" + (f"_l{cache_len}" if cache_len else "")
-                  + ("_features" if features else ""))
-        ids = g.input("input_ids", (batch, seq), "int64")
-        mask = g.input("attention_mask", (batch, seq), "int64")
-        pos = g.input("position_ids", (batch, seq), "int64")
-        feats = feature_inputs(g, batch, seq, self.config.hidden_size, self.dtype) if features else None
-        cache = PromptCache(g, mask, cache_len, kv_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=self.dtype)
-        g.output("logits", self.model(g, ids, pos, cache, last_only, features=feats))
-        return g
-
-    def decode_graph(self, batch: int, max_len: int) -> Graph:
-        """One new token per row against the cache states (max_len slots); writes its k/v at cache_position."""
-        g = Graph(f"{self.config.model_type}_decode_b{batch}_l{max_len}")
-        ids = g.input("input_ids", (batch, 1), "int64")
-        pos = g.input("position_ids", (batch, 1), "int64")
-        cache = DecodeCache(g, batch, max_len, self.num_kv_heads, self.head_dim, self.dtype)
-        g.output("logits", self.model(g, ids, pos, cache))
-        return g
+        super().__init__(config, Llama(config, as_dtype(dtype).name, tp_world), dtype)
 
 
 # ---- checkpoint keys --------------------------------------------------------------------------

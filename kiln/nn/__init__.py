@@ -9,6 +9,7 @@ of these blocks plus a config dataclass and a key table.
 from .attention import Attention, CrossAttention, merge_heads, split_heads
 from .block import TransformerBlock
 from .conv import Conv
+from .decoder_graphs import DecoderGraphs
 from .features import feature_inputs, place_features
 from .keys import Concat, KeyTable, Layout, OrMake, Rows, Transposed, Unsqueezed, Zeros
 from .kv_cache import DecodeCache, PromptCache, SlotCache
@@ -21,7 +22,7 @@ from .rope import Rope, RopeConfig
 from .rope3d import Rope3D
 from .softcap import softcap
 
-__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "feature_inputs",
+__all__ = ["Attention", "CrossAttention", "merge_heads", "split_heads", "TransformerBlock", "Conv", "DecoderGraphs", "feature_inputs",
            "place_features", "Concat", "KeyTable", "Layout", "OrMake", "Transposed", "Unsqueezed", "Zeros",
            "DecodeCache", "PromptCache", "SlotCache", "Embedding", "Linear", "MLP", "activation", "gated_activation",
            "Module", "ParamSpec", "LayerNorm", "RMSNorm", "shard_params", "Rope", "RopeConfig", "Rope3D", "Rows",
