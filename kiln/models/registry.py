@@ -32,6 +32,7 @@ FAMILIES: dict[str, str | Callable] = {
     "qwen3": "kiln.models.llama:load_llama",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
+    "sam2": "kiln.models.sam2:load_sam2",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
