@@ -20,7 +20,7 @@ from kiln.io.errors import CheckpointError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.weight_map import WeightMap
 from kiln.errors import InputError
-from kiln.ir import Graph
+from kiln.ir import Graph, as_dtype
 from kiln.nn import Concat, KeyTable, Layout, Module, ParamSpec
 from kiln.runtime.compiler import compile as compile_graph
 
@@ -211,7 +211,7 @@ class Sam2Model:
             raise InputError(f"{name} must have {ndim} dims, got shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise InputError(f"{name} holds NaN or infinite values")
-        return np.ascontiguousarray(arr, dtype=np.dtype(self.dtype) if self.dtype == "float32" else None)
+        return np.ascontiguousarray(arr, dtype=as_dtype(self.dtype).np_dtype)
 
     def _embeddings(self, embs) -> list[np.ndarray]:
         c, side = self.config.decoder_hidden_size, self.config.embedding_size

@@ -1,7 +1,8 @@
 """SAM 2 pre- and post-processing, as HF's `Sam2Processor` / `Sam2ImageProcessor` do it (host NumPy and
 Pillow; the model's math stays in the compiled graphs).
 
-* images: RGB, resized to size x size (bilinear, antialiased; the aspect ratio is not kept), scaled by
+* images: RGB, resized to size x size (bilinear, antialiased, bit-exact with torchvision on uint8; the
+  aspect ratio is not kept), scaled by
   1/255 and normalized with the ImageNet mean and std (HF fuses the two: (x - 255 mean) / (255 std));
 * points and boxes: from original-image pixels to resized-input pixels (x * S / W, y * S / H, in float32),
   padding points (-10) left as they are;
@@ -17,6 +18,7 @@ import numpy as np
 
 from kiln.errors import InputError
 from kiln.files import read_json_if_present
+from kiln.io.antialias_resize import resize_bilinear_antialias
 from kiln.io.errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,7 +69,7 @@ class Sam2Processor:
                 raise InputError(f"images[{i}] must be a PIL image or an HxWx3 uint8 array, got {type(im).__name__}")
             im = im.convert("RGB")
             sizes.append((im.height, im.width))
-            resized = np.asarray(im.resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+            resized = resize_bilinear_antialias(np.asarray(im, dtype=np.uint8), self.size, self.size)
             pixels.append(self.normalize(resized))
         return {"pixel_values": np.stack(pixels), "original_sizes": sizes}
 
