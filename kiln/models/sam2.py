@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.io.config import read_config
-from kiln.io.errors import CheckpointError
+from kiln.io.errors import ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.weight_map import WeightMap
 from kiln.errors import InputError
@@ -53,7 +53,7 @@ class Sam2(Module):
         emb = levels[2] + g.reshape(self.param(g, "no_memory_embedding"), shape=[1, c, 1, 1])
         for v, size in zip((s0, s1, emb), self.cfg.backbone_feature_sizes):
             if tuple(v.shape[2:]) != tuple(size):
-                raise CheckpointError(f"SAM 2 config: backbone_feature_sizes {list(self.cfg.backbone_feature_sizes)} "
+                raise ConfigError(f"SAM 2 config: backbone_feature_sizes {list(self.cfg.backbone_feature_sizes)} "
                                       f"do not match the encoder's feature maps (got {list(v.shape[2:])})")
         return [s0, s1, emb]
 
