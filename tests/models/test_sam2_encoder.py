@@ -42,3 +42,21 @@ def test_position_embeddings_matter(checkpoint):
         model.params["vision_encoder.backbone.pos_embed_window"])
     model._compiled.clear()
     assert np.abs(model.embed_image(px)[2] - base).max() > 1e-2
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["vision_config"].update(backbone_channel_list=[128, 64, 16, 32]), "must be embed_dim_per_stage"),
+    (lambda c: c["vision_config"]["backbone_config"].update(blocks_per_stage=[1, 2, 0, 2]), "blocks_per_stage"),
+    (lambda c: c["mask_decoder_config"].update(num_attention_heads=3), "must be a multiple of num_attention_heads"),
+    (lambda c: c["prompt_encoder_config"].update(hidden_size=48), "must be equal"),
+])
+def test_config_errors(edit, match):
+    from sam2_checkpoints import tiny_config
+
+    from kiln.io.errors import ConfigError
+    from kiln.models.sam2_config import Sam2Config
+
+    cfg = tiny_config().to_dict()
+    edit(cfg)
+    with pytest.raises(ConfigError, match=match):
+        Sam2Config.from_dict(cfg)

@@ -73,9 +73,10 @@ def test_coordinates_and_post_processing_match_torch_steps():
 def test_hf_processor():
     """HF's real Sam2Processor (needs torchvision; run where it is installed)."""
     pytest.importorskip("torchvision")
-    from transformers import Sam2ImageProcessor, Sam2Processor as HFProcessor
+    import transformers
 
-    hf = HFProcessor(image_processor=Sam2ImageProcessor(size={"height": IMAGE, "width": IMAGE}))
+    image_cls = getattr(transformers, "Sam2ImageProcessorFast", None) or transformers.Sam2ImageProcessor
+    hf = transformers.Sam2Processor(image_processor=image_cls(size={"height": IMAGE, "width": IMAGE}))
     img = photo(120, 200, seed=3)
     points, labels, boxes = [[[[30.0, 40.0], [150.0, 100.0]]]], [[[1, 0]]], [[[10.0, 15.0, 180.0, 110.0]]]
     ref = hf(images=Image.fromarray(img), input_points=points, input_labels=labels, input_boxes=boxes,
@@ -86,7 +87,7 @@ def test_hf_processor():
         np.testing.assert_array_equal(ours[k], ref[k].numpy())
     masks = np.random.default_rng(5).standard_normal((1, 1, 3, 32, 32)).astype(np.float32)
     for a, b in zip(Sam2Processor(IMAGE).post_process_masks(masks, [(120, 200)]),
-                    hf.post_process_masks(torch.from_numpy(masks), ref["original_sizes"])):
+                    hf.image_processor.post_process_masks(torch.from_numpy(masks), ref["original_sizes"])):
         np.testing.assert_array_equal(a, b.numpy())
 
 
