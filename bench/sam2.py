@@ -175,7 +175,7 @@ def main(argv=None) -> int:
             r = res[peer]
             log(f"  {name} {peer}: encode {r['encode_ms']:.2f} ms, mask {r['mask_ms']:.2f} ms, "
                 f"warm-up {r['warmup_s']:.1f} s")
-    log(f"\n| model | peer | encode ms | mask ms | encode+mask ms | vs eager | warm-up s | max IoU diff vs eager |")
+    log(f"\n| model | peer | encode ms | mask ms | encode+mask ms | speedup vs eager | warm-up s | max IoU diff vs eager |")
     log("|---|---|---|---|---|---|---|---|")
     for name, res in results.items():
         base = res.get("eager", {})

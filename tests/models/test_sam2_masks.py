@@ -9,10 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from sam2_checkpoints import IMAGE, make_checkpoint, pixels  # noqa: E402
+from sam2_checkpoints import make_checkpoint, pixels  # noqa: E402
 
 import kiln  # noqa: E402
-from kiln.errors import InputError  # noqa: E402
 from kiln.models.sam2 import Sam2Model  # noqa: E402
 
 POINTS = np.array([[[[30.0, 40.0], [90.5, 100.0]], [[64.0, 12.0], [5.0, 120.0]]]], np.float32)  # [1, 2, 2, 2]
