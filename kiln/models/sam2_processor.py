@@ -93,7 +93,7 @@ class Sam2Processor:
             if input_labels is None:
                 raise InputError("input_points were given without input_labels (1 foreground, 0 background)")
         if input_labels is not None:
-            labels = np.asarray(input_labels)
+            labels = np.asarray(pad_ragged(input_labels, 3))
             if input_points is None:
                 raise InputError("input_labels were given without input_points")
             if not np.issubdtype(labels.dtype, np.integer):
@@ -108,7 +108,7 @@ class Sam2Processor:
 
     def scale_points(self, points, original_sizes) -> np.ndarray:
         """[B, P, N, 2] original-image (x, y) -> model-input pixels; (-10, -10) padding points are kept."""
-        pts = _array("input_points", points, 4, 2)
+        pts = _array("input_points", pad_ragged(points, 3), 4, 2)
         if pts.shape[0] != len(original_sizes):
             raise InputError(f"input_points covers {pts.shape[0]} images, expected {len(original_sizes)}")
         pad = (pts == PAD_VALUE).all(axis=-1)
@@ -165,12 +165,44 @@ class Sam2Processor:
         return out
 
 
+def pad_ragged(data, levels: int, pad=PAD_VALUE):
+    """Nested lists whose first `levels` levels differ in length, padded with `pad` entries to the longest
+    (HF's processor pads points per object and objects per image this way); arrays pass through."""
+    if not isinstance(data, (list, tuple)):
+        return data
+
+    def dims(x, depth):
+        if depth == 0 or not isinstance(x, (list, tuple)):
+            return []
+        subs = [dims(item, depth - 1) for item in x]
+        inner = [max(d[i] for d in subs if len(d) > i) for i in range(max((len(d) for d in subs), default=0))]
+        return [len(x)] + inner
+
+    target = dims(data, levels)
+    first = data
+    for _ in range(levels):  # one item below the padded levels: its shape is the padding's (a pair, a scalar)
+        if not isinstance(first, (list, tuple)) or not first:
+            return data  # malformed: the shape check names it
+        first = first[0]
+    leaf = np.shape(first)
+
+    def fill(x, depth):
+        if depth == levels:
+            return x
+        items = [fill(item, depth + 1) for item in x] if isinstance(x, (list, tuple)) else x
+        if not isinstance(items, list):
+            return items
+        blank = np.full((*target[depth + 1:], *leaf), pad).tolist()
+        return items + [blank] * (target[depth] - len(items))
+
+    return fill(data, 0)
+
+
 def _array(name: str, a, ndim: int, last: int) -> np.ndarray:
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (ValueError, TypeError):
-        raise InputError(f"{name} must be a regular nested list or array of numbers (pad ragged points with "
-                         f"{PAD_VALUE}), got {a!r:.80}") from None
+        raise InputError(f"{name} must be a nested list or array of numbers, got {a!r:.80}") from None
     if arr.ndim != ndim or arr.shape[-1] != last:
         raise InputError(f"{name} must have {ndim} levels with {last} numbers last, got shape {arr.shape}")
     if not np.isfinite(arr).all():

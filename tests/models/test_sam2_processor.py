@@ -70,6 +70,14 @@ def test_coordinates_and_post_processing_match_torch_steps():
     np.testing.assert_array_equal(ours[0], ref.numpy())
 
 
+def test_ragged_points_are_padded():
+    """Rows with fewer points get (-10, -10) points labelled -10, as HF's processor pads them."""
+    out = Sam2Processor(IMAGE)(Image.fromarray(photo()), input_points=[[[[10.0, 20.0]], [[30.0, 40.0], [50.0, 60.0]]]],
+                               input_labels=[[[1], [1, 0]]])
+    assert out["input_points"].shape == (1, 2, 2, 2) and out["input_labels"].tolist() == [[[1, -10], [1, 0]]]
+    np.testing.assert_array_equal(out["input_points"][0, 0, 1], [-10, -10])
+
+
 def test_hf_processor():
     """HF's real Sam2Processor (needs torchvision; run where it is installed)."""
     pytest.importorskip("torchvision")
@@ -78,7 +86,8 @@ def test_hf_processor():
     image_cls = getattr(transformers, "Sam2ImageProcessorFast", None) or transformers.Sam2ImageProcessor
     hf = transformers.Sam2Processor(image_processor=image_cls(size={"height": IMAGE, "width": IMAGE}))
     img = photo(120, 200, seed=3)
-    points, labels, boxes = [[[[30.0, 40.0], [150.0, 100.0]]]], [[[1, 0]]], [[[10.0, 15.0, 180.0, 110.0]]]
+    points = [[[[30.0, 40.0], [150.0, 100.0]], [[20.0, 70.0]]]]   # ragged: HF pads the second row
+    labels, boxes = [[[1, 0], [1]]], [[[10.0, 15.0, 180.0, 110.0], [5.0, 5.0, 60.0, 90.0]]]
     ref = hf(images=Image.fromarray(img), input_points=points, input_labels=labels, input_boxes=boxes,
              return_tensors="pt")
     ours = Sam2Processor(IMAGE)(Image.fromarray(img), input_points=points, input_labels=labels, input_boxes=boxes)
