@@ -58,24 +58,40 @@ class Sam2(Module):
         return [s0, s1, emb]
 
 
-def build_image_graph(cfg: Sam2Config, batch: int, dtype: str = "float32") -> Graph:
-    g = Graph(f"sam2_image_b{batch}")
+def embedding_types(cfg: Sam2Config, batch: int) -> list[tuple[str, tuple[int, ...]]]:
+    c, side = cfg.decoder_hidden_size, cfg.embedding_size
+    shapes = ((c // 8, 4 * side, 4 * side), (c // 4, 2 * side, 2 * side), (c, side, side))
+    return [(name, (batch, *shape)) for name, shape in zip(EMBEDDING_NAMES, shapes)]
+
+
+def build_image_graph(cfg: Sam2Config, batch: int, dtype: str = "float32", keep: bool = False) -> Graph:
+    """pixel_values -> the three embeddings: outputs, or with `keep` graph states `cached.<name>` that stay
+    on the device for the prompt graphs built with `cached=True`."""
+    g = Graph(f"sam2_image_b{batch}{'_keep' if keep else ''}")
     s = cfg.image_size
     pixels = g.input("pixel_values", (batch, cfg.num_channels, s, s), dtype)
-    for name, v in zip(EMBEDDING_NAMES, Sam2(cfg, dtype).embed(g, pixels)):
-        g.output(name, v)
+    for (name, shape), v in zip(embedding_types(cfg, batch), Sam2(cfg, dtype).embed(g, pixels)):
+        if keep:
+            g.assign(g.state(f"cached.{name}", shape, dtype), v)
+        else:
+            g.output(name, v)
     return g
 
 
 def build_prompt_graph(cfg: Sam2Config, batch: int, prompts: int, points: int | None, boxes: bool, masks: bool,
-                       multimask: bool, dtype: str = "float32") -> Graph:
-    """Masks for `prompts` prompt rows per image from cached embeddings; `points` per row (None: no points)."""
-    g = Graph(f"sam2_prompt_b{batch}_p{prompts}_n{points}_box{int(boxes)}_mask{int(masks)}_mm{int(multimask)}")
+                       multimask: bool, dtype: str = "float32", cached: bool = False) -> Graph:
+    """Masks for `prompts` prompt rows per image from image embeddings (inputs, or with `cached` the states
+    `build_image_graph(keep=True)` wrote); `points` per row (None: no points)."""
+    g = Graph(f"sam2_prompt_b{batch}_p{prompts}_n{points}_box{int(boxes)}_mask{int(masks)}_mm{int(multimask)}"
+              f"{'_cached' if cached else ''}")
     model = Sam2(cfg, dtype)
     c, side = cfg.decoder_hidden_size, cfg.embedding_size
-    s0 = g.input(EMBEDDING_NAMES[0], (batch, c // 8, 4 * side, 4 * side), dtype)
-    s1 = g.input(EMBEDDING_NAMES[1], (batch, c // 4, 2 * side, 2 * side), dtype)
-    emb = g.input(EMBEDDING_NAMES[2], (batch, c, side, side), dtype)
+    if cached:  # read only: assigned their own value, which the planner turns into no copy at all
+        s0, s1, emb = (g.state(f"cached.{name}", shape, dtype) for name, shape in embedding_types(cfg, batch))
+        for v in (s0, s1, emb):
+            g.assign(v, v)
+    else:
+        s0, s1, emb = (g.input(name, shape, dtype) for name, shape in embedding_types(cfg, batch))
     pe = model.prompt_encoder
     sparse = []
     if points is not None:
@@ -153,21 +169,31 @@ class Sam2Model:
         self.config, self.params, self.device, self.dtype = cfg, params, device, dtype
         self.processor = processor
         self._compiled: dict[tuple, object] = {}
+        self._pools: dict[int, dict] = {}          # batch -> the cached embeddings' device buffers
+        self._image_batch: int | None = None       # batch of the image set_image holds, if any
 
-    def _compiled_graph(self, key: tuple, build):
+    def _compiled_graph(self, key: tuple, build, pool: dict | None = None):
         if key not in self._compiled:
             cg = compile_graph(build(), device=self.device)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.plan.params})
+            if pool is not None:
+                cg.share_states(pool)
             self._compiled[key] = cg
         return self._compiled[key]
 
+    def set_image(self, pixel_values) -> None:
+        """Embed an image and keep its embeddings where the backend lives (on the GPU for cuda): calls
+        without pixel_values / image_embeddings then prompt against it, nothing crossing to the host."""
+        px = self._pixels(pixel_values)
+        b = px.shape[0]
+        cg = self._compiled_graph(("image_keep", b), lambda: build_image_graph(self.config, b, self.dtype, keep=True),
+                                  self._pools.setdefault(b, {}))
+        cg.run(pixel_values=px)
+        self._image_batch = b
+
     def embed_image(self, pixel_values) -> list[np.ndarray]:
         """[s0, s1, image_embeddings] for pixel_values [B, 3, S, S] (HF `get_image_embeddings`)."""
-        px = self._floats("pixel_values", pixel_values, 4)
-        s, ch = self.config.image_size, self.config.num_channels
-        if px.shape[1:] != (ch, s, s):
-            raise InputError(f"pixel_values must be [batch, {ch}, {s}, {s}] (the processor's output), got shape "
-                             f"{px.shape}")
+        px = self._pixels(pixel_values)
         cg = self._compiled_graph(("image", px.shape[0]),
                                   lambda: build_image_graph(self.config, px.shape[0], self.dtype))
         out = cg.run(pixel_values=px)
@@ -176,15 +202,23 @@ class Sam2Model:
     def __call__(self, pixel_values=None, input_points=None, input_labels=None, input_boxes=None, input_masks=None,
                  image_embeddings=None, multimask_output: bool = True) -> dict:
         """HF Sam2Model.forward: pred_masks [B, P, K, 4h, 4w], iou_scores [B, P, K], object_score_logits
-        [B, P, 1] and the image_embeddings used. Point and box coordinates are in the model's input frame
-        (the processor rescales them); labels: 1 foreground, 0 background, -1 not-a-point, -10 padding."""
-        if (pixel_values is None) == (image_embeddings is None):
-            raise InputError("give exactly one of pixel_values and image_embeddings")
+        [B, P, 1] and the image_embeddings used (None when prompting the image `set_image` holds, given
+        neither pixel_values nor image_embeddings). Point and box coordinates are in the model's input
+        frame (the processor rescales them); labels: 1 foreground, 0 background, -1 not-a-point, -10 padding."""
+        if pixel_values is not None and image_embeddings is not None:
+            raise InputError("give one of pixel_values and image_embeddings, not both")
+        if pixel_values is None and image_embeddings is None and self._image_batch is None:
+            raise InputError("give pixel_values or image_embeddings (or call set_image first)")
         if not isinstance(multimask_output, bool):
             raise InputError(f"multimask_output must be a bool, got {multimask_output!r}")
-        embs = self.embed_image(pixel_values) if pixel_values is not None else self._embeddings(image_embeddings)
-        batch = embs[2].shape[0]
-        feeds = dict(zip(EMBEDDING_NAMES, embs))
+        cached = pixel_values is None and image_embeddings is None
+        embs = None
+        if pixel_values is not None:
+            embs = self.embed_image(pixel_values)
+        elif image_embeddings is not None:
+            embs = self._embeddings(image_embeddings)
+        batch = self._image_batch if cached else embs[2].shape[0]
+        feeds = {} if cached else dict(zip(EMBEDDING_NAMES, embs))
         points, labels, boxes = self._prompts(batch, input_points, input_labels, input_boxes)
         n_points = None
         if points is not None:
@@ -195,13 +229,24 @@ class Sam2Model:
         prompts = (points if points is not None else boxes).shape[1]
         if input_masks is not None:
             feeds["input_masks"] = self._masks(input_masks, batch)
-        key = ("prompt", batch, prompts, n_points, boxes is not None, input_masks is not None, multimask_output)
-        cg = self._compiled_graph(key, lambda: build_prompt_graph(self.config, *key[1:], dtype=self.dtype))
+        key = ("prompt", batch, prompts, n_points, boxes is not None, input_masks is not None, multimask_output,
+               cached)
+        cg = self._compiled_graph(key, lambda: build_prompt_graph(self.config, *key[1:-1], dtype=self.dtype,
+                                                                  cached=cached),
+                                  self._pools.setdefault(batch, {}) if cached else None)
         out = cg.run(**feeds)
         return {"iou_scores": out["iou_scores"], "pred_masks": out["pred_masks"],
                 "object_score_logits": out["object_score_logits"], "image_embeddings": embs}
 
     # ---- input checks ----------------------------------------------------------------------
+
+    def _pixels(self, pixel_values) -> np.ndarray:
+        px = self._floats("pixel_values", pixel_values, 4)
+        s, ch = self.config.image_size, self.config.num_channels
+        if px.shape[1:] != (ch, s, s):
+            raise InputError(f"pixel_values must be [batch, {ch}, {s}, {s}] (the processor's output), got shape "
+                             f"{px.shape}")
+        return px
 
     def _floats(self, name: str, a, ndim: int) -> np.ndarray:
         arr = np.asarray(a)

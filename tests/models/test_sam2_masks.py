@@ -169,3 +169,20 @@ def to_original(k: str) -> str:
     k = k.replace(".o_proj.", ".out_proj.")
     k = re.sub(r"^mask_decoder\.", "sam_mask_decoder.", k)
     return k.replace("no_memory_embedding", "no_mem_embed")
+
+
+def test_set_image_keeps_embeddings_on_the_backend(models):
+    """set_image: embeddings stay graph state; prompts without pixel_values / image_embeddings use them."""
+    model, hf, embs = models
+    model.set_image(pixels(seed=7))
+    out = model(input_points=POINTS, input_labels=LABELS, input_boxes=BOXES)
+    masks, iou, _ = hf_run(hf, embs, input_points=POINTS, input_labels=LABELS, input_boxes=BOXES)
+    assert out["image_embeddings"] is None
+    np.testing.assert_allclose(out["pred_masks"], masks, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["iou_scores"], iou, atol=1e-4, rtol=1e-4)
+    model.set_image(pixels(seed=8))   # a new image replaces the cached one
+    other = model(input_points=POINTS, input_labels=LABELS, input_boxes=BOXES)
+    ref = model(image_embeddings=model.embed_image(pixels(seed=8)), input_points=POINTS, input_labels=LABELS,
+                input_boxes=BOXES)
+    np.testing.assert_allclose(other["pred_masks"], ref["pred_masks"], atol=1e-5)
+    assert np.abs(other["pred_masks"] - out["pred_masks"]).max() > 1e-3
