@@ -1,4 +1,5 @@
-"""SAM 2 on device="cuda" (the Triton backend) against HF on the CPU: image embeddings, masks, IoU scores."""
+"""SAM 2 on device="cuda" (the Triton backend) against HF on the CPU: image embeddings, masks, IoU scores,
+also with the embeddings kept on the GPU (set_image)."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ BOXES = np.array([[[10.0, 20.0, 80.0, 110.0], [40.0, 5.0, 127.0, 60.0]]], np.flo
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("multimask", [True, False])
-def test_sam2_cuda_matches_hf(tmp_path, multimask):
+def test_sam2_cuda_matches_hf(tmp_path, multimask, monkeypatch):
+    # the convolutions run as torch fallbacks, which cuDNN would compute in TF32 by default
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     hf = make_checkpoint(tmp_path, seed=5)
     model = kiln.load(tmp_path, device="cuda")
     px = pixels(seed=7)
@@ -33,3 +36,7 @@ def test_sam2_cuda_matches_hf(tmp_path, multimask):
                 input_boxes=BOXES, multimask_output=multimask)
     np.testing.assert_allclose(out["pred_masks"], ref.pred_masks.numpy(), atol=1e-3, rtol=1e-3)
     np.testing.assert_allclose(out["iou_scores"], ref.iou_scores.numpy(), atol=1e-3, rtol=1e-3)
+    model.set_image(px)   # embeddings kept on the GPU as graph state
+    kept = model(input_points=POINTS, input_labels=LABELS, input_boxes=BOXES, multimask_output=multimask)
+    np.testing.assert_allclose(kept["pred_masks"], ref.pred_masks.numpy(), atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(kept["iou_scores"], ref.iou_scores.numpy(), atol=1e-3, rtol=1e-3)
