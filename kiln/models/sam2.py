@@ -162,7 +162,8 @@ KEYS = KeyTable(
 
 
 class Sam2Model:
-    """A loaded SAM 2 image model: `embed_image(pixel_values)` once, then prompts against it."""
+    """A loaded SAM 2 image model. Per image, once: `embed_image` (the embeddings to the host, as HF's
+    get_image_embeddings) or `set_image` (kept where the backend lives); then any number of prompts."""
 
     def __init__(self, cfg: Sam2Config, params: dict, device: str = "cpu", dtype: str = "float32",
                  processor=None):
