@@ -41,6 +41,7 @@ FAMILIES: dict[str, str | Callable] = {
     "siglip_vision_model": "kiln.models.siglip:load_siglip",
     "idefics3": "kiln.models.smolvlm:load_smolvlm",
     "smolvlm": "kiln.models.smolvlm:load_smolvlm",
+    "sam2": "kiln.models.sam2:load_sam2",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
@@ -48,7 +49,8 @@ FAMILIES: dict[str, str | Callable] = {
 CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main",
                                           "vjepa2": "kiln.cli_vjepa2:vjepa2_main",
                                           "idefics3": "kiln.cli_smolvlm:smolvlm_main",
-                                          "smolvlm": "kiln.cli_smolvlm:smolvlm_main"}
+                                          "smolvlm": "kiln.cli_smolvlm:smolvlm_main",
+                                          "sam2": "kiln.cli_segment:segment_main"}
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}

@@ -40,7 +40,8 @@ class Attention(Module):
                  *, qkv_bias: bool = False, out_bias: bool = False, fused_qkv: bool = True, causal: bool = False,
                  window: int | None = None, softcap: float | None = None, scale: float | None = None,
                  qk_norm_eps: float | None = None, qk_norm_unit_offset: bool = False, rope: Rope | None = None,
-                 layer: int | None = None, names: Mapping[str, str] | None = None, dtype="float32"):
+                 layer: int | None = None, names: Mapping[str, str] | None = None, out_dim: int | None = None,
+                 dtype="float32"):
         super().__init__(name, dtype)
         kv_heads = heads if kv_heads is None else kv_heads
         head_dim = dim // heads if head_dim is None else head_dim
@@ -56,26 +57,31 @@ class Attention(Module):
             self.q, self.k, self.v = (Linear(f"{name}.{n[p]}", dim, size, qkv_bias, dtype=dtype)
                                       for p, size in zip("qkv", self.sizes))
         self.fused_qkv = fused_qkv
-        self.out = Linear(f"{name}.{n['out']}", self.sizes[0], dim, out_bias, dtype=dtype)
+        self.out = Linear(f"{name}.{n['out']}", self.sizes[0], out_dim or dim, out_bias, dtype=dtype)
         self.q_norm = self.k_norm = None
         if qk_norm_eps is not None:
             self.q_norm, self.k_norm = (RMSNorm(f"{name}.{n[p]}", head_dim, qk_norm_eps,
                                                 add_unit_offset=qk_norm_unit_offset, dtype=dtype)
                                         for p in ("q_norm", "k_norm"))
 
-    def __call__(self, g: Graph, x: Value, *, mask: Value | None = None, rope_tables=None, cache=None) -> Value:
-        q, k, v = self.project(g, x, rope_tables)
+    def __call__(self, g: Graph, x: Value, *, mask: Value | None = None, rope_tables=None, cache=None,
+                 key: Value | None = None, value: Value | None = None) -> Value:
+        """`key` / `value` (with fused_qkv=False): project K and V from other inputs than x (SAM's
+        attention, whose queries, keys and values each carry different position terms)."""
+        q, k, v = self.project(g, x, rope_tables, key=key, value=value)
         o = cache.attend(g, self, q, k, v) if cache is not None else self.attend(g, q, k, v, mask)
         return self.out(g, merge_heads(g, o))
 
-    def project(self, g: Graph, x: Value, rope_tables=None) -> tuple[Value, Value, Value]:
+    def project(self, g: Graph, x: Value, rope_tables=None, *, key: Value | None = None,
+                value: Value | None = None) -> tuple[Value, Value, Value]:
         """q [B, H, S, D] and k, v [B, Hkv, S, D]: projected, q/k-normed and rotated."""
-        b, s, _ = x.shape
         if self.fused_qkv:
+            if key is not None or value is not None:
+                raise ValueError(f"Attention {self.name!r}: separate key/value inputs need fused_qkv=False")
             q, k, v = g.split(self.qkv(g, x), sizes=list(self.sizes), axis=-1)
         else:
-            q, k, v = self.q(g, x), self.k(g, x), self.v(g, x)
-        q, k, v = (g.reshape(t, shape=[b, s, n, self.head_dim])
+            q, k, v = self.q(g, x), self.k(g, x if key is None else key), self.v(g, x if value is None else value)
+        q, k, v = (g.reshape(t, shape=[*t.shape[:2], n, self.head_dim])
                    for t, n in ((q, self.heads), (k, self.kv_heads), (v, self.kv_heads)))
         if self.q_norm is not None:
             q, k = self.q_norm(g, q), self.k_norm(g, k)
