@@ -44,20 +44,8 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     a_rows = a + rm[:, None].to(tl.int64) * sam                      # [BM, 1]
     w_rows = b + rn[:, None].to(tl.int64) * sbn                      # [BN, 1]: weight rows, K contiguous
 
-    if NORM != "none":  # row statistics over all of K (A is a few rows: cheap, and L2-resident)
-        s1 = tl.zeros([BM], tl.float32)
-        s2 = tl.zeros([BM], tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            t = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
-            s1 += tl.sum(t, 1)
-            s2 += tl.sum(t * t, 1)
-        if NORM == "rms_norm":
-            mean = tl.zeros([BM], tl.float32)
-            rstd = 1.0 / tl.sqrt(s2 / K + eps)
-        else:
-            mean = s1 / K
-            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+    if NORM != "none":  # row statistics over all of K first
+        mean, rstd = tm.row_norm_stats(a_rows, sak, mmask, K, eps, NORM, BM, BK)
 
     acc = tl.zeros([BM, BN, BK], tl.float32)
     if GATED:
@@ -67,14 +55,7 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
         kmask = kk < K
         x = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
         if NORM != "none":
-            t = (x.to(tl.float32) - mean[:, None]) * rstd[:, None]
-            wv = tl.load(nw + kk, mask=kmask, other=0.0).to(tl.float32)
-            if UNIT_OFFSET:
-                wv = wv + 1.0
-            t = t * wv[None, :]
-            if HAS_NORM_BIAS:
-                t = t + tl.load(nb + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
-            x = t.to(DOT_DTYPE)   # the GEMM feeds the normalized rows to the dot in the model dtype too
+            x = tm.norm_tile(x, mean, rstd, nw, nb, kk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
         x = x.to(tl.float32)[:, None, :]                             # [BM, 1, BK]
         wmask = nmask[:, None] & kmask[None, :]
         w = tl.load(w_rows + kk[None, :] * sbk, mask=wmask, other=0.0)
@@ -87,15 +68,9 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     if HAS_BIAS:
         y += tl.load(bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATED:
-        up = tl.sum(acc_up, 2)
-        if ACT == "swiglu":
-            y = y * tm.sigmoid(y) * up
-        elif ACT == "geglu":
-            y = tm.gelu(y) * up
-        else:
-            y = tm.gelu_tanh(y) * up
+        y = tm.epilogue_activation(y, tl.sum(acc_up, 2), ACT, GATED)
     else:
-        y = tm.activation(y, ACT)
+        y = tm.epilogue_activation(y, y, ACT, GATED)
     cmask = mmask[:, None] & nmask[None, :]
     if HAS_RES:
         r = tl.load(res + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)

@@ -56,20 +56,8 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
     a_ptr = a + b0 * sab0 + b1 * sab + rm[:, None].to(tl.int64) * sam
     b_ptr = b + b0 * sbb0 + b1 * sbb + rn[None, :].to(tl.int64) * sbn
 
-    if NORM != "none":  # row statistics over all of K
-        s1 = tl.zeros([BM], tl.float32)
-        s2 = tl.zeros([BM], tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            t = tl.load(a_ptr + kk[None, :] * sak, mask=mmask[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
-            s1 += tl.sum(t, 1)
-            s2 += tl.sum(t * t, 1)
-        if NORM == "rms_norm":
-            mean = tl.zeros([BM], tl.float32)
-            rstd = 1.0 / tl.sqrt(s2 / K + eps)
-        else:
-            mean = s1 / K
-            rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+    if NORM != "none":  # row statistics over all of K first
+        mean, rstd = tm.row_norm_stats(a_ptr, sak, mmask, K, eps, NORM, BM, BK)
 
     acc = tl.zeros([BM, BN], tl.float32)
     if GATED:
@@ -79,14 +67,7 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
         kmask = kk < K
         at = tl.load(a_ptr + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
         if NORM != "none":
-            t = (at.to(tl.float32) - mean[:, None]) * rstd[:, None]
-            wv = tl.load(nw + kk, mask=kmask, other=0.0).to(tl.float32)
-            if UNIT_OFFSET:
-                wv = wv + 1.0
-            t = t * wv[None, :]
-            if HAS_NORM_BIAS:
-                t = t + tl.load(nb + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
-            at = t.to(DOT_DTYPE)
+            at = tm.norm_tile(at, mean, rstd, nw, nb, kk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
         bt = tl.load(b_ptr + kk[:, None] * sbk, mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc += tm.mma(at, bt, IEEE, INTERP)
         if GATED:
@@ -98,14 +79,9 @@ def _matmul_kernel(a, b, c, bias, res, nw, nb,
         if GATED:
             acc_up += tl.load(bias + up_off + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATED:
-        if ACT == "swiglu":
-            acc = acc * tm.sigmoid(acc) * acc_up
-        elif ACT == "geglu":
-            acc = tm.gelu(acc) * acc_up
-        else:
-            acc = tm.gelu_tanh(acc) * acc_up
+        acc = tm.epilogue_activation(acc, acc_up, ACT, GATED)
     else:
-        acc = tm.activation(acc, ACT)
+        acc = tm.epilogue_activation(acc, acc, ACT, GATED)
     cmask = mmask[:, None] & nmask[None, :]
     if HAS_RES:
         r = tl.load(res + b0 * srb0 + b1 * srb + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)

@@ -70,3 +70,52 @@ def mma(a, b, IEEE: tl.constexpr, INTERP: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def row_norm_stats(a_rows, sak, mmask, K, eps, NORM: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """(mean, rstd) of each of BM rows over all K columns, for a matmul's norm prologue (`a_rows`:
+    [BM, 1] row pointers; rms_norm: mean 0)."""
+    rk = tl.arange(0, BK)
+    s1 = tl.zeros([BM], tl.float32)
+    s2 = tl.zeros([BM], tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        t = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
+        s1 += tl.sum(t, 1)
+        s2 += tl.sum(t * t, 1)
+    if NORM == "rms_norm":
+        mean = tl.zeros([BM], tl.float32)
+        rstd = 1.0 / tl.sqrt(s2 / K + eps)
+    else:
+        mean = s1 / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+    return mean, rstd
+
+
+@triton.jit
+def norm_tile(x, mean, rstd, nw, nb, kk, kmask, UNIT_OFFSET: tl.constexpr, HAS_NORM_BIAS: tl.constexpr):
+    """A [BM, BK] tile of A normalized with its rows' statistics and the norm's weight (and bias), float32."""
+    t = (x.to(tl.float32) - mean[:, None]) * rstd[:, None]
+    wv = tl.load(nw + kk, mask=kmask, other=0.0).to(tl.float32)
+    if UNIT_OFFSET:
+        wv = wv + 1.0
+    t = t * wv[None, :]
+    if HAS_NORM_BIAS:
+        t = t + tl.load(nb + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    return t
+
+
+@triton.jit
+def epilogue_activation(y, up, ACT: tl.constexpr, GATED: tl.constexpr):
+    """A matmul epilogue's activation: act(y), or act(gate) * up for the gated ones (up unused otherwise)."""
+    if GATED:
+        if ACT == "swiglu":
+            y = y * sigmoid(y) * up
+        elif ACT == "geglu":
+            y = gelu(y) * up
+        else:
+            y = gelu_tanh(y) * up
+    else:
+        y = activation(y, ACT)
+    return y
