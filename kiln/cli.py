@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation models: a foreground click in image pixels (repeat for several)")
     r.add_argument("--box", default=None, type=numbers(4, "a box X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1",
                    help="segmentation models: a box prompt in image pixels")
+    r.add_argument("--trace", default=None, metavar="TRACE.json",
+                   help="write a Chrome/Perfetto trace of every kernel launch (open it in ui.perfetto.dev)")
     _device_dtype(r)
     r.set_defaults(func=_run)
 
