@@ -52,6 +52,7 @@ class NumpyExecutor:
         self._scratch: dict[tuple, np.ndarray] = {}
         self.threads = ThreadChoice()
         self.reference_steps: dict[str, int] = {}  # op -> steps run by the reference kernel plus a copy
+        self.step_kernels: dict[int | None, str] = {}  # filled when binding: compute step -> "out=" / "reference"
 
     def _make_slots(self) -> None:
         plan = self.plan
@@ -107,6 +108,7 @@ class NumpyExecutor:
         fixed: dict[int, np.ndarray] = {**const, **self.slots}   # arrays known now (slot contents change)
         program, program_steps = [], []
         self.reference_steps = {}
+        self.step_kernels = {}
         for index, step in enumerate(plan.steps):
             patches = _patches(step.inputs, fixed)
             if step.kind == "view":
@@ -121,7 +123,7 @@ class NumpyExecutor:
                 program.append((fn, _resolve(step.inputs, fixed), patches, step.outputs))
                 program_steps.append(index)
                 continue
-            program.append((self._compute(step, fixed, const), _resolve(step.inputs, fixed), patches, None))
+            program.append((self._compute(step, fixed, const, index), _resolve(step.inputs, fixed), patches, None))
             program_steps.append(index)
         self._program, self._program_steps = program, program_steps
         self._outputs = [(name, vid, fixed.get(vid)) for name, vid in plan.outputs.items()]
@@ -130,8 +132,9 @@ class NumpyExecutor:
     def _known(self, vid: int) -> np.ndarray:
         return self._fixed[vid]
 
-    def _compute(self, step, fixed: dict, const: dict) -> Callable:
-        """One callable that computes `step` into its slot(s)."""
+    def _compute(self, step, fixed: dict, const: dict, index: int | None = None) -> Callable:
+        """One callable that computes `step` into its slot(s); `step_kernels[index]` says which kind:
+        "out=" (a specialized kernel writing the slot) or "reference" (reference kernel plus a copy)."""
         outs = [self.slots[v] for v in step.outputs]
         build = BUILDERS.get(step.op)
         if build is not None and len(outs) == 1:
@@ -142,9 +145,11 @@ class NumpyExecutor:
                                   _resolve(step.inputs, const, missing=None), self._scratch_buffer)
             fn = build(binding)
             if fn is not None:
+                self.step_kernels[index] = "out="
                 return fn
         reference = _bound(KERNELS[step.op], step.attrs)
         self.reference_steps[step.op] = self.reference_steps.get(step.op, 0) + 1
+        self.step_kernels[index] = "reference"
 
         def run(*args):
             result = reference(*args)
