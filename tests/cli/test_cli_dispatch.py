@@ -15,8 +15,6 @@ import kiln
 from kiln.inspect import dispatch_report, format_dispatch, inspect_main
 from kiln.ir import Graph
 
-from cli_helpers import run_kiln
-
 pytest.importorskip("torch")
 pytest.importorskip("triton")
 
@@ -64,13 +62,15 @@ def test_cpu_dispatch_names_the_reference_fallback():
     assert listed == set(cg.executor.reference_steps)
 
 
-def test_kiln_inspect_dispatch_on_a_saved_graph(tmp_path):
+def test_kiln_inspect_dispatch_on_a_saved_graph(tmp_path, capsys):
+    from kiln.cli import main
+
     path = tmp_path / "forced.json"
     kiln.save_graph(_graph(), path)
-    res = run_kiln("inspect", str(path), "--dispatch", "--device", "cuda", "--no-optimize", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "dispatch on cuda:" in res.stdout and "library 1" in res.stdout and "fallback 3" in res.stdout
-    assert "softmax [torch] x1" in res.stdout
+    assert main(["inspect", str(path), "--dispatch", "--device", "cuda", "--no-optimize"]) == 0
+    out = capsys.readouterr().out
+    assert "dispatch on cuda:" in out and "library 1" in out and "fallback 3" in out
+    assert "softmax [torch] x1" in out
 
 
 def test_inspect_main_dispatch_json(tmp_path, capsys):

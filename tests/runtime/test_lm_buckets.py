@@ -172,3 +172,18 @@ def test_bad_bucket_settings_are_named():
         GraphCache(limit=0)
     assert ShapeBuckets().length(300) == 512 and ShapeBuckets().length(300, limit=320) == 320
     assert ShapeBuckets().length(9000) == 16384 and ShapeBuckets().batch(11) == 16
+
+
+@pytest.mark.gpu
+def test_bucketed_generation_on_cuda_matches_hf(tiny):
+    """The same padding on the Triton backend: greedy tokens of a padded batch equal HF's."""
+    path, hf = tiny
+    model = kiln.load(path, device="cuda")
+    rng = np.random.default_rng(5)
+    for n in (5, 21, 40):
+        ids = rng.integers(3, 96, (3, n))
+        mask = np.ones_like(ids)
+        mask[2, : n // 2] = 0
+        want, _ = _hf_generate(hf, ids, mask, 8)
+        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=8), want)
+    assert _kinds(model).count("prefill") == 2 and model.compiles == 4    # buckets 16/32 and 64; one batch bucket
