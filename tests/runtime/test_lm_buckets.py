@@ -186,4 +186,5 @@ def test_bucketed_generation_on_cuda_matches_hf(tiny):
         mask[2, : n // 2] = 0
         want, _ = _hf_generate(hf, ids, mask, 8)
         np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=8), want)
-    assert _kinds(model).count("prefill") == 2 and model.compiles == 4    # buckets 16/32 and 64; one batch bucket
+    # prompt buckets 16, 32, 64 (batch bucket 4); cache lengths 64 (twice) and 128
+    assert _kinds(model).count("prefill") == 3 and _kinds(model).count("decode") == 2
