@@ -1,4 +1,4 @@
-"""The `kiln` command line: run, embed, train, inspect.
+"""The `kiln` command line: run, embed, train, inspect, bench.
 
 At the top this module imports only argparse and kiln.cli_common (standard library only); each
 subcommand imports its implementation when it runs, so `kiln --help` does not load NumPy, torch
@@ -35,6 +35,11 @@ def _embed(args):
 def _train(args):
     from kiln.cli_train import train_main
     return train_main(args)
+
+
+def _bench(args):
+    from kiln.cli_bench import bench_main
+    return bench_main(args)
 
 
 def _inspect(args):
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation models: a foreground click in image pixels (repeat for several)")
     r.add_argument("--box", default=None, type=numbers(4, "a box X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1",
                    help="segmentation models: a box prompt in image pixels")
+    r.add_argument("--trace", default=None, metavar="TRACE.json",
+                   help="write a Chrome/Perfetto trace of every kernel launch (open it in ui.perfetto.dev)")
     _device_dtype(r)
     r.set_defaults(func=_run)
 
@@ -111,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     from kiln.inspect import add_options
     add_options(i)
     i.set_defaults(func=_inspect)
+
+    b = sub.add_parser("bench", parents=[common], help="latency and throughput of a checkpoint's main task",
+                       description="Time the model's main task and print a table: LMs prefill ms and decode "
+                                   "tokens/s, BERT sentences/s at batch 1 and 32, Whisper the real-time factor.")
+    b.add_argument("model", help="checkpoint directory, GGUF file or model id in the local HF cache")
+    b.add_argument("--prompt-len", type=positive_int, default=128, help="LMs: prompt tokens (default: 128)")
+    b.add_argument("--new-tokens", type=positive_int, default=32, help="LMs: tokens to generate (default: 32)")
+    b.add_argument("--batch-size", type=positive_int, default=1, help="LMs: prompts per batch (default: 1)")
+    b.add_argument("--seconds", type=positive_float, default=10.0, help="Whisper: seconds of audio (default: 10)")
+    b.add_argument("--repeat", type=positive_int, default=3, help="timed runs per figure, median (default: 3)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON")
+    _device_dtype(b)
+    b.set_defaults(func=_bench)
     return p
 
 

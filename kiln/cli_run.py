@@ -16,10 +16,30 @@ from kiln.cli_common import COMMAND_FOR, check_device, kind_of, resolve_checkpoi
 
 
 def run_main(args) -> int:
-    """`kiln run`: errors propagate to kiln.cli.main, which prints them as one line (exit 2)."""
+    """`kiln run`: errors propagate to kiln.cli.main, which prints them as one line (exit 2).
+
+    With --trace, every kernel launch of the run goes to a Chrome/Perfetto trace file."""
+    check_device(args.device)
+    path = getattr(args, "trace", None)
+    if path is None:
+        return _run(args)
+    from pathlib import Path
+
+    from kiln.runtime.trace import tracing
+
+    if not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"--trace {path}: the directory {Path(path).resolve().parent} does not exist")
+    with tracing() as trace:
+        code = _run(args)
+    launches = trace.write(path)
+    print(f"[trace: {launches} kernel launches in {trace.runs} runs written to {path}; open it in ui.perfetto.dev]",
+          file=sys.stderr)
+    return code
+
+
+def _run(args) -> int:
     from kiln.models.registry import cli_runner_for
 
-    check_device(args.device)
     ck = resolve_checkpoint(args.model)
     directory, model_type = ck.path, kind_of(ck)
     runner = cli_runner_for(model_type)
@@ -55,7 +75,8 @@ def run_main(args) -> int:
         raise ValueError("the prompt encodes to no tokens")
 
     # compile both graphs up front (with a progress bar) so the timing below is generation only
-    model.warmup(1, len(ids), args.max_new_tokens, progress=True)
+    # (greedy decoding picks its tokens on the device: those are the graphs it runs)
+    model.warmup(1, len(ids), args.max_new_tokens, progress=True, select="logits" if args.do_sample else "greedy")
 
     from kiln.runtime.generation import TextStreamer
 

@@ -5,6 +5,12 @@ rewrite rules that fired, kernels per archetype, peak memory with and without th
 plan, and the time each compile stage took. `inspect_graph` is the API; `inspect_main`
 is the command line (`kiln inspect TARGET [--no-optimize] [--json]`), where TARGET is a graph
 saved with `kiln.save_graph` or a checkpoint (its representative graphs are inspected).
+
+`--dispatch` (`dispatch_report`) says instead which backend kernel runs each op: on cuda, per
+launch of the Triton backend, a kernel kiln generates, a library call (cuBLAS through torch)
+or a fallback (a torch op on the GPU, or the NumPy reference kernel on the host); on cpu, per
+Plan kernel, the NumPy `out=` kernel of each op or the reference kernel plus a copy. Nothing
+runs and no GPU is needed: the report comes from the same lowering and binding the backends do.
 """
 
 from __future__ import annotations
@@ -62,6 +68,80 @@ def format_report(report, name: str = "graph") -> str:
     return "\n".join(lines)
 
 
+# ---- dispatch: which backend kernel runs each op ------------------------------------------------
+
+# Triton-backend launch classes that are not kernels kiln generates
+_LAUNCH_KINDS = {"CublasMatmul": "library", "TorchLaunch": "fallback", "HostLaunch": "fallback"}
+_LAUNCH_NOTES = {"CublasMatmul": "cuBLAS via torch", "TorchLaunch": "torch op on the GPU",
+                 "HostLaunch": "NumPy reference kernel on the host"}
+
+
+def dispatch_report(graph: Graph, *, device: str = "cpu", optimize: bool = True,
+                    exclude_rules: Sequence[str] = ()) -> dict:
+    """{"device", "launches": [{"launch", "ops", "kind", "kernel", "label"}], "kinds": {kind: count}} for
+    `graph` compiled for `device`; kind is "generated" / "library" / "fallback" (cuda) or "numpy" /
+    "fallback" (cpu)."""
+    from kiln.api import reference_evaluate
+    from kiln.compile import compile_graph
+
+    plan, _ = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
+                            exclude_rules=exclude_rules)
+    rows = _triton_dispatch(plan) if device == "cuda" else _numpy_dispatch(plan)
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    return {"graph": graph.name, "device": device, "launches": rows, "kinds": kinds}
+
+
+def _triton_dispatch(plan) -> list[dict]:
+    from kiln.extras import require
+
+    require("torch", "kiln inspect --dispatch --device cuda")
+    require("triton", "kiln inspect --dispatch --device cuda")
+    from kiln.backends.triton.lowering import lower
+
+    rows = []
+    for i, launch in enumerate(lower(plan, device_type="cuda").launches):
+        cls = type(launch.fn).__name__
+        rows.append({"launch": i, "ops": [plan.steps[j].op for j in launch.steps], "kind": _LAUNCH_KINDS.get(cls, "generated"),
+                     "kernel": f"{cls} ({_LAUNCH_NOTES[cls]})" if cls in _LAUNCH_NOTES else f"Triton {cls}",
+                     "label": launch.label})
+    return rows
+
+
+def _numpy_dispatch(plan) -> list[dict]:
+    import numpy as np
+
+    from kiln.backends.numpy.executor import NumpyExecutor
+
+    ex = NumpyExecutor(plan)
+    ex._bind({vid: np.zeros(t.shape, t.dtype.np_dtype) for vid, t in plan.params.values()})
+    rows = []
+    for i, k in enumerate(plan.kernels):
+        impls = [ex.step_kernels.get(j, "reference") for j in k.steps]
+        ops = [plan.steps[j].op for j in k.steps]
+        slow = [op for op, x in zip(ops, impls) if x != "out="]
+        rows.append({"launch": i, "ops": ops, "impls": impls, "kind": "fallback" if slow else "numpy",
+                     "kernel": f"reference kernel + copy: {', '.join(slow)}" if slow else "NumPy out= kernel",
+                     "label": "+".join(ops)})
+    return rows
+
+
+def format_dispatch(d: dict) -> str:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(d["kinds"].items()))
+    unit = "launches" if d["device"] == "cuda" else "kernels"
+    lines = [f"graph: {d['graph']}", f"dispatch on {d['device']}: {len(d['launches'])} {unit} ({kinds})",
+             f"  {'#':>4}  {'kind':<9}  {'kernel':<40}  ops"]
+    for r in d["launches"]:
+        lines.append(f"  {r['launch']:>4}  {r['kind']:<9}  {r['kernel']:<40}  {'+'.join(r['ops']) or r['label']}")
+    falls: dict[str, int] = {}
+    for r in d["launches"]:
+        if r["kind"] == "fallback":
+            falls[r["label"]] = falls.get(r["label"], 0) + 1
+    lines.append("fallbacks: " + (", ".join(f"{k} x{n}" for k, n in sorted(falls.items())) or "none"))
+    return "\n".join(lines)
+
+
 def _bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -110,6 +190,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-rule", action="append", default=[], metavar="NAME",
                    help="disable one rewrite rule (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--dispatch", action="store_true",
+                   help="per op, the backend kernel that runs it: generated, library (cuBLAS) or fallback")
 
 
 def inspect_main(args: Sequence[str] | argparse.Namespace | None = None) -> int:
@@ -121,6 +203,15 @@ def inspect_main(args: Sequence[str] | argparse.Namespace | None = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         print(f"kiln inspect: cannot read {args.target!r}: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "dispatch", False):
+        tables = [dispatch_report(g, device=getattr(args, "device", "cpu"),
+                                  optimize=not getattr(args, "no_optimize", False),
+                                  exclude_rules=getattr(args, "exclude_rule", None) or ()) for g in graphs]
+        if getattr(args, "json", False):
+            print(json.dumps(tables if len(tables) > 1 else tables[0], indent=2))
+        else:
+            print("\n\n".join(format_dispatch(t) for t in tables))
+        return 0
     reports = []
     for graph in graphs:
         report = inspect_graph(graph, optimize=not getattr(args, "no_optimize", False),

@@ -132,9 +132,10 @@ def resample(x: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
         return x
     try:
         from scipy.signal import resample_poly
-    except ImportError as e:  # pragma: no cover - depends on the environment
+    except ImportError as e:  # pragma: no cover - scipy is one of kiln's own dependencies
         raise ImportError(
-            f"resampling {orig_rate} Hz -> {target_rate} Hz needs scipy (pip install 'kiln[audio]')"
+            f"resampling {orig_rate} Hz -> {target_rate} Hz needs scipy, one of kiln's dependencies: run "
+            f"`pip install -e .` in the kiln checkout (or `pip install scipy`)"
         ) from e
     g = math.gcd(orig_rate, target_rate)
     up, down = target_rate // g, orig_rate // g
@@ -149,10 +150,10 @@ def _read_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(f"audio path is a directory, expected a file: {p!r}")
     if os.path.getsize(p) == 0:
         raise AudioError(f"audio file is empty (0 bytes): {p!r}; expected WAV/FLAC/OGG data")
-    try:
-        import soundfile as sf
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading audio files needs soundfile (pip install 'kiln[audio]')") from e
+    from kiln.extras import require
+
+    # the hint names the checkout's extra: the PyPI project "kiln" is an unrelated library
+    sf = require("soundfile", "reading audio files")
     try:
         data, rate = sf.read(p, dtype="float64", always_2d=True)
     except Exception as e:  # libsndfile reports unreadable data as LibsndfileError/RuntimeError

@@ -18,6 +18,8 @@ from kiln.compile.plan import Plan
 from kiln.errors import InputError  # noqa: F401  (defined in kiln.errors; importable from here)
 from kiln.ir import TensorType, as_dtype
 
+from . import trace
+
 
 class CompiledGraph:
     def __init__(self, plan: Plan, executor, device: str, report=None):
@@ -105,6 +107,7 @@ class CompiledGraph:
         return self.executor.run_async(self._bound(inputs), self._params)
 
     def _bound(self, inputs: dict) -> dict[int, np.ndarray]:
+        self.executor.tracer = trace.active()   # None unless a kernel trace is being recorded
         _check_names("input", inputs, self.plan.inputs, require_all=True)
         if len(self._params) != len(self.plan.params):
             missing = [n for n, (vid, _) in self.plan.params.items() if vid not in self._params]

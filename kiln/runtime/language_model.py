@@ -19,6 +19,12 @@ Graph contract (names in kiln.runtime.kv_cache):
            states  cache.mask (1 written at the slot), cache.{i}.key / .value (the new
                    token's key/value written at the slot); attention over slots <= slot
                    that the mask marks (and the layer's sliding window)
+Shapes are bucketed (kiln.runtime.buckets): a prompt is left-padded to a length bucket with mask
+0 (what HF computes for a left-padded batch: positions come from the mask, padded keys are
+masked out) and the batch is padded with copies of its last row, so a stream of prompts
+compiles one graph per bucket. Compiled graphs live in a bounded LRU cache; `model.buckets =
+None` runs exact shapes.
+
 For greedy decoding the runtime appends `next_token` = argmax of the last logits [B]
 int64 and drops the logits output, so a step returns only the ids; the greedy decode graph
 also feeds itself: its token, position and slot inputs become states that each step advances
@@ -29,13 +35,14 @@ from the host and run back to back while the host reads the previous step's ids.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from kiln.errors import InputError
 from kiln.ir import Graph
 
+from .buckets import GraphCache, ShapeBuckets, StatePool
 from .generation import GenerationConfig, TextStreamer, generate
 from .kv_cache import StaticKVCache
 
@@ -61,12 +68,14 @@ class CausalLM:
 
     def __init__(self, graphs: DecoderGraphs, params: dict[str, np.ndarray], *, tokenizer=None,
                  generation_config: GenerationConfig | None = None, device: str = "cpu",
-                 dtype: str = "float32", optimize: bool = True, name: str = "model"):
+                 dtype: str = "float32", optimize: bool = True, name: str = "model",
+                 buckets: ShapeBuckets | None = ShapeBuckets(), max_graphs: int = 24):
         self.graphs, self.params, self.tokenizer = graphs, params, tokenizer
         self.generation_config = generation_config or GenerationConfig()
         self.device, self.dtype, self.optimize, self.name = device, dtype, optimize, name
-        self._compiled: dict[tuple, Any] = {}
-        self._cache_buffers: dict[tuple, dict] = {}  # (batch, cache_len) -> state name -> the shared buffer
+        self.buckets = buckets     # None: every shape exactly as given (one graph per shape)
+        # compiled graphs, LRU-bounded; graphs of one (batch, cache_len) share one pool of KV-cache buffers
+        self._compiled = GraphCache(max_graphs)
         self.compile_seconds = 0.0
 
     @property
@@ -91,7 +100,8 @@ class CausalLM:
         if select == "greedy" and kind == "decode":
             select = ("greedy", (), None)   # self-feeding, no EOS ids
         key = (kind, *shape, last_only, select) + (("features",) if features else ())
-        if key not in self._compiled:
+        cg = self._compiled.get(key)
+        if cg is None:
             from .compiler import compile as compile_graph
 
             t0 = time.perf_counter()
@@ -111,24 +121,66 @@ class CausalLM:
                     _feed_itself(g, *select[1:])
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
-            cg.share_states(self._cache_buffers.setdefault((shape[0], shape[-1]), {}))
-            self._compiled[key] = cg
+            pool = self._state_pool(shape[0], shape[-1]) if kind != "forward" else None
+            if pool is not None:
+                cg.share_states(pool)
+            self._compiled.put(key, cg, pool)
             self.compile_seconds += time.perf_counter() - t0
-        return self._compiled[key]
+        return cg
+
+    def _state_pool(self, batch: int, cache_len: int) -> StatePool:
+        """The KV-cache buffers every graph of (batch, cache_len) reads and writes."""
+        return self._compiled.pool((batch, cache_len))
+
+    @property
+    def compiles(self) -> int:
+        """How many graphs this model has compiled (evicted ones included)."""
+        return self._compiled.compiles
+
+    def padded_shape(self, batch: int, seq: int) -> tuple[int, int]:
+        """The (batch, seq) bucket an input of this shape runs in."""
+        if self.buckets is None:
+            return batch, seq
+        return self.buckets.batch(batch), self.buckets.length(seq, limit=self.max_position_embeddings)
 
     def warmup(self, batch: int, prompt_len: int, max_new_tokens: int, progress: bool = False,
                select: str = "logits") -> None:
         """Compile the graphs a generation of this shape needs (e.g. before timing it)."""
-        cache_len = self.cache_length(prompt_len + max_new_tokens)
-        todo = [("prefill", (batch, prompt_len, cache_len)), ("decode", (batch, cache_len))]
+        self._warmup([(batch, prompt_len)], max_new_tokens, progress, select)
+
+    def warmup_buckets(self, max_prompt_len: int, max_new_tokens: int, batch: int = 1, progress: bool = False,
+                       select: str = "greedy") -> None:
+        """Compile, ahead of use, the graphs of every prompt-length bucket up to `max_prompt_len`
+        (generations of up to `max_new_tokens`): later prompts of these sizes compile nothing."""
+        if self.buckets is None:
+            raise InputError("warmup_buckets needs shape buckets; this model runs exact shapes (buckets=None)")
+        top = self.padded_shape(batch, max_prompt_len)[1]
+        lengths = sorted({self.padded_shape(batch, n)[1] for n in (*self.buckets.lengths, top) if n <= top})
+        if 2 * len(lengths) > self._compiled.limit:
+            raise InputError(f"warming {len(lengths)} prompt buckets needs {2 * len(lengths)} graphs, more than the "
+                             f"compile cache holds ({self._compiled.limit}); raise max_graphs or max_prompt_len lower")
+        self._warmup([(batch, n) for n in lengths], max_new_tokens, progress, select)
+
+    def _warmup(self, shapes, max_new_tokens: int, progress: bool, select: str) -> None:
+        todo = []
+        for batch, prompt_len in shapes:
+            b, s = self.padded_shape(batch, prompt_len)
+            cache_len = self.cache_length(s + max_new_tokens)
+            todo += [("prefill", (b, s, cache_len)), ("decode", (b, cache_len))]
         if progress:
             from tqdm import tqdm
 
             todo = tqdm(todo, desc="compiling", unit="graph", leave=False)
+        decode_select = select
+        if select == "greedy":   # the self-feeding decode graph `generate` runs: the checkpoint's EOS ids and pad
+            eos = tuple(self.generation_config.eos_token_ids)
+            pad = self.generation_config.pad_token_id
+            pad = eos[0] if pad is None and eos else pad
+            decode_select = ("greedy", eos, pad if eos else None)
         for kind, shape in todo:
             if progress:
-                todo.set_postfix_str(f"{kind} batch {shape[0]} cache {cache_len}")
-            self.compiled(kind, *shape, last_only=kind == "prefill", select=select)
+                todo.set_postfix_str(f"{kind} batch {shape[0]} cache {shape[-1]}")
+            self.compiled(kind, *shape, last_only=kind == "prefill", select=decode_select if kind == "decode" else select)
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
@@ -146,29 +198,43 @@ class CausalLM:
             pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
         else:
             pos = np.broadcast_to(self._ids("position_ids", position_ids), ids.shape).copy()
-        out = self.compiled("forward", *ids.shape, last_only=False, features=features is not None).run(
-            input_ids=ids, attention_mask=mask, position_ids=pos, **self._features(features, ids))
-        return out["logits"]
+        b, s = ids.shape
+        rows, width = self.padded_shape(b, s)
+        feeds = _padded(dict(input_ids=ids, attention_mask=mask, position_ids=pos, **self._features(features, ids)),
+                        rows, width)
+        logits = self.compiled("forward", rows, width, last_only=False, features=features is not None).run(**feeds)
+        return logits["logits"] if (rows, width) == (b, s) else np.ascontiguousarray(logits["logits"][:b, width - s:])
 
     # ---- the interface `generate` drives --------------------------------------------
     device_greedy = True  # prefill(greedy=True) and greedy_steps pick argmax ids where the model runs
 
     def new_cache(self, batch: int, max_length: int) -> StaticKVCache:
-        return StaticKVCache(batch, self.cache_length(max_length))
+        """The cache of one generation of `batch` rows up to `max_length` tokens (rows padded to a bucket;
+        its length is settled by the prefill, once the prompt's padding is known)."""
+        return GenerationCache(batch, self.padded_shape(batch, 1)[0], max_length, self.cache_length(max_length))
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: StaticKVCache,
                 greedy: bool = False, features=None) -> np.ndarray:
         """Run the prompt into the cache; return the last position's logits [B, V] (greedy: ids [B])."""
         ids = self._ids("input_ids", ids)
         b, s = ids.shape
-        feeds = self._features(features, ids)
-        cache.start(s)
+        feeds = dict(input_ids=ids, attention_mask=np.asarray(mask, np.int64),
+                     position_ids=np.asarray(positions, np.int64), **self._features(features, ids))
+        for name in ("attention_mask", "position_ids"):
+            self._same_shape(name, feeds[name], ids)
+        rows, width = cache.batch, s
+        if isinstance(cache, GenerationCache):   # the prompt padded to its bucket, the cache sized to hold it
+            if b != cache.rows:
+                raise InputError(f"the prompt has {b} rows, but the cache was made for {cache.rows}")
+            width = self.padded_shape(b, s)[1]
+            cache.settle(self.cache_length(cache.needed + width - s), self._state_pool)
+        elif b != cache.batch:
+            raise InputError(f"the prompt has {b} rows, but the cache has {cache.batch}")
+        cache.start(width)
         select = "greedy" if greedy else "logits"
-        out = self.compiled("prefill", b, s, cache.max_len, last_only=True, select=select,
-                            features=features is not None).run(
-            input_ids=ids, attention_mask=np.asarray(mask, np.int64), position_ids=np.asarray(positions, np.int64),
-            **feeds)
-        return out["next_token"] if greedy else out["logits"][:, -1]
+        out = self.compiled("prefill", rows, width, cache.max_len, last_only=True, select=select,
+                            features=features is not None).run(**_padded(feeds, rows, width))
+        return out["next_token"][:b] if greedy else out["logits"][:b, -1]
 
     def greedy_steps(self, cache: StaticKVCache, tokens: np.ndarray, positions: np.ndarray,
                      unfinished: np.ndarray, eos: Sequence[int], pad: int | None, count: int | None = None):
@@ -177,14 +243,14 @@ class CausalLM:
         itself on the device, and the next step is launched before this one's ids are read, so the GPU
         never waits for the host (when every row stops at EOS early, one step past it may have run;
         its slot is simply unused)."""
-        b = tokens.shape[0]
+        b, rows = tokens.shape[0], cache.batch
         eos = tuple(int(e) for e in eos)
-        cg = self.compiled("decode", b, cache.max_len, select=("greedy", eos, pad if eos else None))
-        cg.set_state("input_ids", np.asarray(tokens, np.int64).reshape(b, 1))
-        cg.set_state("position_ids", np.asarray(positions, np.int64).reshape(b, 1))
+        cg = self.compiled("decode", rows, cache.max_len, select=("greedy", eos, pad if eos else None))
+        cg.set_state("input_ids", _rows(np.asarray(tokens, np.int64), rows).reshape(rows, 1))
+        cg.set_state("position_ids", _rows(np.asarray(positions, np.int64), rows).reshape(rows, 1))
         cg.set_state("cache_position", np.array([cache.length], np.int64))
         if eos:
-            cg.set_state(UNFINISHED, np.asarray(unfinished, bool))
+            cg.set_state(UNFINISHED, _rows(np.asarray(unfinished, bool), rows))
         cache.next_slot()
         pending = cg.run_async()
         left = cache.max_len - cache.length if count is None else count - 1   # steps still to launch
@@ -194,7 +260,7 @@ class CausalLM:
                 left -= 1
                 cache.next_slot()
                 ahead = cg.run_async()
-            yield pending.wait()["next_token"]
+            yield pending.wait()["next_token"][:b]
             if ahead is None:
                 return
             pending = ahead
@@ -202,13 +268,13 @@ class CausalLM:
     def decode(self, tokens: np.ndarray, positions: np.ndarray, cache: StaticKVCache) -> np.ndarray:
         """Feed one token per row at the cache's next slot; return its logits [B, V] (greedy decoding
         runs `greedy_steps` instead)."""
-        b = tokens.shape[0]
+        b, rows = tokens.shape[0], cache.batch
         slot = cache.next_slot()
-        out = self.compiled("decode", b, cache.max_len).run(
-            input_ids=np.asarray(tokens, np.int64).reshape(b, 1),
-            position_ids=np.asarray(positions, np.int64).reshape(b, 1),
+        out = self.compiled("decode", rows, cache.max_len).run(
+            input_ids=_rows(np.asarray(tokens, np.int64), rows).reshape(rows, 1),
+            position_ids=_rows(np.asarray(positions, np.int64), rows).reshape(rows, 1),
             cache_position=np.array([slot], np.int64))
-        return out["logits"][:, -1]
+        return out["logits"][:b, -1]
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,
@@ -327,6 +393,42 @@ class CausalLM:
 
 
 UNFINISHED = "generate.unfinished"
+
+
+class GenerationCache(StaticKVCache):
+    """A generation's cache in bucketed shapes: `rows` real rows of `batch`, `needed` real tokens.
+
+    Its length is settled at the prefill (prompt padding + `needed`); from then on it holds the
+    state pool of its (batch, max_len), so the buffers outlive any eviction of its graphs."""
+
+    def __init__(self, rows: int, batch: int, needed: int, max_len: int):
+        super().__init__(batch, max_len)
+        self.rows, self.needed = rows, needed
+        self.pool: StatePool | None = None
+
+    def settle(self, max_len: int, pool_of: Callable[[int, int], StatePool]) -> None:
+        if self.length != 0:
+            raise ValueError(f"prefill writes an empty cache, but {self.length} slots are already filled")
+        self.max_len = max_len
+        self.pool = pool_of(self.batch, max_len)
+
+
+def _rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """a with rows appended (copies of its last) up to `rows`: filler rows compute a real row's values
+    (never a fully masked one) and are dropped from the outputs."""
+    return a if a.shape[0] == rows else np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], axis=0)])
+
+
+def _padded(feeds: dict[str, np.ndarray], rows: int, width: int) -> dict[str, np.ndarray]:
+    """Graph inputs [B, S, ...] left-padded to `width` columns (zeros: mask 0, position 0, token 0,
+    embeds_mask False, so nothing attends to them) and filled to `rows` rows."""
+    out = {}
+    for name, a in feeds.items():
+        pad = width - a.shape[1]
+        if pad:
+            a = np.concatenate([np.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype), a], axis=1)
+        out[name] = _rows(a, rows)
+    return out
 
 
 def _feed_itself(g: Graph, eos: tuple[int, ...], pad: int | None) -> None:

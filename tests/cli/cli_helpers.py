@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 # Import names a test can mark as "not installed": the wrapper puts None in sys.modules for each,
 # which makes `import NAME` raise ModuleNotFoundError exactly as a missing package does.
 _WRAPPER = ("import sys\n"
@@ -21,5 +23,7 @@ def run_kiln(*args: str, cwd: Path, without: tuple[str, ...] = (), timeout: int 
     let --device cuda pass on a CPU machine), an empty HF cache."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["HF_HUB_CACHE"] = str(cwd / "hf-cache")
+    # the kiln of this checkout, not whichever one is installed (cwd is a scratch directory)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     cmd = [sys.executable, "-c", _WRAPPER, ",".join(without), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)

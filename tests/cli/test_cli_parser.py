@@ -17,7 +17,7 @@ def _subparsers():
 
 def test_every_option_and_argument_has_help():
     p, commands = _subparsers()
-    assert set(commands) == {"run", "embed", "train", "inspect"}
+    assert set(commands) == {"run", "embed", "train", "inspect", "bench"}
     for name, sp in [("kiln", p), *commands.items()]:
         for action in sp._actions:
             if isinstance(action, argparse._HelpAction):

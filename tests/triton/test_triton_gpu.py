@@ -106,7 +106,7 @@ def test_generate_on_cuda_brings_back_only_the_chosen_token_ids(llama):
     model.generate(prompt, max_new_tokens=33, eos_token_id=[])      # compile and capture first
     torch.cuda.synchronize()
     runs = []
-    for key, cg in model._compiled.items():   # which graphs run, and what each brings back
+    for key, cg in model._compiled._graphs.items():   # which graphs run, and what each brings back
         def spy(*a, _key=key, _ex=cg.executor, _orig=cg.executor.run_async, **k):
             runs.append((_key[0], sorted(_ex.outputs)))
             return _orig(*a, **k)

@@ -14,11 +14,16 @@ compute step becomes one callable that writes its slot: a specialized `out=` ker
 (out_kernels.py) where one applies, else the reference kernel plus one copy. A run then
 only patches in the arguments that come from the inputs and calls the list. How many BLAS
 threads a run's matmuls get is measured per executor (blas_threads.py).
+
+With a `tracer` set (kiln.runtime.trace, set by CompiledGraph while a trace is recorded) a
+run times each step and reports one span per Plan kernel; without one nothing is timed.
 """
 
 from __future__ import annotations
 
 from typing import Callable
+
+import time
 
 import numpy as np
 
@@ -31,6 +36,8 @@ from .out_kernels import BUILDERS, StepBinding
 
 
 class NumpyExecutor:
+    tracer = None   # a kiln.runtime.trace.Trace while one is recorded
+
     def __init__(self, plan: Plan):
         missing = sorted({s.op for s in plan.steps + plan.load_steps if s.op not in KERNELS})
         if missing:
@@ -45,6 +52,7 @@ class NumpyExecutor:
         self._scratch: dict[tuple, np.ndarray] = {}
         self.threads = ThreadChoice()
         self.reference_steps: dict[str, int] = {}  # op -> steps run by the reference kernel plus a copy
+        self.step_kernels: dict[int | None, str] = {}  # filled when binding: compute step -> "out=" / "reference"
 
     def _make_slots(self) -> None:
         plan = self.plan
@@ -98,9 +106,10 @@ class NumpyExecutor:
             for vid, r in zip(step.outputs, result if isinstance(result, tuple) else (result,)):
                 const[vid] = r
         fixed: dict[int, np.ndarray] = {**const, **self.slots}   # arrays known now (slot contents change)
-        program = []
+        program, program_steps = [], []
         self.reference_steps = {}
-        for step in plan.steps:
+        self.step_kernels = {}
+        for index, step in enumerate(plan.steps):
             patches = _patches(step.inputs, fixed)
             if step.kind == "view":
                 fn = _bound(KERNELS[step.op], step.attrs)
@@ -112,17 +121,20 @@ class NumpyExecutor:
                             const[vid] = r
                     continue
                 program.append((fn, _resolve(step.inputs, fixed), patches, step.outputs))
+                program_steps.append(index)
                 continue
-            program.append((self._compute(step, fixed, const), _resolve(step.inputs, fixed), patches, None))
-        self._program = program
+            program.append((self._compute(step, fixed, const, index), _resolve(step.inputs, fixed), patches, None))
+            program_steps.append(index)
+        self._program, self._program_steps = program, program_steps
         self._outputs = [(name, vid, fixed.get(vid)) for name, vid in plan.outputs.items()]
         self._fixed = fixed
 
     def _known(self, vid: int) -> np.ndarray:
         return self._fixed[vid]
 
-    def _compute(self, step, fixed: dict, const: dict) -> Callable:
-        """One callable that computes `step` into its slot(s)."""
+    def _compute(self, step, fixed: dict, const: dict, index: int | None = None) -> Callable:
+        """One callable that computes `step` into its slot(s); `step_kernels[index]` says which kind:
+        "out=" (a specialized kernel writing the slot) or "reference" (reference kernel plus a copy)."""
         outs = [self.slots[v] for v in step.outputs]
         build = BUILDERS.get(step.op)
         if build is not None and len(outs) == 1:
@@ -133,9 +145,11 @@ class NumpyExecutor:
                                   _resolve(step.inputs, const, missing=None), self._scratch_buffer)
             fn = build(binding)
             if fn is not None:
+                self.step_kernels[index] = "out="
                 return fn
         reference = _bound(KERNELS[step.op], step.attrs)
         self.reference_steps[step.op] = self.reference_steps.get(step.op, 0) + 1
+        self.step_kernels[index] = "reference"
 
         def run(*args):
             result = reference(*args)
@@ -164,8 +178,12 @@ class NumpyExecutor:
             self._bind(params)
         env = {vid: np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a)  # ascontiguousarray makes 0-d 1-d
                for vid, a in inputs.items()}
+        program, timed = self._program, None
+        if self.tracer is not None:
+            timed = []
+            program = [(_timed(fn, i, timed), *rest) for (fn, *rest), i in zip(program, self._program_steps)]
         with self.threads.run():
-            for fn, args, patches, views in self._program:
+            for fn, args, patches, views in program:
                 if patches:
                     args = _patched(args, patches, env)
                 if views is None:
@@ -178,10 +196,40 @@ class NumpyExecutor:
                         env[views[0]] = result
         for buf, vid in self._state_copies:
             np.copyto(buf, env[vid] if vid in env else self._known(vid))
+        if timed is not None:
+            self.tracer.add_run(self.plan.graph.name, self._kernel_spans(timed))
         outs = {name: env[vid] if known is None else known for name, vid, known in self._outputs}
         # C order: a view output (transposed heads, say) comes back as a plain array the next run takes as is
         return {name: np.array(a, copy=True, order="C") for name, a in outs.items()} if copy_outputs else outs
 
+
+    def _kernel_spans(self, timed: list[tuple[int, int, int]]) -> list[tuple]:
+        """One span per Plan kernel from its steps' (step, start ns, end ns); views belong to none."""
+        by_kernel: dict[int, list[int]] = {}
+        for i, t0, t1 in timed:
+            k = self.plan.steps[i].kernel
+            if k < 0:
+                continue
+            span = by_kernel.setdefault(k, [t0, t1, 0])
+            span[0], span[1], span[2] = min(span[0], t0), max(span[1], t1), span[2] + t1 - t0
+        spans = []
+        for k, (t0, t1, busy) in sorted(by_kernel.items()):
+            kern = self.plan.kernels[k]
+            ops = "+".join(self.plan.steps[j].op for j in kern.steps)
+            spans.append((ops, t0, t1, {"kernel": k, "archetype": kern.archetype, "pattern": kern.pattern,
+                                        "busy_us": busy / 1e3}))
+        return spans
+
+
+def _timed(fn, step: int, into: list):
+    """fn, appending (step, start ns, end ns) to `into` on each call (traced runs only)."""
+    def run(*args):
+        t0 = time.perf_counter_ns()
+        try:
+            return fn(*args)
+        finally:
+            into.append((step, t0, time.perf_counter_ns()))
+    return run
 
 
 class DoneRun:

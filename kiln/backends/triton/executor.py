@@ -13,6 +13,10 @@ Lifecycle:
 
 `run(inputs, params)` is the backend interface (NumPy in and out, like the NumPy executor).
 States stay on the device between runs (`state`, `get_state`, `set_state`, `bind_state`).
+
+With a `tracer` set (kiln.runtime.trace, set by CompiledGraph while a trace is recorded) a run
+launches eagerly instead of replaying its CUDA graph and times each launch with a pair of CUDA
+events (host time under TRITON_INTERPRET=1); without one nothing is timed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from .lowering import ALIGN, Operand, Program, lower
 
 
 class TritonExecutor:
+    tracer = None   # a kiln.runtime.trace.Trace while one is recorded
+
     def __init__(self, plan: Plan, device: str | torch.device | None = None, *, cuda_graph: bool = True):
         t0 = time.perf_counter()
         self.plan = plan
@@ -169,8 +175,50 @@ class TritonExecutor:
 
     # ---- running -----------------------------------------------------------------------------
     def _launch_all(self) -> None:
+        if self.tracer is not None:
+            return self._launch_traced()
+        self._launch_plain()
+
+    def _launch_plain(self) -> None:
         for fn, args in self.calls:
             fn(*args)
+
+    def _launch_traced(self) -> None:
+        """Every launch, timed: CUDA events on a GPU (read when the trace is written), host time otherwise."""
+        launches, name = self.program.launches, self.plan.graph.name
+        compiling = not self._compiled
+
+        def args_of(i, launch):
+            return {"launch": i, "archetype": launch.archetype, "kernel": type(self.calls[i][0]).__name__,
+                    **({"first_run_compiles": True} if compiling else {})}
+
+        if self.device.type != "cuda":
+            spans = []
+            for i, (launch, (fn, args)) in enumerate(zip(launches, self.calls)):
+                t0 = time.perf_counter_ns()
+                fn(*args)
+                spans.append((launch.label, t0, time.perf_counter_ns(), args_of(i, launch)))
+            self.tracer.add_run(name, spans)
+            return
+        anchor = time.perf_counter_ns()   # the device timeline is placed on the host clock here
+        marks = []
+        for fn, args in self.calls:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            marks.append((start, end))
+
+        def spans():
+            marks[-1][1].synchronize()
+            first = marks[0][0]
+            out = []
+            for i, (launch, (start, end)) in enumerate(zip(launches, marks)):
+                t0 = anchor + int(first.elapsed_time(start) * 1e6)
+                out.append((launch.label, t0, t0 + int(start.elapsed_time(end) * 1e6), args_of(i, launch)))
+            return out
+        if marks:
+            self.tracer.add_run(name, spans, clock="device")
 
     def warmup(self) -> None:
         """Compile every kernel now (one eager pass over whatever the buffers hold) and capture the
@@ -227,7 +275,7 @@ class TritonExecutor:
             clear()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                self._launch_all()
+                self._launch_plain()
             torch.cuda.synchronize(self.device)
             clear()
             self._graph = g
@@ -240,6 +288,9 @@ class TritonExecutor:
     def _execute(self) -> None:
         if not self._compiled:      # the first run compiles its kernels as it goes
             self._compile_pass()
+            return
+        if self.tracer is not None:  # a traced run times each launch, so it cannot replay a CUDA graph
+            self._launch_all()
             return
         if self.cuda_graph and self._graph is None:
             self._capture()

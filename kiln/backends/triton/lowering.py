@@ -71,6 +71,7 @@ class Launch:
     fn: Callable
     args: tuple
     graph_safe: bool = True
+    steps: tuple[int, ...] = ()   # the Plan steps it computes (empty for the final state copies)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Lowering:
                 t = self.types[o]
                 self.statics[o] = self.vals[o] = self._fresh("static", t.shape, t.dtype, o)
         self._arena_storage: dict[int, Storage] = {}   # plan storage owner -> arena Storage
+        self._steps: tuple[int, ...] = ()                 # the Plan steps the launches emitted now compute
 
     # ---- storages and operands --------------------------------------------------------------
     def _storage(self, kind: str, dtype: torch.dtype, numel: int, vid: int | None = None) -> Storage:
@@ -197,7 +199,7 @@ class Lowering:
         self._emit("layout", label, k, ([src], [dst]))
 
     def _emit(self, archetype: str, label: str, fn, args: tuple, graph_safe: bool = True) -> None:
-        self.launches.append(Launch(archetype, label, fn, args, graph_safe))
+        self.launches.append(Launch(archetype, label, fn, args, graph_safe, self._steps))
 
     def _scratch(self, specs) -> list[Operand]:
         """Workspaces of the next launch alone: every launch's scratch starts at offset 0 of one buffer."""
@@ -211,6 +213,7 @@ class Lowering:
         steps, kernels = self.plan.steps, self.plan.kernels
         for i, s in enumerate(steps):
             if s.kind == "view":
+                self._steps = (i,)
                 if self._view(s):
                     continue
                 self._fallback(s, scratch=True)   # a view no strides express (a negative step): a copy
@@ -218,6 +221,7 @@ class Lowering:
             k = kernels[s.kernel]
             if i != k.last:
                 continue            # a kernel launches once, at its last step
+            self._steps = tuple(k.steps)
             if k.pattern == "rope_qkv_cache":
                 self._decode_qkv(k.steps)
             elif k.archetype == "pointwise":
@@ -227,6 +231,7 @@ class Lowering:
             else:
                 self._single(i, s)
         # assigned states not computed in place: copy into the state buffer at the end
+        self._steps = ()
         for name, (_, vout, _) in self.plan.states.items():
             if self.plan.memory.state_in_place.get(name) != vout:
                 self._copy(self.vals[vout], self.states[name], f"state {name}")
