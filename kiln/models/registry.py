@@ -32,6 +32,8 @@ FAMILIES: dict[str, str | Callable] = {
     "qwen3": "kiln.models.llama:load_llama",
     "bert": "kiln.models.bert:load_bert",
     "whisper": "kiln.models.whisper:load_whisper",
+    "gemma4_text": "kiln.models.gemma4:load_gemma4",
+    "gemma4": "kiln.models.gemma4:load_gemma4",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
