@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kiln.errors import InputError
 from kiln.io.config import ModelConfig, config_bool, config_float, config_int, config_str, read_config
 from kiln.io.errors import ConfigError
 from kiln.io.safetensors_file import load_checkpoint_dir
@@ -82,10 +83,11 @@ class Gemma4TextConfig:
     def from_hf(cls, cfg: Mapping[str, Any]) -> "Gemma4TextConfig":
         """From a Gemma 4 text config.json (or a composite config's `text_config`)."""
         where = getattr(cfg, "path", "config.json")
+        unified = cfg.get("model_type") == "gemma4_unified_text"   # no PLE or MoE; its own defaults
         if cfg.get("enable_moe_block"):
             raise ConfigError(f"{where}: enable_moe_block=true (the Gemma 4 mixture-of-experts block) is not "
                               f"supported by kiln yet")
-        bidir = cfg.get("use_bidirectional_attention")
+        bidir = cfg.get("use_bidirectional_attention", "vision" if unified else None)
         if bidir not in (None, "vision"):
             raise ConfigError(f"{where}: use_bidirectional_attention={bidir!r} is not supported; expected null "
                               f"or 'vision'")
@@ -104,7 +106,7 @@ class Gemma4TextConfig:
         k_eq_v = config_bool(cfg, "attention_k_eq_v", default=False)
         types = _layer_types(cfg, n, where)
         overrides = _per_layer_overrides(cfg, types, k_eq_v, where)
-        window = config_int(cfg, "sliding_window", max=2**31 - 1, default=512)
+        window = config_int(cfg, "sliding_window", max=2**31 - 1, default=1024 if unified else 512)
         inter = config_int(cfg, "intermediate_size", max=DIM_MAX)
         shared = config_int(cfg, "num_kv_shared_layers", min=0, max=n, default=0)
         double_wide = config_bool(cfg, "use_double_wide_mlp", default=False)
@@ -119,7 +121,7 @@ class Gemma4TextConfig:
                 type=t, head_dim=hd, kv_heads=kvh, window=window if t == "sliding_attention" else None,
                 k_eq_v=k_eq_v and t == "full_attention", kv_source=sources[i],
                 mlp_hidden=inter * (2 if double_wide and sources[i] is not None else 1)))
-        ple = config_int(cfg, "hidden_size_per_layer_input", min=0, max=DIM_MAX, default=256)
+        ple = config_int(cfg, "hidden_size_per_layer_input", min=0, max=DIM_MAX, default=0 if unified else 256)
         cap = cfg.get("final_logit_softcapping")
         return cls(
             model_type=config_str(cfg, "model_type", default="gemma4_text"),
@@ -133,7 +135,8 @@ class Gemma4TextConfig:
             ple_dim=ple, ple_vocab_size=config_int(cfg, "vocab_size_per_layer_input", max=DIM_MAX,
                                                    default=262144) if ple else 0,
             vision_bidirectional=bidir == "vision",
-            max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1, default=131072),
+            max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1,
+                                               default=262144 if unified else 131072),
             pad_token_id=config_int(cfg, "pad_token_id", min=0, default=0))
 
 
@@ -408,6 +411,31 @@ class Gemma4Graphs:
         return g
 
 
+class Gemma4LM(CausalLM):
+    """A CausalLM whose features may carry image block ids: (inputs_embeds, embeds_mask[, block_ids]).
+
+    block_ids [B, S] int64 number each image's run of tokens (-1 elsewhere); a vision-bidirectional
+    config lets the tokens of one block see each other in the prompt (HF's `mm_token_type_ids` path)."""
+
+    def _features(self, features, ids: np.ndarray) -> dict:
+        if features is None:
+            return {}
+        embeds, where, *rest = features
+        feeds = super()._features((embeds, where), ids)
+        blocks = rest[0] if rest else None
+        if blocks is not None:
+            blocks = np.asarray(blocks)
+            if blocks.shape != ids.shape or not np.issubdtype(blocks.dtype, np.integer):
+                raise InputError(f"block_ids must be an integer array of input_ids' shape {ids.shape}, "
+                                 f"got {blocks.dtype} {blocks.shape}")
+        if self.config.vision_bidirectional:
+            feeds[BLOCK_IDS] = np.full(ids.shape, -1, np.int64) if blocks is None else blocks.astype(np.int64)
+        elif blocks is not None and (blocks >= 0).any():
+            raise InputError("block_ids mark bidirectional image blocks, but this config's "
+                             "use_bidirectional_attention is not 'vision'")
+        return feeds
+
+
 # ---- checkpoint keys ----------------------------------------------------------------------------
 
 def text_layout(prefix: str) -> Layout:
@@ -442,7 +470,7 @@ def text_config_of(raw: ModelConfig) -> tuple[ModelConfig, str]:
 
 
 def load_gemma4(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,
-                progress: bool = False) -> CausalLM:
+                progress: bool = False) -> Gemma4LM:
     """A Gemma 4 checkpoint's text stack as a CausalLM (Gemma4ForCausalLM, or the language model of
     Gemma4ForConditionalGeneration; its vision and audio towers are not loaded)."""
     d = Path(path)
@@ -452,6 +480,6 @@ def load_gemma4(path, device: str = "cpu", dtype: str = "float32", *, optimize: 
     weights = WeightMap(load_checkpoint_dir(d), source=str(d))
     params = text_params(weights, cfg, dtype, prefix)
     tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
-    return CausalLM(Gemma4Graphs(cfg, dtype, prefix), params, tokenizer=tokenizer,
+    return Gemma4LM(Gemma4Graphs(cfg, dtype, prefix), params, tokenizer=tokenizer,
                     generation_config=GenerationConfig.from_dir(d, {**text, **raw}), device=device, dtype=dtype,
                     optimize=optimize, name=str(d))

@@ -34,6 +34,7 @@ FAMILIES: dict[str, str | Callable] = {
     "whisper": "kiln.models.whisper:load_whisper",
     "gemma4_text": "kiln.models.gemma4:load_gemma4",
     "gemma4": "kiln.models.gemma4:load_gemma4",
+    "gemma4_unified": "kiln.models.gemma4_unified:load_gemma4_unified",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
