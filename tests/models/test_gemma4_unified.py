@@ -1,0 +1,133 @@
+"""Gemma 4 unified against HF transformers: the vision and audio embedders on the same inputs, logits of
+image+text and audio+text prompts (image tokens attending to each other both ways, past the sliding
+window), greedy generation, the two checkpoint layouts, and input errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from gemma4_checkpoints import TOKENS, save_unified
+from kiln.errors import InputError
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+IMAGE, AUDIO = TOKENS["image_token_id"], TOKENS["audio_token_id"]
+
+
+@pytest.fixture(scope="module")
+def unified(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gemma4_unified")
+    hf = save_unified(d, seed=0)
+    return d, hf, kiln.load(d)
+
+
+@pytest.fixture(scope="module")
+def image_prompt():
+    """Six image patches (of 8: two are padding) in a 3x2 grid; the image run (6) is longer than the window (4)."""
+    rng = np.random.default_rng(0)
+    px = rng.standard_normal((1, 8, 48)).astype(np.float32)
+    pos = np.array([[[x, y] for y in range(2) for x in range(3)] + [[-1, -1]] * 2])
+    ids = np.array([[2, 10, 11, TOKENS["boi_token_id"]] + [IMAGE] * 6 + [TOKENS["eoi_token_id"], 12, 13, 14]])
+    return ids, px, pos, (ids == IMAGE).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def audio_prompt():
+    rng = np.random.default_rng(1)
+    frames = rng.standard_normal((1, 5, 20)).astype(np.float32)
+    keep = np.array([[True] * 4 + [False]])
+    ids = np.array([[2, 10, TOKENS["boa_token_id"]] + [AUDIO] * 4 + [TOKENS["eoa_token_index"], 12, 13]])
+    return ids, frames, keep, np.where(ids == AUDIO, 3, 0)
+
+
+def t(a):
+    return torch.tensor(a)
+
+
+def test_embedders_match_hf_modules(unified, image_prompt, audio_prompt):
+    _, hf, model = unified
+    _, px, pos, _ = image_prompt
+    _, frames, _, _ = audio_prompt
+    with torch.no_grad():
+        vision = hf.model.embed_vision(t(px), t(pos)).pooler_output.numpy()
+        audio = hf.model.embed_audio(t(frames)).numpy()
+    np.testing.assert_allclose(model.get_image_features(px, pos), vision, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.get_audio_features(frames), audio, atol=1e-4, rtol=0)
+
+
+def test_image_text_logits_match_hf(unified, image_prompt):
+    _, hf, model = unified
+    ids, px, pos, types = image_prompt
+    with torch.no_grad():
+        ref = hf(input_ids=t(ids), pixel_values=t(px), image_position_ids=t(pos), mm_token_type_ids=t(types)).logits
+        causal = hf(input_ids=t(ids), pixel_values=t(px), image_position_ids=t(pos)).logits
+    ours = model(ids, pixel_values=px, image_position_ids=pos, mm_token_type_ids=types)
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=0)
+    assert (ref - causal).abs().max().item() > 1e-2   # the bidirectional image block matters here
+    np.testing.assert_allclose(model(ids, pixel_values=px, image_position_ids=pos), causal.numpy(), atol=1e-4, rtol=0)
+
+
+def test_audio_text_logits_match_hf(unified, audio_prompt):
+    _, hf, model = unified
+    ids, frames, keep, types = audio_prompt
+    with torch.no_grad():
+        ref = hf(input_ids=t(ids), input_features=t(frames), input_features_mask=t(keep),
+                 mm_token_type_ids=t(types)).logits.numpy()
+    ours = model(ids, input_features=frames, input_features_mask=keep, mm_token_type_ids=types)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_greedy_16_tokens_match_hf_generate(unified, image_prompt, audio_prompt):
+    _, hf, model = unified
+    ids, px, pos, types = image_prompt
+    ref = hf.generate(input_ids=t(ids), pixel_values=t(px), image_position_ids=t(pos), mm_token_type_ids=t(types),
+                      max_new_tokens=16, do_sample=False).numpy()
+    out = model.generate(ids, pixel_values=px, image_position_ids=pos, mm_token_type_ids=types, max_new_tokens=16,
+                         do_sample=False)
+    np.testing.assert_array_equal(out, ref)
+    ids, frames, keep, types = audio_prompt
+    ref = hf.generate(input_ids=t(ids), input_features=t(frames), input_features_mask=t(keep),
+                      mm_token_type_ids=t(types), max_new_tokens=16, do_sample=False).numpy()
+    out = model.generate(ids, input_features=frames, input_features_mask=keep, mm_token_type_ids=types,
+                         max_new_tokens=16, do_sample=False)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_layout_is_detected_and_logged(unified, tmp_path, caplog, image_prompt):
+    """The save_pretrained layout, and HF's module names (model.embed_vision.patch_*) renamed back."""
+    d, _, model = unified
+    assert model.layout.startswith("unified (model.vision_embedder")
+    tensors = safetensors_torch.load_file(str(d / "model.safetensors"))
+    renamed = {k.replace("model.vision_embedder.", "model.embed_vision.")
+               .replace("model.embed_vision.embedding_projection", "model.embed_vision.multimodal_embedder."
+                                                                   "embedding_projection"): v
+               for k, v in tensors.items()}
+    safetensors_torch.save_file(renamed, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((d / "config.json").read_text())
+    with caplog.at_level(logging.INFO, logger="kiln"):
+        other = kiln.load(tmp_path, optimize=False)
+    assert "HF module names" in other.layout and "HF module names" in caplog.text
+    _, px, pos, _ = image_prompt
+    np.testing.assert_allclose(other.get_image_features(px, pos), model.get_image_features(px, pos), atol=1e-6)
+
+
+def test_input_errors(unified, image_prompt, audio_prompt):
+    _, _, model = unified
+    ids, px, pos, types = image_prompt
+    with pytest.raises(InputError, match="6 image tokens .* 5 soft tokens"):
+        model(ids, pixel_values=px, image_position_ids=np.where(np.arange(8)[None, :, None] == 5, -1, pos))
+    with pytest.raises(InputError, match="image_position_ids"):
+        model(ids, pixel_values=px)
+    with pytest.raises(InputError, match=r"pixel_values must be .* \[images, patches, 48\]"):
+        model(ids, pixel_values=px[..., :40], image_position_ids=pos)
+    with pytest.raises(InputError, match="6 image tokens"):
+        model(ids)
+    ids, frames, _, _ = audio_prompt
+    with pytest.raises(InputError, match="input_features_mask"):
+        model(ids, input_features=frames)
