@@ -100,3 +100,26 @@ def mm_token_type_ids(ids: np.ndarray, tokens: dict) -> np.ndarray:
     for value, name in ((1, "image_token_id"), (2, "video_token_id"), (3, "audio_token_id")):
         types[ids == tokens[name]] = value
     return types
+
+
+def prompt_inputs(ids: Sequence[int], tokens: dict, *, images: dict | None = None, audio: dict | None = None,
+                  bos: int | None = None) -> dict:
+    """Model inputs for one prompt: each image's and audio clip's placeholder run (as HF's processor expands
+    them) inserted after the BOS token (at the start without one), then the prompt's tokens;
+    `images` / `audio` are `image_inputs` / `audio_inputs` results. Returns input_ids [1, S],
+    mm_token_type_ids and the media arrays."""
+    ids = list(ids)
+    head = 1 if ids and bos is not None and ids[0] == bos else 0
+    runs: list[int] = []
+    out: dict = {}
+    if images is not None:
+        for n in images["num_soft_tokens_per_image"]:
+            runs += placeholder_run(tokens["boi_token_id"], tokens["image_token_id"], n, tokens["eoi_token_id"])
+        out.update(pixel_values=images["pixel_values"], image_position_ids=images["image_position_ids"])
+    if audio is not None:
+        for keep in audio["input_features_mask"]:
+            runs += placeholder_run(tokens["boa_token_id"], tokens["audio_token_id"], int(keep.sum()),
+                                    tokens["eoa_token_index"])
+        out.update(input_features=audio["input_features"], input_features_mask=audio["input_features_mask"])
+    input_ids = np.array([ids[:head] + runs + ids[head:]], np.int64)
+    return {"input_ids": input_ids, "mm_token_type_ids": mm_token_type_ids(input_ids, tokens), **out}

@@ -39,7 +39,8 @@ FAMILIES: dict[str, str | Callable] = {
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
 # prompt (speech models); each function takes the parsed argparse namespace and returns an exit code.
-CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main"}
+CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transcribe_main",
+                                          "gemma4_unified": "kiln.cli_gemma4:gemma4_unified_main"}
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}

@@ -131,3 +131,29 @@ def test_input_errors(unified, image_prompt, audio_prompt):
     ids, frames, _, _ = audio_prompt
     with pytest.raises(InputError, match="input_features_mask"):
         model(ids, input_features=frames)
+
+
+def test_kiln_run_image_prompt_matches_hf(tmp_path, capsys):
+    """`kiln run CKPT --image photo.png --prompt ...`: kiln's preprocessing and placeholder run, then the
+    text HF generates from the same inputs."""
+    from llama_checkpoints import train_tokenizer
+
+    from kiln.cli import main
+    from kiln.models.gemma4_processing import image_inputs, prompt_inputs
+
+    tok = train_tokenizer(280)   # ids below the image/audio token ids (290+)
+    hf = save_unified(tmp_path, seed=2, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text('{"image_processor": {"max_soft_tokens": 70}}')
+    photo = tmp_path / "photo.png"
+    PIL_Image = pytest.importorskip("PIL.Image")
+    PIL_Image.fromarray(np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(photo)
+    assert main(["run", str(tmp_path), "--image", str(photo), "--prompt", "the quick fox", "--max-new-tokens",
+                 "8"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed   # some text came out
+    inputs = prompt_inputs(tok("the quick fox")["input_ids"], TOKENS, bos=tok.bos_token_id,
+                           images=image_inputs([photo], patch_size=2, pooling_kernel_size=2, max_soft_tokens=70))
+    assert inputs["input_ids"][0, 1] == TOKENS["boi_token_id"]
+    ref = hf.generate(**{k: t(v) for k, v in inputs.items()}, max_new_tokens=8, do_sample=False)
+    assert printed == tok.decode(ref[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
