@@ -13,7 +13,10 @@ What sets it apart from Llama, all as HF transformers defines it:
   projection of the embeddings give each layer a small extra input, gated into its residual;
 * KV sharing (`num_kv_shared_layers`): the last layers attend with the keys/values of the last
   earlier layer of their type and project none of their own (their MLP may be double wide).
-Not supported (ConfigError): the MoE block, bidirectional attention over all tokens.
+* an optional mixture-of-experts block (`enable_moe_block`) beside each layer's MLP: a router
+  (scale-free norm, learned scale, softmax, top-k renormalized, per-expert scale) over experts
+  that run densely (kiln.nn.moe), its output normed and added to the MLP's.
+Not supported (ConfigError): bidirectional attention over all tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, Value, as_dtype
 from kiln.nn import (MLP, Concat, DecodeCache, Embedding, KeyTable, Layout, Linear, Module, ParamSpec, PromptCache,
                      RMSNorm, Rope, RopeConfig, feature_inputs, merge_heads, place_features)
+from kiln.nn.moe import Experts, top_k_weights
 from kiln.runtime.generation import GenerationConfig
 from kiln.runtime.language_model import CausalLM
 
@@ -74,6 +78,7 @@ class Gemma4TextConfig:
     vision_bidirectional: bool = False   # use_bidirectional_attention == "vision"
     max_position_embeddings: int = 131072
     pad_token_id: int = 0
+    moe: tuple[int, int, int] | None = None   # (num_experts, top_k_experts, moe_intermediate_size)
 
     @property
     def num_hidden_layers(self) -> int:
@@ -84,9 +89,11 @@ class Gemma4TextConfig:
         """From a Gemma 4 text config.json (or a composite config's `text_config`)."""
         where = getattr(cfg, "path", "config.json")
         unified = cfg.get("model_type") == "gemma4_unified_text"   # no PLE or MoE; its own defaults
-        if cfg.get("enable_moe_block"):
-            raise ConfigError(f"{where}: enable_moe_block=true (the Gemma 4 mixture-of-experts block) is not "
-                              f"supported by kiln yet")
+        moe = None
+        if config_bool(cfg, "enable_moe_block", default=False):
+            experts = config_int(cfg, "num_experts", max=DIM_MAX)
+            moe = (experts, config_int(cfg, "top_k_experts", max=experts),
+                   config_int(cfg, "moe_intermediate_size", max=DIM_MAX))
         bidir = cfg.get("use_bidirectional_attention", "vision" if unified else None)
         if bidir not in (None, "vision"):
             raise ConfigError(f"{where}: use_bidirectional_attention={bidir!r} is not supported; expected null "
@@ -137,7 +144,7 @@ class Gemma4TextConfig:
             vision_bidirectional=bidir == "vision",
             max_position_embeddings=config_int(cfg, "max_position_embeddings", max=2**31 - 1,
                                                default=262144 if unified else 131072),
-            pad_token_id=config_int(cfg, "pad_token_id", min=0, default=0))
+            pad_token_id=config_int(cfg, "pad_token_id", min=0, default=0), moe=moe)
 
 
 def _layer_types(cfg, n: int, where: str) -> list[str]:
@@ -313,14 +320,56 @@ class Gemma4Layer(Module):
             self.ple_proj = Linear(f"{p}.per_layer_projection", cfg.ple_dim, h, dtype=dtype)
             self.ple_norm = norm("post_per_layer_input_norm")
         self.scalar = LayerScalar(p, dtype)
+        self.router = self.experts = None
+        if cfg.moe is not None:
+            experts, top_k, hidden = cfg.moe
+            self.router = Router(f"{p}.router", h, experts, top_k, eps, dtype)
+            self.experts = Experts(f"{p}.experts", experts, h, hidden, "gelu_tanh", dtype)
+            self.mlp_out_norm, self.experts_out_norm = norm("post_feedforward_layernorm_1"), \
+                norm("post_feedforward_layernorm_2")
+            self.experts_norm = norm("pre_feedforward_layernorm_2")
 
     def __call__(self, g: Graph, x: Value, per_layer_input: Value | None, **attn_kw) -> Value:
         x = x + self.post_attn_norm(g, self.attn(g, self.attn_norm(g, x), **attn_kw))
-        x = x + self.post_mlp_norm(g, self.mlp(g, self.mlp_norm(g, x)))
+        x = x + self.post_mlp_norm(g, self.feed_forward(g, x))
         if self.ple_gate is not None:
             gated = g.gelu(self.ple_gate(g, x), approximate="tanh") * per_layer_input
             x = x + self.ple_norm(g, self.ple_proj(g, gated))
         return self.scalar(g, x)
+
+
+    def feed_forward(self, g: Graph, x: Value) -> Value:
+        """The MLP; with MoE, its normed output plus the normed experts' (both read the layer's input x)."""
+        h = self.mlp(g, self.mlp_norm(g, x))
+        if self.experts is None:
+            return h
+        b, s, d = x.shape
+        flat = g.reshape(x, shape=[b * s, d])
+        moe = self.experts(g, self.experts_norm(g, flat), self.router(g, flat))
+        return self.mlp_out_norm(g, h) + self.experts_out_norm(g, g.reshape(moe, shape=[b, s, d]))
+
+
+class Router(Module):
+    """Routing weights [T, E]: softmax(proj(norm(x) * scale / sqrt(H))) in float32, kept at the top k,
+    renormalized to sum 1, times a per-expert scale (zero for experts a token does not use)."""
+
+    def __init__(self, name: str, dim: int, experts: int, top_k: int, eps: float, dtype: str):
+        super().__init__(name, dtype)
+        self.dim, self.experts, self.top_k = dim, experts, top_k
+        self.norm = RMSNorm(f"{name}.norm", dim, eps, scale=False, dtype=dtype)
+        self.proj = Linear(f"{name}.proj", dim, experts, dtype=dtype)
+
+    def own_params(self) -> dict[str, ParamSpec]:
+        return {"scale": ParamSpec((self.dim,), self.dtype), "per_expert_scale": ParamSpec((self.experts,), self.dtype)}
+
+    def __call__(self, g: Graph, x: Value) -> Value:
+        h = self.norm(g, x) * self.param(g, "scale") * g.scalar(self.dim ** -0.5, self.dtype)
+        scores = self.proj(g, h)
+        probs = g.softmax(scores if self.dtype == "float32" else g.cast(scores, dtype="float32"), axis=-1)
+        kept = top_k_weights(g, probs, self.top_k)
+        kept = kept / g.sum(kept, axes=[-1], keepdims=True)
+        scale = self.param(g, "per_expert_scale")
+        return kept * (scale if self.dtype == "float32" else g.cast(scale, dtype="float32"))
 
 
 class PerLayerEmbeddings(Module):

@@ -1,6 +1,6 @@
 """Gemma 4 text stack against HF transformers: logits on prompts longer than the sliding window, greedy
-generation, left-padded batches, features at placeholder tokens, the composite checkpoint's text part,
-and config features kiln refuses by name."""
+generation, left-padded batches, features at placeholder tokens, the MoE block, the composite
+checkpoint's text part, and config features kiln refuses by name."""
 
 from __future__ import annotations
 
@@ -87,6 +87,17 @@ def test_features_at_placeholders_match_hf_inputs_embeds(full):
     assert np.abs(ours - model(ids)).max() > 1e-2   # the features change the logits
 
 
+def test_mixture_of_experts_block_matches_hf(tmp_path):
+    """enable_moe_block: router (top 2 of 4, renormalized, per-expert scale) and experts beside the MLP."""
+    hf = save_text(tmp_path, seed=3, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+                   num_hidden_layers=2, num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"])
+    model = kiln.load(tmp_path)
+    ids = np.random.default_rng(6).integers(3, 128, (2, 13))
+    np.testing.assert_allclose(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=0)
+    ref = hf.generate(torch.tensor(ids[:1]), max_new_tokens=16, do_sample=False).numpy()
+    np.testing.assert_array_equal(model.generate(ids[:1], max_new_tokens=16, do_sample=False), ref)
+
+
 def test_conditional_generation_text_part(tmp_path):
     """Gemma4ForConditionalGeneration: the language model under model.language_model.* (text_config)."""
     cfg = transformers.Gemma4Config(text_config=dict(TEXT, num_hidden_layers=4, num_kv_shared_layers=2,
@@ -104,8 +115,8 @@ def test_conditional_generation_text_part(tmp_path):
 
 
 @pytest.mark.parametrize("change, named", [
-    ({"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 16},
-     "enable_moe_block"),
+    ({"enable_moe_block": True, "num_experts": 4, "top_k_experts": 6, "moe_intermediate_size": 16},
+     "top_k_experts"),
     ({"rope_parameters": {"sliding_attention": {"rope_type": "yarn", "rope_theta": 10.0, "factor": 2.0},
                           "full_attention": TEXT["rope_parameters"]["full_attention"]}}, "yarn"),
     ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
