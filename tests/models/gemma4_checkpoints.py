@@ -14,11 +14,11 @@ transformers = pytest.importorskip("transformers")
 # sliding / full layers alternating, the last two sharing KV (one of each type), a window of 4 (far
 # shorter than the prompts), full layers with their own head dim, one kv head and v = k, PLE, a
 # double-wide MLP on the sharing layers, final-logit softcapping, small RoPE bases so rotation matters
-TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=4,
+TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
             attention_k_eq_v=True, sliding_window=4, hidden_size_per_layer_input=8, vocab_size_per_layer_input=128,
             num_kv_shared_layers=2, use_double_wide_mlp=True, final_logit_softcapping=5.0,
-            layer_types=["sliding_attention", "full_attention"] * 3, max_position_embeddings=256,
+            layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=256,
             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
                              "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
                                                 "rope_theta": 200.0}},

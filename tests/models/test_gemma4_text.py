@@ -121,7 +121,7 @@ def test_conditional_generation_text_part(tmp_path):
                           "full_attention": TEXT["rope_parameters"]["full_attention"]}}, "yarn"),
     ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention"),
     ({"hidden_activation": "silu"}, "hidden_activation"),
-    ({"layer_types": ["sliding_attention", "chunked_attention"] * 3}, "chunked_attention"),
+    ({"layer_types": ["sliding_attention", "chunked_attention"] * 2}, "chunked_attention"),
 ])
 def test_unsupported_config_raises_naming_it(full, tmp_path, change, named):
     d, _, _ = full
