@@ -43,7 +43,8 @@ def resized_size(height: int, width: int, patch_size: int, max_patches: int, ker
 def image_inputs(images: Sequence, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int = 280) -> dict:
     """pixel_values [N, max_soft_tokens, (patch * kernel)^2 * 3] float32, image_position_ids [N, max_soft_tokens, 2]
     int64 and num_soft_tokens_per_image (list) for PIL images, paths or uint8 arrays [H, W, 3]."""
-    Image = require("PIL", "Gemma 4 image preprocessing").Image
+    require("PIL", "Gemma 4 image preprocessing")
+    from PIL import Image
     if max_soft_tokens not in SUPPORTED_SOFT_TOKENS:
         raise InputError(f"max_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}, got {max_soft_tokens}")
     side = patch_size * pooling_kernel_size
