@@ -227,6 +227,11 @@ class Gemma4UnifiedModel:
         self.tokenizer = lm.tokenizer
         self._compiled: dict[tuple, object] = {}
 
+    @property
+    def graphs(self):
+        """The text stack's graphs, prefill with features by default (what `kiln inspect` shows)."""
+        return _WithFeatures(self.lm.graphs)
+
     def _run(self, key: tuple, build, **feeds) -> np.ndarray:
         if key not in self._compiled:
             g = build()
@@ -330,6 +335,18 @@ class Gemma4UnifiedModel:
         ids, feats = self.features(input_ids, pixel_values, image_position_ids, input_features, input_features_mask,
                                    mm_token_type_ids)
         return self.lm.generate(ids, attention_mask, features=feats, **generate_kwargs)
+
+
+class _WithFeatures:
+    def __init__(self, graphs: Gemma4Graphs):
+        self.inner = graphs
+
+    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
+                      features: bool = True) -> Graph:
+        return self.inner.prefill_graph(batch, seq, last_only, cache_len, features)
+
+    def decode_graph(self, batch: int, max_len: int) -> Graph:
+        return self.inner.decode_graph(batch, max_len)
 
 
 def load_gemma4_unified(path, device: str = "cpu", dtype: str = "float32", *, optimize: bool = True,
