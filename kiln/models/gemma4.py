@@ -21,6 +21,7 @@ Not supported (ConfigError): bidirectional attention over all tokens.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,6 +112,7 @@ class Gemma4TextConfig:
         kv_heads = config_int(cfg, "num_key_value_heads", max=DIM_MAX, default=heads)
         head_dim = config_int(cfg, "head_dim", max=DIM_MAX, default=256)
         k_eq_v = config_bool(cfg, "attention_k_eq_v", default=False)
+        _ignored_old_fields(cfg, where)
         types = _layer_types(cfg, n, where)
         overrides = _per_layer_overrides(cfg, types, k_eq_v, where)
         window = config_int(cfg, "sliding_window", max=2**31 - 1, default=1024 if unified else 512)
@@ -147,13 +149,23 @@ class Gemma4TextConfig:
             pad_token_id=config_int(cfg, "pad_token_id", min=0, default=0), moe=moe)
 
 
+OLD_LAYOUT_FIELDS = ("sliding_window_pattern", "rope_theta", "rope_local_base_freq", "rope_scaling")
+
+
+def _ignored_old_fields(cfg, where: str) -> None:
+    """Gemma 3's config fields in a Gemma 4 config: HF transformers reads none of them for Gemma 4 (it takes
+    `layer_types` and `rope_parameters`, else fixed defaults), so neither does kiln; say so."""
+    found = [k for k in OLD_LAYOUT_FIELDS if cfg.get(k) is not None]
+    if found:
+        warnings.warn(f"{where}: {found} are ignored, as HF transformers ignores them for Gemma 4 (it reads "
+                      f"layer_types and rope_parameters, with its defaults where they are missing)")
+
+
 def _layer_types(cfg, n: int, where: str) -> list[str]:
-    """`layer_types` (transformers 5.x), else `sliding_window_pattern` (older configs; HF's default 6);
-    the last layer is always full attention, as HF forces it."""
+    """`layer_types`, else HF's fixed 5:1 pattern; the last layer is always full attention, as HF forces it."""
     types = cfg.get("layer_types")
     if types is None:
-        pattern = config_int(cfg, "sliding_window_pattern", default=6)
-        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+        types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n)]
     types = list(types)
     if len(types) != n:
         raise ConfigError(f"{where}: layer_types has {len(types)} entries for {n} layers")
@@ -203,17 +215,13 @@ def _kv_sources(types: list[str], shared: int, where: str) -> list[int | None]:
 
 
 def _rope_parameters(cfg, used: set[str], where: str) -> dict[str, tuple[str, float, float, float]]:
-    """(rope type, theta, partial factor, factor) per layer type from `rope_parameters` (5.x), else from the
-    older fields (`rope_theta`, `rope_local_base_freq`, `rope_scaling`), with HF's Gemma 4 defaults."""
+    """(rope type, theta, partial factor, factor) per layer type from `rope_parameters`, else HF's Gemma 4
+    defaults (theta 10k on sliding layers; proportional, 1/4 of the pairs, theta 1M on full ones)."""
     params = cfg.get("rope_parameters")
     if params is None:
-        scaling = dict(cfg.get("rope_scaling") or {})
-        params = {"sliding_attention": {"rope_type": "default",
-                                        "rope_theta": cfg.get("rope_local_base_freq", 10000.0)},
-                  "full_attention": {"rope_type": scaling.get("rope_type", "proportional"),
-                                     "partial_rotary_factor": scaling.get("partial_rotary_factor", 0.25),
-                                     "rope_theta": cfg.get("rope_theta", 1000000.0),
-                                     **({"factor": scaling["factor"]} if "factor" in scaling else {})}}
+        params = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                  "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                     "rope_theta": 1000000.0}}
     out = {}
     for t in sorted(used):
         p = params.get(t)

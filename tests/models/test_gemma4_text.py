@@ -131,3 +131,21 @@ def test_unsupported_config_raises_naming_it(full, tmp_path, change, named):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ConfigError, match=named):
         kiln.load(tmp_path)
+
+
+def test_config_without_layer_types_or_rope_parameters_follows_hf(tmp_path):
+    """Missing layer_types / rope_parameters take HF's defaults; Gemma 3's fields (sliding_window_pattern,
+    rope_local_base_freq, ...), which HF ignores for Gemma 4, are ignored with a warning."""
+    save_text(tmp_path, seed=9, num_kv_shared_layers=0, rope_parameters=None,
+              layer_types=["sliding_attention"] * 3 + ["full_attention"])   # = HF's default pattern for 4 layers
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for k in ("layer_types", "rope_parameters", "per_layer_config"):
+        cfg.pop(k)
+    cfg.update(sliding_window_pattern=2, rope_local_base_freq=7.0, rope_theta=5.0, global_head_dim=32,
+               num_global_key_value_heads=1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.Gemma4ForCausalLM.from_pretrained(tmp_path).eval()
+    with pytest.warns(UserWarning, match="rope_local_base_freq"):
+        model = kiln.load(tmp_path, optimize=False)
+    ids = np.random.default_rng(8).integers(3, 128, (1, 12))
+    np.testing.assert_allclose(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=0)
