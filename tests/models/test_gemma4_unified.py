@@ -133,27 +133,57 @@ def test_input_errors(unified, image_prompt, audio_prompt):
         model(ids, input_features=frames)
 
 
-def test_kiln_run_image_prompt_matches_hf(tmp_path, capsys):
-    """`kiln run CKPT --image photo.png --prompt ...`: kiln's preprocessing and placeholder run, then the
-    text HF generates from the same inputs."""
+@pytest.fixture(scope="module")
+def with_tokenizer(tmp_path_factory):
+    """A unified checkpoint with a tokenizer (ids below the image/audio token ids, 290+) and max_soft_tokens 70."""
     from llama_checkpoints import train_tokenizer
 
-    from kiln.cli import main
-    from kiln.models.gemma4_processing import image_inputs, prompt_inputs
+    d = tmp_path_factory.mktemp("gemma4_unified_tok")
+    tok = train_tokenizer(280)
+    hf = save_unified(d, seed=2, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    tok.save_pretrained(d)
+    (d / "preprocessor_config.json").write_text('{"image_processor": {"max_soft_tokens": 70}}')
+    return d, hf, tok
 
-    tok = train_tokenizer(280)   # ids below the image/audio token ids (290+)
-    hf = save_unified(tmp_path, seed=2, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    tok.save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text('{"image_processor": {"max_soft_tokens": 70}}')
-    photo = tmp_path / "photo.png"
-    PIL_Image = pytest.importorskip("PIL.Image")
-    PIL_Image.fromarray(np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(photo)
-    assert main(["run", str(tmp_path), "--image", str(photo), "--prompt", "the quick fox", "--max-new-tokens",
-                 "8"]) == 0
+
+def run_and_reference(d, hf, tok, capsys, argv, **media):
+    """What `kiln run` printed, and the text HF generates from kiln's preprocessed inputs."""
+    from kiln.cli import main
+    from kiln.models.gemma4_processing import prompt_inputs
+
+    assert main(["run", str(d), *argv, "--prompt", "the quick fox", "--max-new-tokens", "8"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed   # some text came out
-    inputs = prompt_inputs(tok("the quick fox")["input_ids"], TOKENS, bos=tok.bos_token_id,
-                           images=image_inputs([photo], patch_size=2, pooling_kernel_size=2, max_soft_tokens=70))
-    assert inputs["input_ids"][0, 1] == TOKENS["boi_token_id"]
+    inputs = prompt_inputs(tok("the quick fox")["input_ids"], TOKENS, bos=tok.bos_token_id, **media)
+    assert inputs["input_ids"][0, 1] in (TOKENS["boi_token_id"], TOKENS["boa_token_id"])   # right after BOS
     ref = hf.generate(**{k: t(v) for k, v in inputs.items()}, max_new_tokens=8, do_sample=False)
-    assert printed == tok.decode(ref[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return printed, tok.decode(ref[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_kiln_run_image_prompt_matches_hf(with_tokenizer, tmp_path, capsys):
+    """`kiln run CKPT --image photo.png --prompt ...`: kiln's preprocessing and placeholder run, then the
+    text HF generates from the same inputs."""
+    from kiln.models.gemma4_processing import image_inputs
+
+    PIL_Image = pytest.importorskip("PIL.Image")
+    photo = tmp_path / "photo.png"
+    PIL_Image.fromarray(np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)).save(photo)
+    images = image_inputs([photo], patch_size=2, pooling_kernel_size=2, max_soft_tokens=70)
+    printed, ref = run_and_reference(*with_tokenizer, capsys, ["--image", str(photo)], images=images)
+    assert printed == ref
+
+
+def test_kiln_run_audio_prompt_matches_hf(with_tokenizer, tmp_path, capsys):
+    from kiln.cli import main
+    from kiln.models.gemma4_processing import audio_inputs
+
+    soundfile = pytest.importorskip("soundfile")
+    wave = (0.3 * np.random.default_rng(4).standard_normal(50)).astype(np.float32)
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, wave, 16000, subtype="FLOAT")
+    audio = audio_inputs([soundfile.read(clip, dtype="float32")[0]], samples_per_token=20)
+    printed, ref = run_and_reference(*with_tokenizer, capsys, [str(clip)], audio=audio)
+    assert printed == ref
+    soundfile.write(tmp_path / "slow.wav", wave, 8000)
+    assert main(["run", str(with_tokenizer[0]), str(tmp_path / "slow.wav"), "--prompt", "x"]) == 2
+    assert "16 kHz" in capsys.readouterr().err
