@@ -99,6 +99,24 @@ def test_greedy_16_tokens_match_hf_generate(unified, image_prompt, audio_prompt)
     np.testing.assert_array_equal(out, ref)
 
 
+def test_left_padded_batch_of_images_matches_hf_generate(unified):
+    """Two prompts of different lengths (left padding), images of 6 and 4 patches."""
+    _, hf, model = unified
+    px = np.random.default_rng(5).standard_normal((2, 8, 48)).astype(np.float32)
+    pos = np.full((2, 8, 2), -1)
+    pos[0, :6] = [[x, y] for y in range(2) for x in range(3)]
+    pos[1, :4] = [[x, y] for y in range(2) for x in range(2)]
+    a = [2, 10, 11, TOKENS["boi_token_id"]] + [IMAGE] * 6 + [TOKENS["eoi_token_id"], 12, 13, 14]
+    b = [2, 20, TOKENS["boi_token_id"]] + [IMAGE] * 4 + [TOKENS["eoi_token_id"], 15]
+    ids, mask = np.zeros((2, len(a)), np.int64), np.zeros((2, len(a)), np.int64)
+    ids[0], mask[0] = a, 1
+    ids[1, -len(b):], mask[1, -len(b):] = b, 1
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=px, image_position_ids=pos,
+                  mm_token_type_ids=(ids == IMAGE).astype(np.int64))
+    ref = hf.generate(**{k: t(v) for k, v in inputs.items()}, max_new_tokens=12, do_sample=False).numpy()
+    np.testing.assert_array_equal(model.generate(**inputs, max_new_tokens=12, do_sample=False), ref)
+
+
 def test_layout_is_detected_and_logged(unified, tmp_path, caplog, image_prompt):
     """The save_pretrained layout, and HF's module names (model.embed_vision.patch_*) renamed back."""
     d, _, model = unified
