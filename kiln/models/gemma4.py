@@ -277,7 +277,11 @@ class Gemma4LM(CausalLM):
     """A CausalLM whose features may carry image block ids: (inputs_embeds, embeds_mask[, block_ids]).
 
     block_ids [B, S] int64 number each image's run of tokens (-1 elsewhere); a vision-bidirectional
-    config lets the tokens of one block see each other in the prompt (HF's `mm_token_type_ids` path)."""
+    config lets the tokens of one block see each other in the prompt on every layer, as HF's
+    Gemma4Unified forward does (`blockwise=True`, set by its loader). HF's Gemma4ForConditionalGeneration
+    masks differently (the block only on sliding layers, inside the window): its block ids are refused."""
+
+    blockwise = False
 
     def _features(self, features, ids: np.ndarray) -> dict:
         if features is None:
@@ -292,9 +296,10 @@ class Gemma4LM(CausalLM):
                                  f"got {blocks.dtype} {blocks.shape}")
         if self.config.vision_bidirectional:
             feeds[BLOCK_IDS] = np.full(ids.shape, -1, np.int64) if blocks is None else blocks.astype(np.int64)
-        elif blocks is not None and (blocks >= 0).any():
-            raise InputError("block_ids mark bidirectional image blocks, but this config's "
-                             "use_bidirectional_attention is not 'vision'")
+        if blocks is not None and (blocks >= 0).any() and not (self.config.vision_bidirectional and self.blockwise):
+            raise InputError("block_ids mark bidirectional image blocks, which this model does not take: "
+                             + ("its use_bidirectional_attention is not 'vision'" if not self.config.vision_bidirectional
+                                else "Gemma4ForConditionalGeneration's sliding-layer-only block mask is not supported"))
         return feeds
 
 

@@ -363,4 +363,5 @@ def load_gemma4_unified(path, device: str = "cpu", dtype: str = "float32", *, op
     lm = Gemma4LM(Gemma4Graphs(cfg.text, dtype, TEXT_PREFIX), params, tokenizer=tokenizer,
                   generation_config=GenerationConfig.from_dir(d, {**raw["text_config"], **raw}), device=device,
                   dtype=dtype, optimize=optimize, name=str(d))
+    lm.blockwise = True   # HF's unified forward: an image block is bidirectional on every layer
     return Gemma4UnifiedModel(cfg, lm, layout.name, device=device, dtype=dtype, optimize=optimize)

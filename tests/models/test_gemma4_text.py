@@ -13,7 +13,7 @@ import torch
 
 import kiln
 from gemma4_checkpoints import PLAIN, TEXT, save_text
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, InputError
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,3 +149,13 @@ def test_config_without_layer_types_or_rope_parameters_follows_hf(tmp_path):
         model = kiln.load(tmp_path, optimize=False)
     ids = np.random.default_rng(8).integers(3, 128, (1, 12))
     np.testing.assert_allclose(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_block_ids_refused_where_hf_masks_differently(full):
+    """Image blocks are the unified model's; this config has no bidirectional attention."""
+    _, _, model = full
+    ids = np.random.default_rng(3).integers(3, 128, (1, 6))
+    where = np.zeros(ids.shape, bool)
+    blocks = np.where(np.arange(6) < 3, 0, -1)[None]
+    with pytest.raises(InputError, match="block_ids"):
+        model(ids, features=(np.zeros((1, 6, 32), np.float32), where, blocks))
