@@ -296,10 +296,11 @@ class Gemma4LM(CausalLM):
                                  f"got {blocks.dtype} {blocks.shape}")
         if self.config.vision_bidirectional:
             feeds[BLOCK_IDS] = np.full(ids.shape, -1, np.int64) if blocks is None else blocks.astype(np.int64)
-        if blocks is not None and (blocks >= 0).any() and not (self.config.vision_bidirectional and self.blockwise):
-            raise InputError("block_ids mark bidirectional image blocks, which this model does not take: "
-                             + ("its use_bidirectional_attention is not 'vision'" if not self.config.vision_bidirectional
-                                else "Gemma4ForConditionalGeneration's sliding-layer-only block mask is not supported"))
+        bidirectional = self.config.vision_bidirectional
+        if blocks is not None and (blocks >= 0).any() and not (bidirectional and self.blockwise):
+            why = ("Gemma4ForConditionalGeneration's sliding-layer-only block mask is not supported" if bidirectional
+                   else "its use_bidirectional_attention is not 'vision'")
+            raise InputError(f"block_ids mark bidirectional image blocks, which this model does not take: {why}")
         return feeds
 
 
