@@ -243,10 +243,12 @@ class Gemma4Graphs:
     """Prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM).
 
     A features prefill of a vision-bidirectional config also takes `block_ids` [B, S] int64
-    (kiln.nn.kv_cache: image tokens attend to each other both ways)."""
+    (kiln.nn.kv_cache: image tokens attend to each other both ways); `block_layers` says where, as
+    the HF model does: "all" (Gemma4Unified) or "sliding" (Gemma4ForConditionalGeneration)."""
 
-    def __init__(self, config: Gemma4TextConfig, dtype: str = "float32", prefix: str = "model."):
-        self.config, self.dtype = config, as_dtype(dtype).name
+    def __init__(self, config: Gemma4TextConfig, dtype: str = "float32", prefix: str = "model.",
+                 block_layers: str = "sliding"):
+        self.config, self.dtype, self.block_layers = config, as_dtype(dtype).name, block_layers
         self.model = Gemma4Text(config, self.dtype, prefix)
         self.num_layers, self.vocab_size = config.num_hidden_layers, config.vocab_size
         self.num_kv_heads, self.head_dim = config.layers[0].kv_heads, config.layers[0].head_dim
@@ -260,7 +262,7 @@ class Gemma4Graphs:
         pos = g.input("position_ids", (batch, seq), "int64")
         feats = feature_inputs(g, batch, seq, self.config.hidden_size, self.dtype) if features else None
         blocks = g.input(BLOCK_IDS, (batch, seq), "int64") if features and self.config.vision_bidirectional else None
-        cache = PromptCache(g, mask, cache_len, dtype=self.dtype, blocks=blocks)
+        cache = PromptCache(g, mask, cache_len, dtype=self.dtype, blocks=blocks, block_layers=self.block_layers)
         g.output("logits", self.model(g, ids, pos, cache, last_only, features=feats))
         return g
 
@@ -277,11 +279,7 @@ class Gemma4LM(CausalLM):
     """A CausalLM whose features may carry image block ids: (inputs_embeds, embeds_mask[, block_ids]).
 
     block_ids [B, S] int64 number each image's run of tokens (-1 elsewhere); a vision-bidirectional
-    config lets the tokens of one block see each other in the prompt on every layer, as HF's
-    Gemma4Unified forward does (`blockwise=True`, set by its loader). HF's Gemma4ForConditionalGeneration
-    masks differently (the block only on sliding layers, inside the window): its block ids are refused."""
-
-    blockwise = False
+    config lets the tokens of one block see each other in the prompt (where: Gemma4Graphs.block_layers)."""
 
     def _features(self, features, ids: np.ndarray) -> dict:
         if features is None:
@@ -296,11 +294,9 @@ class Gemma4LM(CausalLM):
                                  f"got {blocks.dtype} {blocks.shape}")
         if self.config.vision_bidirectional:
             feeds[BLOCK_IDS] = np.full(ids.shape, -1, np.int64) if blocks is None else blocks.astype(np.int64)
-        bidirectional = self.config.vision_bidirectional
-        if blocks is not None and (blocks >= 0).any() and not (bidirectional and self.blockwise):
-            why = ("Gemma4ForConditionalGeneration's sliding-layer-only block mask is not supported" if bidirectional
-                   else "its use_bidirectional_attention is not 'vision'")
-            raise InputError(f"block_ids mark bidirectional image blocks, which this model does not take: {why}")
+        if blocks is not None and (blocks >= 0).any() and not self.config.vision_bidirectional:
+            raise InputError("block_ids mark bidirectional image blocks, but this config's "
+                             "use_bidirectional_attention is not 'vision'")
         return feeds
 
 

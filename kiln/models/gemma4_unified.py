@@ -360,8 +360,8 @@ def load_gemma4_unified(path, device: str = "cpu", dtype: str = "float32", *, op
     log.info("%s: Gemma 4 unified checkpoint, layout: %s", d, layout.name)
     params = keys.load(weights, UnifiedSpec(cfg, dtype).params(), layers=range(cfg.text.num_hidden_layers))
     tokenizer = Tokenizer.from_dir(d) if (d / "tokenizer.json").is_file() else None
-    lm = Gemma4LM(Gemma4Graphs(cfg.text, dtype, TEXT_PREFIX), params, tokenizer=tokenizer,
+    # HF's unified forward: an image block is bidirectional on every layer
+    lm = Gemma4LM(Gemma4Graphs(cfg.text, dtype, TEXT_PREFIX, block_layers="all"), params, tokenizer=tokenizer,
                   generation_config=GenerationConfig.from_dir(d, {**raw["text_config"], **raw}), device=device,
                   dtype=dtype, optimize=optimize, name=str(d))
-    lm.blockwise = True   # HF's unified forward: an image block is bidirectional on every layer
     return Gemma4UnifiedModel(cfg, lm, layout.name, device=device, dtype=dtype, optimize=optimize)

@@ -22,7 +22,9 @@ Two options serve families beyond the plain decoder (both off by default):
   nothing (Gemma 4's last layers reuse an earlier layer's cache).
 * `PromptCache(..., blocks=ids)`: ids [B, S] int64 number runs of tokens (an image's tokens;
   -1 elsewhere) that also attend to each other bidirectionally, on top of the causal and window
-  rules (HF's blockwise overlay: allowed = padding & ((causal & window) | same block)).
+  rules (HF's blockwise overlay: allowed = padding & ((causal & window) | same block)); with
+  `block_layers="sliding"` only windowed layers get it, inside the window (allowed = padding &
+  window & (causal | same block), HF's Gemma 4 vision mask) and full layers stay causal.
 A cache's layers may differ in kv heads and head dim: a state takes the shape of what is written.
 """
 
@@ -56,10 +58,14 @@ class _States:
 
 class PromptCache:
     def __init__(self, g: Graph, attention_mask: Value, cache_len: int | None = None, *, kv_heads: int = 0,
-                 head_dim: int = 0, dtype: str = "float32", blocks: Value | None = None):
+                 head_dim: int = 0, dtype: str = "float32", blocks: Value | None = None,
+                 block_layers: str = "all"):
         b, s = attention_mask.shape
         self.keep = g.reshape(g.greater(attention_mask, g.scalar(0, "int64")), shape=[b, 1, 1, s])
         self.blocks, self.block_masks, self.seen = blocks, {}, {}
+        if block_layers not in ("all", "sliding"):
+            raise ValueError(f"block_layers must be 'all' or 'sliding', got {block_layers!r}")
+        self.block_layers = block_layers
         if blocks is not None:
             if blocks.shape != (b, s):
                 raise ValueError(f"block ids {blocks.shape} must have the attention mask's shape {(b, s)}")
@@ -87,16 +93,24 @@ class PromptCache:
         return self._attend(g, attn, q, *self.seen[source])
 
     def _attend(self, g: Graph, attn, q: Value, k: Value, v: Value) -> Value:
-        if self.blocks is None or not attn.causal:
+        if self.blocks is None or not attn.causal or (self.block_layers == "sliding" and attn.window is None):
             return attn.attend(g, q, k, v, self.keep)
         return attn.attend(g, q, k, v, self.block_mask(g, attn.window), positional=False)
 
     def block_mask(self, g: Graph, window: int | None) -> Value:
-        """[B, 1, S, S] bool: padding & ((causal & window) | same block)."""
+        """[B, 1, S, S] bool: padding & ((causal & window) | same block), or with block_layers="sliding"
+        padding & window & (causal | same block), the window bounding keys from below only."""
         if window not in self.block_masks:
             s = self.keep.shape[-1]
-            causal = g.constant(allowed_positions(s, s, True, window)[None, None], name="causal_window")
-            self.block_masks[window] = g.logical_and(self.keep, g.logical_or(causal, self.same_block))
+            if self.block_layers == "all":
+                causal = g.constant(allowed_positions(s, s, True, window)[None, None], name="causal_window")
+                self.block_masks[window] = g.logical_and(self.keep, g.logical_or(causal, self.same_block))
+            else:
+                q, k = np.arange(s)[:, None], np.arange(s)[None, :]
+                band = g.constant((k > q - window)[None, None], name="window_band")
+                causal = g.constant((k <= q)[None, None], name="causal")
+                self.block_masks[window] = g.logical_and(g.logical_and(self.keep, band),
+                                                         g.logical_or(causal, self.same_block))
         return self.block_masks[window]
 
 

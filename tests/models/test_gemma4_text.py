@@ -159,3 +159,30 @@ def test_block_ids_refused_where_hf_masks_differently(full):
     blocks = np.where(np.arange(6) < 3, 0, -1)[None]
     with pytest.raises(InputError, match="block_ids"):
         model(ids, features=(np.zeros((1, 6, 32), np.float32), where, blocks))
+
+
+def test_composite_vision_block_mask_matches_hf(tmp_path):
+    """Gemma4ForConditionalGeneration with use_bidirectional_attention="vision": an image block (mm_token_type_ids)
+    is bidirectional on sliding layers only, inside the window; full layers stay causal. The image tokens'
+    rows are HF's pad embedding here (no vision tower), so kiln gets the pad id there and no feature rows."""
+    text = dict(TEXT, num_hidden_layers=4, num_kv_shared_layers=2, use_bidirectional_attention="vision",
+                layer_types=["sliding_attention", "full_attention"] * 2)
+    cfg = transformers.Gemma4Config(text_config=text, vision_config=None, audio_config=None, image_token_id=120)
+    torch.manual_seed(0)
+    hf = transformers.Gemma4ForConditionalGeneration(cfg).eval()
+    from gemma4_checkpoints import redraw
+
+    redraw(hf, 11)
+    hf.save_pretrained(tmp_path)
+    model = kiln.load(tmp_path)
+    ids = np.random.default_rng(9).integers(3, 110, (1, 14))
+    ids[0, 2:8] = 120                                   # a 6-token image block, longer than the window (4)
+    types = (ids == 120).astype(np.int64)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), mm_token_type_ids=torch.tensor(types)).logits.numpy()
+        causal = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    text_ids = np.where(types == 1, 0, ids)
+    none = (np.zeros((1, 14, 32), np.float32), np.zeros(ids.shape, bool))
+    np.testing.assert_allclose(model(text_ids, features=(*none, np.where(types == 1, 0, -1))), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model(text_ids, features=none), causal, atol=1e-4, rtol=0)
+    assert np.abs(ref - causal).max() > 1e-2
