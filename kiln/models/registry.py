@@ -42,6 +42,9 @@ FAMILIES: dict[str, str | Callable] = {
     "idefics3": "kiln.models.smolvlm:load_smolvlm",
     "smolvlm": "kiln.models.smolvlm:load_smolvlm",
     "sam2": "kiln.models.sam2:load_sam2",
+    "gemma4_text": "kiln.models.gemma4:load_gemma4",
+    "gemma4": "kiln.models.gemma4:load_gemma4",
+    "gemma4_unified": "kiln.models.gemma4_unified:load_gemma4_unified",
 }
 
 # model_type -> "module:function" running `kiln run` for families that do not generate text from a
@@ -50,7 +53,8 @@ CLI_RUNNERS: dict[str, str | Callable] = {"whisper": "kiln.cli_transcribe:transc
                                           "vjepa2": "kiln.cli_vjepa2:vjepa2_main",
                                           "idefics3": "kiln.cli_smolvlm:smolvlm_main",
                                           "smolvlm": "kiln.cli_smolvlm:smolvlm_main",
-                                          "sam2": "kiln.cli_segment:segment_main"}
+                                          "sam2": "kiln.cli_segment:segment_main",
+                                          "gemma4_unified": "kiln.cli_gemma4:gemma4_unified_main"}
 
 # A checkpoint without config.json but with one of these files: the family that reads it.
 ORIGINAL_LAYOUT_FILES = {"params.json": "llama"}
