@@ -120,4 +120,6 @@ def test_generate_on_cuda_brings_back_only_the_chosen_token_ids(llama):
     nbytes = {getattr(e, "device_memory_usage", None) for e in down}
     dec = model.compiled("decode", 2, model.cache_length(9 + 33), select="greedy")
     assert list(dec.plan.outputs) == ["next_token"] and dec.plan.types[dec.plan.outputs["next_token"]].shape == (2,)
-    assert set(dec.plan.memory.state_in_place) == set(dec.plan.states), nbytes
+    # every state is written in place but input_ids: its new value is also the next_token output,
+    # so it is copied from that (8 bytes a row)
+    assert set(dec.plan.memory.state_in_place) == set(dec.plan.states) - {"input_ids"}, nbytes
