@@ -15,8 +15,17 @@ import kiln
 from kiln.inspect import dispatch_report, format_dispatch, inspect_main
 from kiln.ir import Graph
 
-pytest.importorskip("torch")
-pytest.importorskip("triton")
+# triton is imported only inside the tests: Triton >= 3.7 reads TRITON_INTERPRET when it is first imported,
+# and tests/triton/conftest.py sets it (on a machine without a GPU) after this module is collected.
+
+
+def _cuda_report():
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from kiln.backends.triton.device import interpreting
+
+    # under the interpreter (no GPU) the big product is a Triton GEMM too: cuBLAS cannot run there
+    return dispatch_report(_graph(), device="cuda", optimize=False), 0 if interpreting() else 1
 
 
 def _graph() -> Graph:
@@ -37,14 +46,16 @@ def _by_op(report: dict) -> dict[str, dict]:
 
 
 def test_cuda_dispatch_names_generated_library_and_forced_fallbacks():
-    report = dispatch_report(_graph(), device="cuda", optimize=False)
+    report, library = _cuda_report()
     rows = _by_op(report)
     linear = [(r["kind"], r["kernel"]) for r in report["launches"] if r["ops"] == ["linear"]]
-    assert linear == [("generated", "Triton Matmul"), ("library", "CublasMatmul (cuBLAS via torch)")]
+    big = ("library", "CublasMatmul (cuBLAS via torch)") if library else ("generated", "Triton Matmul")
+    assert linear == [("generated", "Triton Gemv"), big]      # 4 rows stream the weight; 256 rows do not
     assert rows["softmax"]["kind"] == "fallback" and rows["softmax"]["label"] == "softmax [torch]"
     assert rows["pad"]["kernel"] == "TorchLaunch (torch op on the GPU)"
     assert rows["avg_pool2d"]["kernel"] == "HostLaunch (NumPy reference kernel on the host)"
-    assert report["kinds"] == {"generated": report["kinds"]["generated"], "library": 1, "fallback": 3}
+    assert report["kinds"] == {"generated": report["kinds"]["generated"], "fallback": 3,
+                               **({"library": 1} if library else {})}
     text = format_dispatch(report)
     assert "fallbacks: avg_pool2d [host] x1, pad [torch] x1, softmax [torch] x1" in text
 
@@ -67,9 +78,10 @@ def test_kiln_inspect_dispatch_on_a_saved_graph(tmp_path, capsys):
 
     path = tmp_path / "forced.json"
     kiln.save_graph(_graph(), path)
+    _, library = _cuda_report()
     assert main(["inspect", str(path), "--dispatch", "--device", "cuda", "--no-optimize"]) == 0
     out = capsys.readouterr().out
-    assert "dispatch on cuda:" in out and "library 1" in out and "fallback 3" in out
+    assert "dispatch on cuda:" in out and ("library 1" in out) == bool(library) and "fallback 3" in out
     assert "softmax [torch] x1" in out
 
 

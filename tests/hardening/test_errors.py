@@ -21,7 +21,7 @@ DOC = Path(__file__).parents[2] / "docs" / "errors.md"
 STANDARD = {
     E.GraphError: ValueError, E.InputError: ValueError, E.KilnTypeError: TypeError, E.AudioError: ValueError,
     E.CheckpointError: ValueError, E.ConfigError: ValueError, E.TokenizerError: ValueError,
-    E.ModelNotFoundError: FileNotFoundError, UnsupportedModelError: ValueError,
+    E.ModelNotFoundError: FileNotFoundError, UnsupportedModelError: ValueError, E.DistributedError: RuntimeError,
 }
 
 
