@@ -3,9 +3,11 @@
 Each rank computes the gradients of the mean loss over its shard of the global batch; their
 mean over equal shards is the full batch's gradient, so every rank applies the same update
 and the parameters stay identical without being sent anywhere. Gradients are flattened into
-buckets (`BUCKET_BYTES` each, per dtype, in the order backward produces them), so a large model
-makes a few large all_reduces rather than one per tensor; the collectives are ordinary ops of
-the step graph, which the scheduler and memory planner see like any other.
+buckets (`BUCKET_BYTES` each, per dtype, in the order backward produces them: the last layer's
+first), so a large model makes a few large all_reduces rather than one per tensor, and a
+bucket's all_reduce depends only on the gradients in it. The collectives are ordinary ops of
+the step graph, which the scheduler and memory planner see like any other; they run
+synchronously today (gloo on the CPU; NCCL untested), so nothing overlaps the backward yet.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def average_gradients(g: Graph, grads: dict[str, Value], world: int,
     out: dict[str, Value] = {}
     buckets: list[list[str]] = []
     open_by_dtype: dict[str, tuple[list[str], int]] = {}
-    for name, d in grads.items():
+    for name in sorted(grads, key=lambda n: grads[n].id):     # creation order = backward's order
+        d = grads[name]
         nbytes = _numel(d) * d.dtype.itemsize
         names, used = open_by_dtype.get(d.dtype.name, (None, 0))
         if names is None or used + nbytes > bucket_bytes:
