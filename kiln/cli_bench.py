@@ -82,7 +82,10 @@ def _bench_lm(model, args) -> list[dict]:
 
     first_1, one = _timed(generate(1), args.repeat)
     first_n, full = _timed(generate(new), args.repeat)
-    decode_s = max(full - one, 1e-9)
+    decode_s = full - one
+    if decode_s <= 0:   # timing noise larger than the decode itself (a tiny model): say so, never print a made-up rate
+        raise ValueError(f"decode time is below timing noise ({new} tokens took {full * 1e3:.2f} ms, one token "
+                         f"{one * 1e3:.2f} ms); raise --new-tokens or --repeat")
     return [
         _row(f"prefill {prompt} tokens, batch {batch}", "ms", one * 1e3),
         _row(f"decode, batch {batch} ({new - 1} steps)", "tokens/s", batch * (new - 1) / decode_s),
@@ -131,10 +134,12 @@ def _row(task: str, metric: str, value: float) -> dict:
 
 
 def format_table(rows: list[dict], title: str) -> str:
-    w = max(len(r["task"]) for r in rows)
-    m = max(len(r["metric"]) for r in rows)
-    lines = [title, f"| {'task':<{w}} | {'metric':<{m}} | {'value':>10} |", f"|{'-' * (w + 2)}|{'-' * (m + 2)}|{'-' * 12}|"]
-    lines += [f"| {r['task']:<{w}} | {r['metric']:<{m}} | {_fmt(r['value']):>10} |" for r in rows]
+    values = [_fmt(r["value"]) for r in rows]
+    w = max(len("task"), *(len(r["task"]) for r in rows))
+    m = max(len("metric"), *(len(r["metric"]) for r in rows))
+    v = max(10, *(len(x) for x in values))       # a fast tiny model's tokens/s can outgrow 10 digits
+    lines = [title, f"| {'task':<{w}} | {'metric':<{m}} | {'value':>{v}} |", f"|{'-' * (w + 2)}|{'-' * (m + 2)}|{'-' * (v + 2)}|"]
+    lines += [f"| {r['task']:<{w}} | {r['metric']:<{m}} | {x:>{v}} |" for r, x in zip(rows, values)]
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(prompt_len=8, new_tokens=4, batch_size=1, seconds=1.0, repeat=1, device="cpu", dtype="float32")
+    base = dict(prompt_len=8, new_tokens=24, batch_size=1, seconds=1.0, repeat=3, device="cpu", dtype="float32")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -32,14 +32,14 @@ def tiny_lm(tmp_path_factory):
 
 
 def test_kiln_bench_an_lm_prints_prefill_and_decode(tiny_lm, tmp_path):
-    res = run_kiln("bench", str(tiny_lm), "--prompt-len", "8", "--new-tokens", "4", "--repeat", "1", "--json",
+    res = run_kiln("bench", str(tiny_lm), "--prompt-len", "8", "--new-tokens", "24", "--repeat", "3", "--json",
                    cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     rows = {r["task"]: r for r in doc["rows"]}
     assert doc["model_type"] == "qwen2" and doc["device"] == "cpu"
     assert rows["prefill 8 tokens, batch 1"]["metric"] == "ms"
-    assert rows["decode, batch 1 (3 steps)"]["metric"] == "tokens/s"
+    assert rows["decode, batch 1 (23 steps)"]["metric"] == "tokens/s"
     assert all(r["value"] > 0 for r in doc["rows"])
 
 
