@@ -33,8 +33,8 @@ from kiln.io.safetensors_file import load_checkpoint_dir
 from kiln.io.tokenizer import Tokenizer
 from kiln.io.weight_map import WeightMap
 from kiln.ir import Graph, Value, as_dtype
-from kiln.nn import (MLP, Concat, DecodeCache, Embedding, KeyTable, Layout, Linear, Module, ParamSpec, PromptCache,
-                     RMSNorm, Rope, RopeConfig, feature_inputs, merge_heads, place_features)
+from kiln.nn import (MLP, Concat, DecoderGraphs, Embedding, KeyTable, Layout, Linear, Module, ParamSpec,
+                     PromptCache, RMSNorm, Rope, RopeConfig, merge_heads, place_features)
 from kiln.nn.moe import Experts, top_k_weights
 from kiln.runtime.generation import GenerationConfig
 from kiln.runtime.language_model import CausalLM
@@ -239,40 +239,24 @@ class Gemma4Text(Module):
         return logits if dt == "float32" else g.cast(logits, dtype="float32")
 
 
-class Gemma4Graphs:
+class Gemma4Graphs(DecoderGraphs):
     """Prefill and decode graphs of one config and dtype (the `DecoderGraphs` of CausalLM).
 
     A features prefill of a vision-bidirectional config also takes `block_ids` [B, S] int64
     (kiln.nn.kv_cache: image tokens attend to each other both ways); `block_layers` says where, as
-    the HF model does: "all" (Gemma4Unified) or "sliding" (Gemma4ForConditionalGeneration)."""
+    the HF model does: "all" (Gemma4Unified) or "sliding" (Gemma4ForConditionalGeneration). The
+    prompt cache takes each layer's KV shape from what it writes (per-type head dims, shared KV)."""
 
     def __init__(self, config: Gemma4TextConfig, dtype: str = "float32", prefix: str = "model.",
                  block_layers: str = "sliding"):
-        self.config, self.dtype, self.block_layers = config, as_dtype(dtype).name, block_layers
-        self.model = Gemma4Text(config, self.dtype, prefix)
-        self.num_layers, self.vocab_size = config.num_hidden_layers, config.vocab_size
-        self.num_kv_heads, self.head_dim = config.layers[0].kv_heads, config.layers[0].head_dim
+        super().__init__(config, Gemma4Text(config, as_dtype(dtype).name, prefix), dtype,
+                         kv_heads=config.layers[0].kv_heads, head_dim=config.layers[0].head_dim)
+        self.block_layers = block_layers
 
-    def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
-                      features: bool = False) -> Graph:
-        g = Graph(f"gemma4_prefill_b{batch}_s{seq}" + (f"_l{cache_len}" if cache_len else "")
-                  + ("_features" if features else ""))
-        ids = g.input("input_ids", (batch, seq), "int64")
-        mask = g.input("attention_mask", (batch, seq), "int64")
-        pos = g.input("position_ids", (batch, seq), "int64")
-        feats = feature_inputs(g, batch, seq, self.config.hidden_size, self.dtype) if features else None
-        blocks = g.input(BLOCK_IDS, (batch, seq), "int64") if features and self.config.vision_bidirectional else None
-        cache = PromptCache(g, mask, cache_len, dtype=self.dtype, blocks=blocks, block_layers=self.block_layers)
-        g.output("logits", self.model(g, ids, pos, cache, last_only, features=feats))
-        return g
-
-    def decode_graph(self, batch: int, max_len: int) -> Graph:
-        g = Graph(f"gemma4_decode_b{batch}_l{max_len}")
-        ids = g.input("input_ids", (batch, 1), "int64")
-        pos = g.input("position_ids", (batch, 1), "int64")
-        cache = DecodeCache(g, batch, max_len, self.num_kv_heads, self.head_dim, self.dtype)
-        g.output("logits", self.model(g, ids, pos, cache))
-        return g
+    def prompt_cache(self, g: Graph, mask, cache_len: int | None, features: bool) -> PromptCache:
+        b, s = mask.shape
+        blocks = g.input(BLOCK_IDS, (b, s), "int64") if features and self.config.vision_bidirectional else None
+        return PromptCache(g, mask, cache_len, dtype=self.dtype, blocks=blocks, block_layers=self.block_layers)
 
 
 class Gemma4LM(CausalLM):

@@ -16,13 +16,20 @@ from .kv_cache import DecodeCache, PromptCache
 class DecoderGraphs:
     """Prefill and decode graph builders for one network, config and dtype.
 
-    `config` needs model_type, hidden_size, num_hidden_layers, num_key_value_heads, head_dim and
-    vocab_size (the sizes the KV cache and the runtime use)."""
+    `config` needs model_type, hidden_size, num_hidden_layers, vocab_size and (unless given here)
+    num_key_value_heads and head_dim: the sizes the KV cache and the runtime use. A family whose
+    prompt cache differs (extra inputs, per-layer shapes) overrides `prompt_cache`."""
 
-    def __init__(self, config, model, dtype: str = "float32"):
+    def __init__(self, config, model, dtype: str = "float32", *, kv_heads: int | None = None,
+                 head_dim: int | None = None):
         self.config, self.model, self.dtype = config, model, as_dtype(dtype).name
-        self.num_layers, self.num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
-        self.head_dim, self.vocab_size = config.head_dim, config.vocab_size
+        self.num_layers, self.vocab_size = config.num_hidden_layers, config.vocab_size
+        self.num_kv_heads = config.num_key_value_heads if kv_heads is None else kv_heads
+        self.head_dim = config.head_dim if head_dim is None else head_dim
+
+    def prompt_cache(self, g: Graph, mask, cache_len: int | None, features: bool) -> PromptCache:
+        """The cache a prompt writes (and its mask rules); `features`: the prefill takes encoder features."""
+        return PromptCache(g, mask, cache_len, kv_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=self.dtype)
 
     def prefill_graph(self, batch: int, seq: int, last_only: bool = False, cache_len: int | None = None,
                       features: bool = False) -> Graph:
@@ -36,7 +43,7 @@ class DecoderGraphs:
         mask = g.input("attention_mask", (batch, seq), "int64")
         pos = g.input("position_ids", (batch, seq), "int64")
         feats = feature_inputs(g, batch, seq, self.config.hidden_size, self.dtype) if features else None
-        cache = PromptCache(g, mask, cache_len, kv_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=self.dtype)
+        cache = self.prompt_cache(g, mask, cache_len, features)
         g.output("logits", self.model(g, ids, pos, cache, last_only, features=feats))
         return g
 
