@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llm import bench_hf, bench_kiln, cold_caches, hbm_bandwidth, log, print_table, roofline_ms  # noqa: E402
+from llm import bench_hf, bench_kiln, hbm_bandwidth, print_table, roofline_ms  # noqa: E402
+from timing import cold_caches, log  # noqa: E402
 
 COMMON = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144, rms_norm_eps=1e-6,
               sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=32768,

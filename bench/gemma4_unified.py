@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import median
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's kiln
 
 TINY = dict(text_config=dict(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -73,10 +75,6 @@ def inputs(cfg: dict, soft_tokens: int, text: int):
     ids = np.array([ids], np.int64)
     types = (ids == cfg["image_token_id"]).astype(np.int64)
     return dict(input_ids=ids, pixel_values=px, image_position_ids=pos, mm_token_type_ids=types)
-
-
-def median(xs):
-    return sorted(xs)[len(xs) // 2]
 
 
 def peer(name: str, ckpt: Path, feeds: dict, reps: int, smoke: bool) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from timing import cold_caches, cuda_ms, log, median
 
 CONFIGS = {
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -49,17 +50,6 @@ CONFIGS = {
 }
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
-def cold_caches() -> None:
-    """Point Triton's and kiln's kernel caches at empty directories, so kiln's compile time is cold."""
-    root = tempfile.mkdtemp(prefix="kiln-bench-")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
-    os.environ["KILN_CACHE_DIR"] = os.path.join(root, "kiln")
-
-
 def hbm_bandwidth(torch) -> float:
     """Bytes per second of a 1 GiB device-to-device copy (bytes read + written)."""
     import triton.testing
@@ -67,29 +57,6 @@ def hbm_bandwidth(torch) -> float:
     b = torch.empty_like(a)
     ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=50, rep=300, return_mode="median")
     return 2 * (1 << 30) / (ms * 1e-3)
-
-
-def cuda_ms(torch, fn, reps: int) -> list[float]:
-    out = []
-    if not torch.cuda.is_available():   # (a CPU smoke run under TRITON_INTERPRET=1)
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-        return out
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 # ---- kiln ---------------------------------------------------------------------------------------

@@ -27,15 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import log, median
+
 MODELS = {  # Sam2HieraDetConfig overrides of the defaults (which are hiera-tiny), from HF's conversion script
     "tiny": dict(),
     "small": dict(blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13]),
 }
 POINT = [[[[500.0, 375.0]]]]
-
-
-def log(*a):
-    print(*a, flush=True)
 
 
 def make_checkpoint(name: str, path: Path) -> None:
@@ -64,10 +62,6 @@ def inputs():
 
     px = np.random.default_rng(0).standard_normal((1, 3, 1024, 1024)).astype(np.float32)
     return px, np.array(POINT, np.float32), np.ones((1, 1, 1), np.int64)
-
-
-def median(xs):
-    return sorted(xs)[len(xs) // 2]
 
 
 def timed(torch, fn, reps: int) -> float:

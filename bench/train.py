@@ -39,41 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import cold_caches, log, median
+from timing import cuda_ms as step_ms
+
 LR, BETAS, EPS, WD = 1e-4, (0.9, 0.999), 1e-8, 0.01
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def cold_caches() -> None:
-    """Point Triton's and kiln's kernel caches at empty directories, so kiln's compile time is cold."""
-    root = tempfile.mkdtemp(prefix="kiln-bench-train-")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
-    os.environ["KILN_CACHE_DIR"] = os.path.join(root, "kiln")
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
-
-def step_ms(torch, fn, reps: int) -> list[float]:
-    """Milliseconds of each of `reps` calls: CUDA events on a GPU, wall clock on the CPU."""
-    out = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            out.append(s.elapsed_time(e))
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-    return out
 
 
 # ---- the model and data --------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import cuda_ms, log, median
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # facebook/vjepa2-vitl-fpc16-256(-ssv2)'s encoder and predictor (config.json facts)
@@ -37,27 +39,6 @@ CONFIG = dict(patch_size=16, crop_size=256, frames_per_clip=16, tubelet_size=2, 
               hidden_act="gelu", pred_hidden_size=384, pred_num_attention_heads=12, pred_num_hidden_layers=12,
               pred_num_mask_tokens=10, pred_mlp_ratio=4.0, num_pooler_layers=3)
 FRAMES = 16
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
-
-def cuda_ms(torch, fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
 
 
 def make_checkpoint(directory: Path) -> None:
