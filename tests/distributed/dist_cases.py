@@ -99,3 +99,7 @@ if __name__ == "__main__":
     rank, world = kiln.distributed.init()
     result = CASES[case](rank, world, out)
     np.savez(out / f"rank{rank}.npz", **result)
+    import torch.distributed as dist
+
+    dist.barrier()                    # leave together: a rank exiting with gloo's threads alive aborts
+    dist.destroy_process_group()
