@@ -420,8 +420,9 @@ class Lowering:
         R = int(np.prod([t.shape[a] for a in axes]))
         inner = int(np.prod(t.shape[axes[-1] + 1:]))
         out = self._out(s.outputs[0])
-        k = red_k.Reduce(op, outer, R, inner, x.meta.dtype)
-        self._emit("reduction", op + (f" [{k.chunks} chunks]" if k.chunks > 1 else ""), k,
+        k = red_k.Reduce(op, outer, R, inner, x.meta.dtype, self.num_sms)
+        split = f" [{k.chunks} chunks]" if k.chunks > 1 else f" [{k.splits} splits]" if k.splits > 1 else ""
+        self._emit("reduction", op + split, k,
                    (x, out, *self._scratch(k.scratch())))
 
     def _op_sum(self, i, s):
