@@ -24,7 +24,7 @@ import torch
 from kiln.compile.plan import Plan
 from kiln.compile.step_inputs import flat_ids
 
-from .device import interpreting, kiln_dtype, torch_dtype
+from .device import interpreting, kiln_dtype, programmatic_launch, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
 from .kernels import attention as attn_k
 from .kernels import layout as layout_k
@@ -542,7 +542,8 @@ class Lowering:
         elif impl == "gemv":
             k = Gemv(M, n_out, K, dtype, norm=norm, eps=eps, unit_offset=unit, has_bias=bias is not None,
                      activation=activation, has_residual=residual is not None, round_out=cast_out is not None,
-                     has_norm_bias=nb is not None)
+                     has_norm_bias=nb is not None,
+                     early_launch=programmatic_launch() and bop.storage.kind in ("param", "static", "const"))
             scratch = None
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,
