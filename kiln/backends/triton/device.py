@@ -32,7 +32,8 @@ def programmatic_launch() -> bool:
     sm_90+): a kernel then loads what no earlier kernel of the run writes (a decode GEMV's weights)
     while its predecessor drains, and waits (`gdc_wait`) before it reads anything else.
     KILN_PDL=0 turns it off (A/B measurements)."""
-    if interpreting() or os.environ.get("KILN_PDL", "1") == "0" or not torch.cuda.is_available():
+    from .kernels.tmath import HAS_GDC
+    if interpreting() or not HAS_GDC or os.environ.get("KILN_PDL", "1") == "0" or not torch.cuda.is_available():
         return False
     return torch.cuda.get_device_capability()[0] >= 9
 

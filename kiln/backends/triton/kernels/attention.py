@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..device import interpreting
+from ..device import interpreting, programmatic_launch
 from .launch import launch
 from . import tmath as tm
 
@@ -119,7 +119,8 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
                  WRITE_LSE: tl.constexpr, DIRECT: tl.constexpr, SPLITS: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-                 INTERP: tl.constexpr):
+                 INTERP: tl.constexpr, PDL: tl.constexpr):
+    tm.enter_after_previous(PDL)
     bhk = tl.program_id(0)
     split = tl.program_id(1)
     b = (bhk // Hk).to(tl.int64)
@@ -260,6 +261,7 @@ class Attention:
             chunk = triton.cdiv(triton.cdiv(Sk, self.splits), self.BN) * self.BN
             self.splits = triton.cdiv(Sk, chunk)
             self.chunk = chunk
+            self.pdl = programmatic_launch()   # decode steps are chains of small launches
         else:
             self.BM = 16 if interpreting() else (64 if self.BD > 64 or dtype == torch.float32 else 128)
             self.BN = 16 if interpreting() else (32 if dtype == torch.float32 else 64)
@@ -292,7 +294,7 @@ class Attention:
                 q, k, v, m, out, lse_t, o_part, ml_part, arrived, *common,
                 self.Hk, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window, self.chunk,
                 DIRECT=direct, SPLITS=self.splits, BM=self.BM, BN=self.BN, BD=self.BD, num_warps=warps,
-                **self.flags)
+                PDL=self.pdl, **({"launch_pdl": True} if self.pdl else {}), **self.flags)
         else:
             grid = (triton.cdiv(self.Sq, self.BM), self.B * self.Hq)
             launch(_attn_fwd, grid, q, k, v, m, out, lse_t, *common,

@@ -21,14 +21,9 @@ import triton
 import triton.language as tl
 
 from ..device import interpreting
-
-try:   # grid dependency control (programmatic dependent launch); Triton builds without it never launch early
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    HAS_GDC = True
-except ImportError:
-    HAS_GDC = False
 from .launch import launch
 from . import tmath as tm
+from .tmath import gdc_launch_dependents, gdc_wait
 
 MAX_M = 8  # above this the tensor-core GEMM reuses each weight tile across enough rows to win
 
@@ -143,7 +138,7 @@ class Gemv:
                                            "HAS_RES", "ROUND", "DOT_DTYPE")}
         self.eps = float(eps)
         self.grid = (triton.cdiv(N, self.cfg["BN"]),)
-        self.pdl = bool(early_launch) and HAS_GDC
+        self.pdl = bool(early_launch)
 
     def __call__(self, a, b, c, bias=None, residual=None, norm_weight=None, norm_bias=None) -> None:
         """a [.., M, K], b [.., K, N (2N gated)], c and residual [.., M, N]: one product (leading dims 1)."""
