@@ -4,7 +4,6 @@ graphs (strided logits rows, broadcast cotangents, sliced labels) against the Nu
 Without a GPU they run in Triton's interpreter at tiny vocabularies with chunks smaller than V;
 the `gpu` test runs an LM's real shape (4088 rows of a 49152 vocabulary, bfloat16)."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
