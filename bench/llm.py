@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timing import cold_caches, cuda_ms, log, median
+from timing import cold_caches, cuda_ms, log, median, replay_profile
 
 CONFIGS = {
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -117,7 +117,7 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
             log(f"  kiln b{B}: one decode step's CUDA graph alone {res[f'kiln_decode_replay_ms_b{B}']:.3f} ms")
         log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step (prefill+first token {one:.2f} ms)")
         if profile and B == batches[0]:
-            res["kiln_profile_b%d" % B] = profile_launches(torch, dec.executor)
+            res["kiln_profile_b%d" % B] = replay_profile(torch, dec.executor, reps=20, what="decode step")
     # prefill latency, 512 tokens (generate of one token: the prefill graph and its argmax)
     ids = np.random.default_rng(1).integers(0, model.graphs.vocab_size, (1, prefill))
     t0 = time.perf_counter()
@@ -131,34 +131,6 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return tokens
-
-
-def profile_launches(torch, ex, reps: int = 20) -> list:
-    """Device time per kernel of one decode step: CUPTI (torch.profiler) over CUDA-graph replays, so the
-    times are the kernels' own, not the host's launch gaps. Top 15 by total time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    if ex._graph is None:
-        log("    (no CUDA graph: nothing to profile)")
-        return []
-    ex._graph.replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            ex._graph.replay()
-        torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-        if us > 0:
-            rows.append((e.key, us / reps / 1e3, e.count // reps))
-    rows.sort(key=lambda r: -r[1])
-    total = sum(r[1] for r in rows)
-    log(f"    device time per step by kernel (CUPTI, CUDA-graph replay): {total:.3f} ms in "
-        f"{sum(r[2] for r in rows)} kernels")
-    for name, ms, n in rows[:15]:
-        log(f"      {ms:8.3f} ms  x{n:3d}  {name[:90]}")
-    return rows
 
 
 # ---- HF peers ------------------------------------------------------------------------------------

@@ -42,3 +42,32 @@ def cuda_ms(torch, fn, reps: int) -> list[float]:
             fn()
             out.append((time.perf_counter() - t) * 1e3)
     return out
+
+
+def replay_profile(torch, ex, reps: int, what: str, top: int = 15) -> list:
+    """Device time per kernel of one run of a Triton executor's graph: CUPTI (torch.profiler) over
+    CUDA-graph replays, so the times are the kernels' own, not the host's launch gaps.
+    Rows (kernel name, ms per run, launches per run), largest first; the top ones are logged."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if ex._graph is None:
+        log("    (no CUDA graph: nothing to profile)")
+        return []
+    ex._graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            ex._graph.replay()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((e.key, us / reps / 1e3, e.count // reps))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    log(f"    device time per {what} by kernel (CUPTI, CUDA-graph replay): {total:.3f} ms in "
+        f"{sum(r[2] for r in rows)} kernels")
+    for name, ms, n in rows[:top]:
+        log(f"      {ms:8.3f} ms  x{n:4d}  {name[:100]}")
+    return rows

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import cold_caches, log, median
+from timing import cold_caches, log, median, replay_profile
 from timing import cuda_ms as step_ms
 
 LR, BETAS, EPS, WD = 1e-4, (0.9, 0.999), 1e-8, 0.01
@@ -131,6 +131,8 @@ def bench_kiln(torch, args, ckpt: Path, batch: dict, res: dict) -> None:
     log(f"  kiln: {res['kiln_ms']:.2f} ms/step, losses {', '.join(f'{x:.5f}' for x in losses)}")
     if args.profile:
         res["kiln_profile"] = profile_launches(torch, ex)
+        if torch.cuda.is_available():
+            res["kiln_replay_profile"] = replay_profile(torch, ex, reps=3, what="training step", top=40)
 
 
 def profile_launches(torch, ex, reps: int = 3) -> list:

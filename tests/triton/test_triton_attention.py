@@ -67,3 +67,23 @@ def test_output_is_written_in_the_layout_its_transpose_wants(rng):
     g.output("y", g.reshape(g.transpose(o, perm=[0, 2, 1, 3]), shape=[2, 20, 24]))
     ex = check(g, {"q": randn(rng, (2, 3, 20, 8)), "k": randn(rng, (2, 3, 20, 8))})
     assert len(ex.program.launches) == 1 and ex.stats()["fused"]["transposed_output"] == 1
+
+
+def test_split_decode_merges_in_one_launch_run_after_run(rng):
+    """The last split program merges the partials and resets its arrival counter: every run of the
+    same compiled graph (with new keys) is right, and no second launch merges."""
+    from helpers import assert_close, compiled_pair
+    from kiln.backends.triton.kernels.attention import Attention
+    g = Graph()
+    q = g.input("q", (2, 6, 1, 16))
+    k = g.input("k", (2, 2, 300, 16))
+    v = g.input("v", (2, 2, 300, 16))
+    g.output("o", g.attention(q, k, v, None))
+    ref_cg, cg = compiled_pair(g)
+    kernels = [launch.fn for launch in cg.executor.program.launches if isinstance(launch.fn, Attention)]
+    assert len(kernels) == 1 and kernels[0].decode and kernels[0].splits > 1
+    assert len(cg.executor.program.launches) == 1
+    for _ in range(3):
+        feeds = {"q": randn(rng, (2, 6, 1, 16)), "k": randn(rng, (2, 2, 300, 16)), "v": randn(rng, (2, 2, 300, 16))}
+        assert_close(cg.run(**feeds), ref_cg.run(**feeds))
+    assert int(kernels[0]._arrived.sum()) == 0

@@ -40,6 +40,29 @@ def test_cuda_graph_replays_with_new_inputs(rng):
     assert_close(cg.run(**feeds), ref_cg.run(**feeds))
 
 
+def test_early_launched_gemvs_wait_for_the_kernel_before(rng):
+    """A chain of dependent decode GEMVs (programmatic dependent launch on sm_90+): each reads the
+    previous one's output, in eager runs and CUDA-graph replays, and the residual adds in place."""
+    from kiln.backends.triton.device import programmatic_launch
+    g = Graph()
+    h = x = g.input("x", (1, 512), "bfloat16")
+    ws = [g.parameter(f"w{i}", (512, 512), "bfloat16") for i in range(12)]
+    for i, w in enumerate(ws):
+        h = g.linear(h, w) + h if i % 2 else g.silu(g.linear(h, w))
+    g.output("y", h + x)
+    ref_cg, cg = compiled_pair(g, optimize=True)
+    params = {f"w{i}": randn(rng, (512, 512), "bfloat16", scale=512 ** -0.5) for i in range(12)}
+    ref_cg.load_params(params)
+    cg.load_params(params)
+    for _ in range(4):
+        feeds = {"x": randn(rng, (1, 512), "bfloat16")}
+        assert_close(cg.run(**feeds), ref_cg.run(**feeds), floor=2e-2)
+    assert cg.executor.stats()["cuda_graph"]
+    gemvs = [launch for launch in cg.executor.program.launches if "[gemv]" in launch.label]
+    assert len(gemvs) == 12
+    assert all(launch.fn.pdl == programmatic_launch() for launch in gemvs)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cublas_path_with_generated_epilogue(rng, dtype):
     g = Graph()

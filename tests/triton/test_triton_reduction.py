@@ -88,3 +88,32 @@ def test_argmax_over_a_vocabulary_splits_into_chunks(rng, dtype):
     xv[2, 7777] = np.nan
     ex = check(g, {"x": xv})
     assert "argmax [3 chunks]" in ex.describe(), ex.describe()
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min"])
+@pytest.mark.parametrize("shape", [(1, 1000, 1), (1, 257, 5), (3, 70, 2)])
+def test_few_programs_split_their_rows_over_a_second_launch(op, shape):
+    import torch
+
+    from kiln.backends.triton.kernels.reduction import Reduce
+    outer, R, inner = shape
+    k = Reduce(op, outer, R, inner, torch.float32, num_sms=1, block_r=8)
+    assert k.splits > 1 and k.chunk % 8 == 0
+    x = torch.randn(outer, R, inner, generator=torch.Generator().manual_seed(R))
+    if op in ("max", "min"):
+        x[0, R // 3, 0] = float("nan")          # NaN propagates through the partials
+    out = torch.empty(outer, inner)
+    k(x, out, *[torch.empty(shape, dtype=dtype) for shape, dtype in k.scratch()])
+    ref = {"sum": lambda t: t.sum(1), "mean": lambda t: t.mean(1),
+           "max": lambda t: t.amax(1), "min": lambda t: t.amin(1)}[op](x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4, equal_nan=True)
+
+
+def test_a_full_reduction_of_a_large_tensor_splits(rng):
+    g = Graph()
+    x = g.input("x", (600, 300))
+    g.output("sum_sq", g.sum(g.mul(x, x)))
+    g.output("mean_cols", g.mean(x, axes=[0]))
+    ex = check(g, {"x": randn(rng, (600, 300))})
+    labels = [launch.label for launch in ex.program.launches]
+    assert any(label.startswith("sum [") and "splits]" in label for label in labels), labels

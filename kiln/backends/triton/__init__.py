@@ -5,10 +5,10 @@ Kernels per archetype (`kernels/`):
 | archetype | ops | kernel |
 |---|---|---|
 | pointwise | every elementwise op, cast, where, clamp, swiglu/geglu; chains of them | one generated kernel per fused expression (`pointwise.py`) |
-| reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` |
+| reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` (rows split over a second launch when too few programs fill the GPU) |
 | reduction | softmax_cross_entropy and its backward (any leading dims; logits rows read in place through two row strides; a label outside [0, V) other than ignore_index gives NaN for that row) | one program per row over vocabulary chunks (`cross_entropy.py`) |
 | matmul | matmul (one collapsible batch dim), linear, fused_linear; + norm prologue, bias / activation / gated / residual / cast epilogue | Triton GEMM for M < 128, cuBLAS + generated epilogue above (`matmul.py`) |
-| attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask) | flash forward, split-KV decode (`attention.py`) |
+| attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask) | flash forward, split-KV decode merged by its last split (`attention.py`) |
 | layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; cache_write (rows only when the Plan updates the state in place); the Plan's rope_qkv_cache kernel | `layout.py`, pointwise copies |
 
 Fallbacks (never a silent approximation: these compute the reference semantics):
@@ -22,6 +22,11 @@ Fallbacks (never a silent approximation: these compute the reference semantics):
 the NumPy executor's `run(inputs, params)` and state interface (states are device tensors)
 plus `params_changed` and `stats()`.
 Tests run the same kernels on the CPU under `TRITON_INTERPRET=1`.
+
+On sm_90+ the decode-step kernels (GEMV, decode attention, rope + KV-cache write) launch early
+(programmatic dependent launch, `device.programmatic_launch`; KILN_PDL=0 turns it off): each lets the
+next launch at its entry and waits (`gdc_wait`) before touching what earlier kernels write; a GEMV
+first loads its weight's first chunk, which no kernel of the run writes.
 """
 
 from .executor import TritonExecutor

@@ -27,6 +27,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def programmatic_launch() -> bool:
+    """Whether kernels may launch before the previous one finishes (programmatic dependent launch,
+    sm_90+): a kernel then loads what no earlier kernel of the run writes (a decode GEMV's weights)
+    while its predecessor drains, and waits (`gdc_wait`) before it reads anything else.
+    KILN_PDL=0 turns it off (A/B measurements)."""
+    from .kernels.tmath import HAS_GDC
+    if interpreting() or not HAS_GDC or os.environ.get("KILN_PDL", "1") == "0" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability()[0] >= 9
+
+
 def _patch_interpreter_index() -> None:
     """Triton 3.6's interpreter turns a scalar into an int with int(array of shape (1,)), which
     NumPy >= 2.4 refuses; loops such as `range(0, n, BLOCK)` over a runtime n then fail. Make

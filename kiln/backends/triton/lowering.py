@@ -24,7 +24,7 @@ import torch
 from kiln.compile.plan import Plan
 from kiln.compile.step_inputs import flat_ids
 
-from .device import interpreting, kiln_dtype, torch_dtype
+from .device import interpreting, kiln_dtype, programmatic_launch, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
 from .kernels import attention as attn_k
 from .kernels import cross_entropy as xent_k
@@ -421,8 +421,9 @@ class Lowering:
         R = int(np.prod([t.shape[a] for a in axes]))
         inner = int(np.prod(t.shape[axes[-1] + 1:]))
         out = self._out(s.outputs[0])
-        k = red_k.Reduce(op, outer, R, inner, x.meta.dtype)
-        self._emit("reduction", op + (f" [{k.chunks} chunks]" if k.chunks > 1 else ""), k,
+        k = red_k.Reduce(op, outer, R, inner, x.meta.dtype, self.num_sms)
+        split = f" [{k.chunks} chunks]" if k.chunks > 1 else f" [{k.splits} splits]" if k.splits > 1 else ""
+        self._emit("reduction", op + split, k,
                    (x, out, *self._scratch(k.scratch())))
 
     def _op_sum(self, i, s):
@@ -580,7 +581,8 @@ class Lowering:
         elif impl == "gemv":
             k = Gemv(M, n_out, K, dtype, norm=norm, eps=eps, unit_offset=unit, has_bias=bias is not None,
                      activation=activation, has_residual=residual is not None, round_out=cast_out is not None,
-                     has_norm_bias=nb is not None)
+                     has_norm_bias=nb is not None,
+                     early_launch=programmatic_launch() and bop.storage.kind in ("param", "static", "const"))
             scratch = None
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,

@@ -23,6 +23,7 @@ import triton.language as tl
 from ..device import interpreting
 from .launch import launch
 from . import tmath as tm
+from .tmath import gdc_launch_dependents, gdc_wait
 
 MAX_M = 8  # above this the tensor-core GEMM reuses each weight tile across enough rows to win
 
@@ -34,8 +35,11 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
                  up_off, eps,
                  NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ACT: tl.constexpr, GATED: tl.constexpr, HAS_RES: tl.constexpr, ROUND: tl.constexpr,
-                 DOT_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 DOT_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 PDL: tl.constexpr):
     pid = tl.program_id(0)
+    if PDL:   # the next kernel may start now; it waits for this one before it reads what we write
+        gdc_launch_dependents()
     rm = tl.arange(0, BM)
     rn = pid * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -44,13 +48,27 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     a_rows = a + rm[:, None].to(tl.int64) * sam                      # [BM, 1]
     w_rows = b + rn[:, None].to(tl.int64) * sbn                      # [BN, 1]: weight rows, K contiguous
 
+    # The first weight chunk: no kernel of the run writes the weight, so with PDL it streams in
+    # while the previous kernel finishes; everything after gdc_wait may read its results.
+    kmask = rk < K
+    wmask = nmask[:, None] & kmask[None, :]
+    w = tl.load(w_rows + rk[None, :] * sbk, mask=wmask, other=0.0)
+    if GATED:
+        u = tl.load(w_rows + up_off * sbn + rk[None, :] * sbk, mask=wmask, other=0.0)
+    if PDL:
+        gdc_wait()
+
     if NORM != "none":  # row statistics over all of K first
         mean, rstd = tm.row_norm_stats(a_rows, sak, mmask, K, eps, NORM, BM, BK)
 
-    acc = tl.zeros([BM, BN, BK], tl.float32)
+    x = tl.load(a_rows + rk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
+    if NORM != "none":
+        x = tm.norm_tile(x, mean, rstd, nw, nb, rk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
+    x = x.to(tl.float32)[:, None, :]                                 # [BM, 1, BK]
+    acc = x * w.to(tl.float32)[None, :, :]
     if GATED:
-        acc_up = tl.zeros([BM, BN, BK], tl.float32)
-    for k0 in range(0, K, BK):
+        acc_up = x * u.to(tl.float32)[None, :, :]
+    for k0 in range(BK, K, BK):
         kk = k0 + rk
         kmask = kk < K
         x = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
@@ -105,7 +123,9 @@ class Gemv:
     def __init__(self, M: int, N: int, K: int, dtype: torch.dtype, *, norm: str = "none", eps: float = 1e-5,
                  unit_offset: bool = False, has_bias: bool = False, activation: str = "none",
                  has_residual: bool = False, round_out: bool = False, has_norm_bias: bool = False,
-                 cfg: dict | None = None):
+                 cfg: dict | None = None, early_launch: bool = False):
+        """early_launch: launch before the previous kernel ends (programmatic dependent launch, see
+        `device.programmatic_launch`); only for a weight that no kernel of the run writes."""
         from .matmul import GATED, fused_flags
 
         if M > MAX_M:
@@ -118,6 +138,7 @@ class Gemv:
                                            "HAS_RES", "ROUND", "DOT_DTYPE")}
         self.eps = float(eps)
         self.grid = (triton.cdiv(N, self.cfg["BN"]),)
+        self.pdl = bool(early_launch)
 
     def __call__(self, a, b, c, bias=None, residual=None, norm_weight=None, norm_bias=None) -> None:
         """a [.., M, K], b [.., K, N (2N gated)], c and residual [.., M, N]: one product (leading dims 1)."""
@@ -130,7 +151,8 @@ class Gemv:
                self.M, self.N, self.K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                res.stride(0), res.stride(1), self.N, self.eps,
-               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], **self.flags)
+               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], PDL=self.pdl,
+               **({"launch_pdl": True} if self.pdl else {}), **self.flags)
 
 
 def _2d(t: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..device import interpreting
+from ..device import interpreting, programmatic_launch
+from . import tmath as tm
 from .launch import launch
 
 
@@ -180,7 +181,8 @@ def _rope_qkv_cache_kernel(xq, xk, xv, cos, sin, q_out, k_cache, v_cache, slot,
                            sqb, sqh, sqd, skb, skh, skd, svb, svh, svd, scb, scd,
                            sob, soh, sod, skcb, skch, skcl, skcd, svcb, svch, svcl, svcd,
                            INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
-                           BD: tl.constexpr):
+                           BD: tl.constexpr, PDL: tl.constexpr):
+    tm.enter_after_previous(PDL)
     # one program per row: rows [0, B*Hq) rotate q, [B*Hq, B*(Hq+Hk)) rotate k into the cache at
     # `slot`, the rest copy v into the cache at `slot` (one decode token per row)
     r = tl.program_id(0)
@@ -228,6 +230,7 @@ class RopeQKVCache:
         self.BH = _pow2(rot_half, 2)
         self.BP = _pow2(D - 2 * rot_half, 2) if self.PASS else 2
         self.BD = _pow2(D, 16)
+        self.pdl = programmatic_launch()   # one small launch per layer of a decode step
 
     def __call__(self, q, k, v, cos, sin, q_out, k_cache, v_cache, slot) -> None:
         cb = cos.stride(0) if cos.shape[0] > 1 else 0
@@ -238,4 +241,5 @@ class RopeQKVCache:
                q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(3),
                v.stride(0), v.stride(1), v.stride(3), cb, cos.stride(2),
                q_out.stride(0), q_out.stride(1), q_out.stride(3), *k_cache.stride(), *v_cache.stride(),
-               INTERLEAVED=self.interleaved, PASS=self.PASS, BH=self.BH, BP=self.BP, BD=self.BD, num_warps=1)
+               INTERLEAVED=self.interleaved, PASS=self.PASS, BH=self.BH, BP=self.BP, BD=self.BD, num_warps=1,
+               PDL=self.pdl, **({"launch_pdl": True} if self.pdl else {}))

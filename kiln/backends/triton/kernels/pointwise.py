@@ -131,7 +131,7 @@ def generate_source(expr: PointwiseExpr, shape: tuple[int, ...], in_strides: lis
     params = [f"in{i}" for i in range(n_in)] + [f"out{i}" for i in range(n_out)]
     lines = [
         "import triton", "import triton.language as tl", "from kiln.backends.triton.kernels import tmath as tm", "",
-        "", "@triton.jit", f"def kernel({', '.join(params)}, N, BLOCK: tl.constexpr):",
+        "", "@triton.jit", f"def {kernel_name(expr)}({', '.join(params)}, N, BLOCK: tl.constexpr):",
         "    pid = tl.program_id(0)",
         ("    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)" if wide
          else "    offs = pid * BLOCK + tl.arange(0, BLOCK)"),
@@ -174,7 +174,13 @@ def generate_source(expr: PointwiseExpr, shape: tuple[int, ...], in_strides: lis
     for k, (node, dt) in enumerate(zip(expr.outputs, out_dtypes)):
         val = names[("node", node)]
         lines.append(f"    tl.store(out{k} + ({offset(out_strides[k])}), {val}.to({_STORAGE[dt.name]}), mask=mask)")
+    lines += ["", "", f"kernel = {kernel_name(expr)}"]
     return "\n".join(lines) + "\n"
+
+
+def kernel_name(expr: PointwiseExpr) -> str:
+    """`pw_` and the chain's ops: the name profilers (CUPTI, Nsight) show for the launch."""
+    return ("pw_" + "_".join(op for op, *_ in expr.nodes))[:64]
 
 
 def _is_float_name(dt: DType | None) -> bool:

@@ -190,10 +190,16 @@ class Norm:
 # ---- sum / mean / max / min / argmax over a block of consecutive axes ---------------------------
 
 @triton.jit
-def _reduce_kernel(x, out, R, INNER, OP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
-                   ACC: tl.constexpr):
+def _reduce_kernel(x, out, R, INNER, CHUNK, DENOM, OP: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_I: tl.constexpr, ACC: tl.constexpr):
+    """Program (outer, inner block, split): OP over rows [split * CHUNK, (split + 1) * CHUNK) of
+    x[outer, :R, inner], stored at out[outer, split, inner]; a mean divides by DENOM."""
     outer = tl.program_id(0).to(tl.int64)
     ib = tl.program_id(1)
+    split = tl.program_id(2)
+    splits = tl.num_programs(2)
+    row0 = split * CHUNK
+    row1 = tl.minimum(R, row0 + CHUNK)
     r = tl.arange(0, BLOCK_R)[:, None]
     i = ib * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
     im = i < INNER
@@ -206,9 +212,9 @@ def _reduce_kernel(x, out, R, INNER, OP: tl.constexpr, BLOCK_R: tl.constexpr, BL
         acc = tl.zeros([BLOCK_R, BLOCK_I], ACC)
     nan = tl.zeros([BLOCK_R, BLOCK_I], tl.int1)
     best_idx = tl.zeros([BLOCK_R, BLOCK_I], tl.int64)
-    for start in range(0, R, BLOCK_R):
+    for start in range(row0, row1, BLOCK_R):
         rr = start + r
-        m = (rr < R) & im
+        m = (rr < row1) & im
         if OP == "max" or OP == "argmax":
             v = tl.load(x + base + rr * INNER + i, mask=m, other=float("-inf")).to(ACC)
         elif OP == "min":
@@ -233,7 +239,7 @@ def _reduce_kernel(x, out, R, INNER, OP: tl.constexpr, BLOCK_R: tl.constexpr, BL
     if OP == "sum":
         res = tl.sum(acc, 0)
     elif OP == "mean":
-        res = tl.sum(acc, 0) / R
+        res = tl.sum(acc, 0) / DENOM
     elif OP == "max":
         res = tl.where(tl.max(nan.to(tl.int32), 0) > 0, float("nan"), tl.max(acc, 0))
     elif OP == "min":
@@ -241,9 +247,7 @@ def _reduce_kernel(x, out, R, INNER, OP: tl.constexpr, BLOCK_R: tl.constexpr, BL
     if OP == "argmax":
         top = tl.max(acc, 0)
         res = tl.min(tl.where(acc == top[None, :], best_idx, R), 0)
-        tl.store(out + outer * INNER + oi, res.to(out.dtype.element_ty), mask=om)
-    else:
-        tl.store(out + outer * INNER + oi, res.to(out.dtype.element_ty), mask=om)
+    tl.store(out + (outer * splits + split) * INNER + oi, res.to(out.dtype.element_ty), mask=om)
 
 
 REDUCE_OPS = ("sum", "mean", "max", "min", "argmax")
@@ -252,6 +256,13 @@ REDUCE_OPS = ("sum", "mean", "max", "min", "argmax")
 # this many rows per program and combines the chunks' winners in a second tiny launch: one program
 # walking 128K logits alone took 94 us on an H200, a tenth of a 1B model's decode step.
 ARGMAX_CHUNK = 4096
+
+# A sum / mean / max / min with too few (outer, inner block) programs to fill the GPU splits its rows
+# over a third grid axis and reduces the float32 partials in a second launch: a full reduction of a
+# 576 x 49152 gradient was one program walking 28M values (the global gradient norm of a 135M model's
+# training step took half of the step).
+SPLIT_TARGET_PROGRAMS = 4   # per SM
+SPLIT_MIN_BLOCKS = 4        # BLOCK_R row blocks per split at least
 
 
 @triton.jit
@@ -294,25 +305,39 @@ class Reduce:
 
     archetype = "reduction"
 
-    def __init__(self, op: str, outer: int, R: int, inner: int, dtype: torch.dtype):
+    def __init__(self, op: str, outer: int, R: int, inner: int, dtype: torch.dtype, num_sms: int = 132,
+                 block_r: int | None = None):
+        """block_r overrides the row block (tests use it to split small reductions)."""
         if op not in REDUCE_OPS:
             raise ValueError(f"reduction {op!r} is not one of {REDUCE_OPS}")
         self.op, self.outer, self.R, self.inner = op, outer, R, inner
         self.block_i = min(next_pow2(inner), 64)
         cap = 1024 if not interpreting() else 4096
-        self.block_r = max(2, min(next_pow2(R), max(2, cap // self.block_i)))
+        self.block_r = block_r or max(2, min(next_pow2(R), max(2, cap // self.block_i)))
         if not dtype.is_floating_point and op != "sum":
             raise NotImplementedError(f"Triton {op} of {dtype} tensors (integer max/min/argmax use torch)")
         self.acc = tl.float64 if dtype == torch.float64 else tl.float32 if dtype.is_floating_point else tl.int64
+        self.partial_dtype = {tl.float64: torch.float64, tl.float32: torch.float32, tl.int64: torch.int64}[self.acc]
         self.chunks = 1
         if op == "argmax" and inner == 1 and dtype != torch.float64 and R > ARGMAX_CHUNK and outer < 64:
             self.chunks = triton.cdiv(R, ARGMAX_CHUNK)
+        self.splits, self.chunk = 1, R
+        programs = outer * triton.cdiv(inner, self.block_i)
+        if op != "argmax" and programs < SPLIT_TARGET_PROGRAMS * num_sms:
+            rows = max(SPLIT_MIN_BLOCKS * self.block_r,
+                       triton.cdiv(R, triton.cdiv(SPLIT_TARGET_PROGRAMS * num_sms, programs)))
+            self.chunk = triton.cdiv(rows, self.block_r) * self.block_r
+            self.splits = triton.cdiv(R, self.chunk)
+            if self.splits == 1:
+                self.chunk = R
 
     def scratch(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
-        """The split argmax's per-chunk winners (value, index)."""
-        if self.chunks == 1:
-            return []
-        return [((self.outer, self.chunks), torch.float32), ((self.outer, self.chunks), torch.int64)]
+        """The split argmax's per-chunk winners (value, index); a split reduction's partials."""
+        if self.chunks > 1:
+            return [((self.outer, self.chunks), torch.float32), ((self.outer, self.chunks), torch.int64)]
+        if self.splits > 1:
+            return [((self.outer, self.splits, self.inner), self.partial_dtype)]
+        return []
 
     def __call__(self, x, out, *scratch) -> None:
         if self.chunks > 1:
@@ -323,5 +348,14 @@ class Reduce:
                    BLOCK_C=max(2, next_pow2(self.chunks)), num_warps=1)
             return
         grid = (self.outer, triton.cdiv(self.inner, self.block_i))
-        launch(_reduce_kernel, grid, x, out, self.R, self.inner, OP=self.op, BLOCK_R=self.block_r,
-                             BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)
+        if self.splits == 1:
+            launch(_reduce_kernel, grid + (1,), x, out, self.R, self.inner, self.R, float(self.R), OP=self.op,
+                   BLOCK_R=self.block_r, BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)
+            return
+        (partial,) = scratch
+        first = "sum" if self.op == "mean" else self.op
+        launch(_reduce_kernel, grid + (self.splits,), x, partial, self.R, self.inner, self.chunk, 1.0,
+               OP=first, BLOCK_R=self.block_r, BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)
+        block_s = max(2, min(next_pow2(self.splits), max(2, 1024 // self.block_i)))
+        launch(_reduce_kernel, grid + (1,), partial, out, self.splits, self.inner, self.splits, float(self.R),
+               OP=self.op, BLOCK_R=block_s, BLOCK_I=self.block_i, ACC=self.acc, num_warps=4)

@@ -8,6 +8,22 @@ float32, and the same code runs on the GPU and in the interpreter.
 import triton
 import triton.language as tl
 
+try:   # grid dependency control (programmatic dependent launch); builds without it never launch early
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAS_GDC = True
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
+    HAS_GDC = False
+
+
+@triton.jit
+def enter_after_previous(PDL: tl.constexpr):
+    """At a kernel's entry, launched early (programmatic dependent launch): let the next kernel
+    launch, then wait until the previous one's writes are visible. Without PDL, nothing."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
 
 @triton.jit
 def tanh(x):
