@@ -96,7 +96,7 @@ def test_row_layout_reads_sliced_rows_in_place():
     assert xent_k.row_layout(torch.empty(2, 3, 4, 37, device="meta")[:, :2, :3]) is None   # three levels
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_lowered_loss_and_gradient_match_numpy(rng, dtype):
     """An LM's loss: logits [B, S, V] sliced to the next-token rows (read in place), labels sliced
     from the ids, the mean's broadcast cotangent; forward and backward both run the kernels."""

@@ -106,7 +106,7 @@ def _cross_entropy_bwd_kernel(x, labels, lse, dloss, dlse, dx, V, INNER, sx_oute
         r = r + tl.load(dlse + row * s_dlse).to(ACC)
     row_lse = tl.load(lse + row * s_lse).to(ACC)
     hit = (1.0 - SMOOTHING) * d
-    uniform = (SMOOTHING / V) * d
+    uniform = d * SMOOTHING / V
     cols = tl.arange(0, BLOCK)
     for start in range(0, V, BLOCK):
         c = start + cols
