@@ -4,14 +4,17 @@ graphs (strided logits rows, broadcast cotangents, sliced labels) against the Nu
 Without a GPU they run in Triton's interpreter at tiny vocabularies with chunks smaller than V;
 the `gpu` test runs an LM's real shape (4088 rows of a 49152 vocabulary, bfloat16)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import kiln
 from helpers import check, randn
-from kiln.autodiff import grad
+from kiln.autodiff import grad, grad_name
 from kiln.backends.triton.kernels import cross_entropy as xent_k
 from kiln.ir import Graph
+from kiln.train import cross_entropy
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -136,3 +139,29 @@ def test_lm_shape_bfloat16_matches_torch_on_gpu():
     torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-4)
     assert dx.dtype == torch.bfloat16
     _assert_dx_close(dx, want_dx, "bfloat16")
+
+
+@pytest.mark.gpu
+def test_lm_loss_step_on_gpu_writes_the_bfloat16_gradient():
+    """The benchmark's loss: bfloat16 logits [8, 512, 49152] cast to float32 and sliced to the
+    next-token rows; compiled for cuda, the gradient graph holds no float32 [..., V] tensor, and
+    loss and gradient equal torch's (float32 autograd rounded to bfloat16)."""
+    b, s, v = 8, 512, 49152
+    g = Graph()
+    h = g.input("h", (b, s, v), "bfloat16")
+    logits = g.slice(g.cast(h, dtype="float32"), axes=[1], starts=[0], ends=[s - 1])
+    g.output("loss", cross_entropy(g, logits, g.input("labels", (b, s - 1), "int64")))
+    cg = kiln.compile(grad(g, ["h"]), device="cuda")
+    wide = [t for t in cg.plan.types.values() if t.shape and t.shape[-1] == v and t.dtype.name == "float32"]
+    assert not wide, wide
+    gen = torch.Generator().manual_seed(1)
+    ht = (torch.randn(b, s, v, generator=gen) * 3).to(torch.bfloat16)
+    labels = torch.randint(0, v, (b, s - 1), generator=gen)
+    labels[:, -7:] = -100
+    out = cg.run(h=ht.view(torch.int16).numpy().view(kiln.as_dtype("bfloat16").np_dtype), labels=labels.numpy())
+    hf = ht.cuda().float().requires_grad_(True)
+    want = F.cross_entropy(hf[:, :-1].reshape(-1, v), labels.cuda().reshape(-1))
+    (want_dh,) = torch.autograd.grad(want, [hf])
+    np.testing.assert_allclose(out["loss"], want.item(), rtol=1e-5)
+    got_dh = torch.from_numpy(out[grad_name("h")].view(np.int16)).view(torch.bfloat16).cuda()
+    _assert_dx_close(got_dh, want_dh.to(torch.bfloat16), "bfloat16")
