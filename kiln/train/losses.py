@@ -28,6 +28,10 @@ def cross_entropy(g: Graph, logits: Value, labels: Value, *, ignore_index: int =
 
     Labels equal to ignore_index contribute nothing and are left out of the mean; with
     label_smoothing e the target is (1 - e) one-hot + e / C uniform (torch's definition).
+    One fused op (`softmax_cross_entropy`) computes the rows' losses; its backward writes the
+    logits' gradient row by row from the saved log-sum-exp. Half-precision logits give float32
+    losses, and logits that are a float32 cast of half values are read in their half type (exact:
+    the op computes in float32 either way), so the gradient is written in the half type.
     """
     _check_reduction("cross_entropy", reduction)
     if not logits.dtype.is_float or logits.ndim < 1:
@@ -37,22 +41,27 @@ def cross_entropy(g: Graph, logits: Value, labels: Value, *, ignore_index: int =
                          f"(logits {logits.type} without the class axis), got {labels.type}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise GraphError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    logp = g.log_softmax(logits, axis=-1)
-    valid = g.not_equal(labels, g.scalar(ignore_index, labels.dtype))
-    safe = g.where(valid, labels, g.scalar(0, labels.dtype))
-    picked = g.take_along_axis(logp, g.reshape(safe, shape=list(safe.shape) + [1]), axis=-1)
-    per = g.neg(g.reshape(picked, shape=list(labels.shape)))
-    if label_smoothing:
-        smooth = g.neg(g.mean(logp, axes=[-1]))
-        per = g.add(g.mul(per, g.scalar(1.0 - label_smoothing, per.dtype)),
-                    g.mul(smooth, g.scalar(label_smoothing, per.dtype)))
-    per = g.where(valid, per, g.scalar(0, per.dtype))
+    per, _lse = g.softmax_cross_entropy(_half_source(g, logits), labels, ignore_index=ignore_index,
+                                        label_smoothing=float(label_smoothing))
     if reduction == "none":
         return per
     total = g.sum(per)
     if reduction == "sum":
         return total
+    valid = g.not_equal(labels, g.scalar(ignore_index, labels.dtype))
     return g.div(total, g.sum(g.cast(valid, dtype=per.dtype.name)))
+
+
+def _half_source(g: Graph, logits: Value) -> Value:
+    """The half-precision values a float32 `logits` was cast from (through slices, which commute
+    with the cast), or logits itself."""
+    node = logits.node
+    if node.op == "slice":
+        src = _half_source(g, node.inputs[0])
+        return logits if src is node.inputs[0] else g.slice(src, **node.attrs)
+    if node.op == "cast" and logits.dtype.name == "float32" and node.inputs[0].dtype.name in ("bfloat16", "float16"):
+        return node.inputs[0]
+    return logits
 
 
 def mse_loss(g: Graph, pred: Value, target: Value, *, reduction: str = "mean") -> Value:

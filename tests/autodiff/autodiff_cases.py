@@ -198,6 +198,39 @@ def make_attention_backward(shape, mask_kind=None, dlse=True, **attrs):
     return make
 
 
+def t_softmax_cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
+    """torch's per-row cross-entropy (reduction 'none') and the rows' logsumexp."""
+    v = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, v), labels.reshape(-1), ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction="none")
+    return loss.reshape(labels.shape), torch.logsumexp(logits, -1)
+
+
+def t_softmax_cross_entropy_backward(logits, labels, lse, dloss, dlse, ignore_index=-100, label_smoothing=0.0):
+    """The op's formula written out in torch (lse is an input, as in the op)."""
+    valid = labels != ignore_index
+    d = torch.where(valid, dloss, torch.zeros_like(dloss))
+    row = d if dlse is None else d + dlse
+    onehot = F.one_hot(torch.where(valid, labels, 0), logits.shape[-1]).to(logits.dtype)
+    target = (1 - label_smoothing) * onehot + label_smoothing / logits.shape[-1]
+    return torch.exp(logits - lse[..., None]) * row[..., None] - target * d[..., None]
+
+
+def make_cross_entropy(shape, ignore_index=-100, backward=False, dlse=True):
+    """logits [*shape], labels with the first row ignored (and, for the backward, the true lse and
+    random cotangents)."""
+    def make(rng, dt):
+        logits = rng.standard_normal(shape).astype(dt)
+        labels = rng.integers(0, shape[-1], shape[:-1])
+        labels.reshape(-1)[0] = ignore_index
+        if not backward:
+            return [logits, labels]
+        lse = torch.logsumexp(torch.from_numpy(logits), -1).numpy()
+        dl = rng.standard_normal(shape[:-1]).astype(dt) if dlse else None
+        return [logits, labels, lse, rng.standard_normal(shape[:-1]).astype(dt), dl]
+    return make
+
+
 def t_rope(x, cos, sin, layout="half"):
     c, s = cos[:, None], sin[:, None]
     rot = 2 * cos.shape[-1]
@@ -367,6 +400,14 @@ CASES: list[Case] = [
          lambda *a: t_attention_backward(*a, mask_grad=True, causal=True, softcap=3.0),
          {"mask_grad": True, "causal": True, "softcap": 3.0}, "gqa_mask_softcap",
          make=make_attention_backward((1, 4, 2, 3, 3, 4), "float", causal=True, softcap=3.0)),
+    Case("softmax_cross_entropy", [None] * 2, t_softmax_cross_entropy, make=make_cross_entropy((2, 3, 5))),
+    Case("softmax_cross_entropy", [None] * 2, lambda x, y: t_softmax_cross_entropy(x, y, 2, 0.2),
+         {"ignore_index": 2, "label_smoothing": 0.2}, "smoothing", make=make_cross_entropy((4, 6), 2)),
+    Case("softmax_cross_entropy_backward", [None] * 5, t_softmax_cross_entropy_backward,
+         make=make_cross_entropy((2, 3, 5), backward=True, dlse=False)),
+    Case("softmax_cross_entropy_backward", [None] * 5, lambda *a: t_softmax_cross_entropy_backward(*a, 1, 0.3),
+         {"ignore_index": 1, "label_smoothing": 0.3}, "smoothing_dlse",
+         make=make_cross_entropy((4, 6), 1, backward=True)),
     # fused
     Case("fused_linear", [Fl((2, 3, 4)), Fl((5, 4)), Fl((5,)), Fl((2, 3, 5)), Fl((4,))],
          lambda x, w, b, r, nw: t_fused_linear(x, w, b, r, nw, norm="rms_norm", activation="silu", eps=1e-6),

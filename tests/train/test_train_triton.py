@@ -4,8 +4,9 @@ Without a GPU the Triton kernels run in Triton's CPU interpreter (TRITON_INTERPR
 before any kernel module is imported, as tests/triton/conftest.py does); with one they run on it.
 The whole step (forward, backward, clipping, optimizer update) is one compiled graph on each
 backend; after two steps every parameter and optimizer-state entry must agree to float32
-rounding. The tiny Llama also exercises the backward ops that run as torch fallbacks on the GPU
-(attention_backward, scatter_add, index_add, pad), which get their own check against NumPy.
+rounding. The tiny Llama's loss runs the generated cross-entropy kernels (forward and backward);
+it also exercises the backward ops that run as torch fallbacks on the GPU (attention_backward,
+index_add, pad), which get their own check against NumPy.
 """
 
 import os
@@ -80,6 +81,7 @@ def _assert_same_training(graph, make_opt, params, batches, rtol, atol, **kw):
         np.testing.assert_allclose(got.opt_state[name], ref.opt_state[name], rtol=rtol, atol=atol, err_msg=name)
     moved = max(np.abs(got.params[n] - params[n]).max() for n in params)
     assert moved > 10 * atol   # the steps changed the parameters by far more than the tolerance
+    return got
 
 
 @pytest.mark.parametrize("opt", ["adamw", "sgd_momentum"])
@@ -98,8 +100,10 @@ def test_tiny_llama_step_on_triton_matches_numpy():
     rng = np.random.default_rng(1)
     g = _tiny_llama()
     params = _random_params(g, rng, 0.1)
-    _assert_same_training(g, lambda: AdamW(lr=0.01), params, _llama_batches(rng, 2), rtol=1e-4, atol=1e-5,
-                          clip_norm=1.0)
+    step = _assert_same_training(g, lambda: AdamW(lr=0.01), params, _llama_batches(rng, 2), rtol=1e-4, atol=1e-5,
+                                 clip_norm=1.0)
+    labels = {launch.label for launch in step._fused.executor.program.launches}
+    assert {"softmax_cross_entropy", "softmax_cross_entropy_backward"} <= labels
 
 
 @pytest.mark.parametrize("case", ["gqa_causal_bool_mask", "softcap_window_float_mask_grad_dlse"])

@@ -1,13 +1,15 @@
 """Derivatives of the backward-pass ops of kiln.ir.ops.grad (needed for higher orders).
 
 The scatter-adds are linear in src and transpose back into their gathers; attention_lse and
-attention_backward are handled in `attention.py`.
+attention_backward are handled in `attention.py`; softmax_cross_entropy_backward goes through its
+decomposition into primitives (second order only: it materializes the probabilities).
 """
 
 from __future__ import annotations
 
-from ..registry import jvp_rule, vjp_rule
-from ._util import graph_of
+from ..registry import decomposition, jvp_rule, vjp_rule
+from ._util import downcast, graph_of, upcast
+from .reduction import cross_entropy_valid
 
 
 @vjp_rule("index_add")
@@ -24,3 +26,22 @@ def _scatter_add_vjp(node, cts, needs):
 def _scatter_jvp(node, tangents):
     t = tangents[1]
     return [graph_of(node).op(node.op, node.inputs[0], t, **node.attrs) if t is not None else None]
+
+
+@decomposition("softmax_cross_entropy_backward")
+def _softmax_cross_entropy_backward_decomposed(g, inputs, attrs):
+    logits, labels, lse, dloss, dlse = inputs
+    e = attrs["label_smoothing"]
+    x = upcast(g, logits)
+    classes = x.shape[-1]
+    valid, safe = cross_entropy_valid(g, labels, attrs["ignore_index"])
+    d = g.where(valid, dloss, g.scalar(0, dloss.dtype))
+    row = d if dlse is None else d + dlse
+
+    def col(v):
+        return g.reshape(v, shape=list(v.shape) + [1])
+    p = g.exp(x - col(lse))
+    target = g.one_hot(safe, num_classes=classes, dtype=x.dtype.name)
+    if e:
+        target = target * (1.0 - e) + e / classes
+    return [downcast(g, p * col(row) - target * col(d), logits.dtype)]

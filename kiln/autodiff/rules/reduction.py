@@ -1,9 +1,10 @@
-"""Derivatives of reductions and of softmax / log_softmax along one axis."""
+"""Derivatives of reductions, of softmax / log_softmax along one axis, and of the softmax
+cross-entropy (its VJP is the fused softmax_cross_entropy_backward op)."""
 
 from __future__ import annotations
 
 from ..registry import jvp_rule, vjp_rule
-from ._util import downcast, graph_of, reduced_count, unreduce, upcast
+from ._util import downcast, graph_of, reduced_count, unreduce, upcast, zeros
 
 
 @vjp_rule("sum", "mean")
@@ -80,3 +81,40 @@ def _log_softmax_jvp(node, tangents):
     axis = node.attrs["axis"]
     y, t = upcast(g, node.outputs[0]), upcast(g, tangents[0])
     return [downcast(g, t - g.sum(t * g.exp(y), axes=axis, keepdims=True), node.outputs[0].dtype)]
+
+
+@vjp_rule("softmax_cross_entropy")
+def _softmax_cross_entropy_vjp(node, cts, needs):
+    if not needs[0] or (cts[0] is None and cts[1] is None):
+        return [None, None]
+    g = graph_of(node)
+    logits, labels = node.inputs
+    loss, lse = node.outputs
+    dloss = cts[0] if cts[0] is not None else zeros(g, loss.shape, loss.dtype)
+    return [g.softmax_cross_entropy_backward(logits, labels, lse, dloss, cts[1], **node.attrs), None]
+
+
+def cross_entropy_valid(g, labels, ignore_index: int):
+    """(valid rows, labels with ignored rows pointing at class 0), as graph values."""
+    valid = g.not_equal(labels, g.scalar(ignore_index, labels.dtype))
+    return valid, g.where(valid, labels, g.scalar(0, labels.dtype))
+
+
+@jvp_rule("softmax_cross_entropy")
+def _softmax_cross_entropy_jvp(node, tangents):
+    t = tangents[0]
+    if t is None:
+        return [None, None]
+    g = graph_of(node)
+    logits, labels = node.inputs
+    lse = node.outputs[1]
+    e = node.attrs["label_smoothing"]
+    x, t = upcast(g, logits), upcast(g, t)
+    p = g.exp(x - g.reshape(lse, shape=list(lse.shape) + [1]))
+    dlse = g.sum(p * t, axes=[-1])
+    valid, safe = cross_entropy_valid(g, labels, node.attrs["ignore_index"])
+    target = g.reshape(g.take_along_axis(t, g.reshape(safe, shape=list(safe.shape) + [1]), axis=-1),
+                       shape=list(labels.shape))
+    if e:
+        target = target * (1.0 - e) + g.mean(t, axes=[-1]) * e
+    return [g.where(valid, dlse - target, g.scalar(0, dlse.dtype)), dlse]

@@ -27,6 +27,7 @@ from kiln.compile.step_inputs import flat_ids
 from .device import interpreting, kiln_dtype, programmatic_launch, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
 from .kernels import attention as attn_k
+from .kernels import cross_entropy as xent_k
 from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
 from .kernels.gemv import Gemv
@@ -439,6 +440,44 @@ class Lowering:
 
     def _op_argmax(self, i, s):
         return self._reduce(s, "argmax")
+
+    # ---- softmax cross-entropy ---------------------------------------------------------------
+    def _xent_logits(self, vid: int):
+        """The logits operand and its row layout (a copy when its rows are not two-level strided)."""
+        x = self.vals[vid]
+        layout = xent_k.row_layout(x.meta)
+        if layout is None:
+            x = self._contiguous(x)
+            layout = xent_k.row_layout(x.meta)
+        return x, layout
+
+    def _xent_rows(self, vid: int | None):
+        """A per-row operand as a flat [rows] view (a copy where no single stride walks it)."""
+        if vid is None:
+            return None
+        op = self.vals[vid]
+        try:
+            return op.derive(op.meta.view(-1))
+        except RuntimeError:
+            c = self._contiguous(op)
+            return c.derive(c.meta.view(-1))
+
+    def _op_softmax_cross_entropy(self, i, s):
+        x, layout = self._xent_logits(s.inputs[0])
+        labels = self._xent_rows(s.inputs[1])
+        loss, lse = (self._out(o) for o in s.outputs)
+        k = xent_k.SoftmaxCrossEntropy(x.meta, layout, labels.meta, **s.attrs)
+        self._emit("reduction", s.op, k, (x, labels, loss.derive(loss.meta.view(-1)), lse.derive(lse.meta.view(-1))))
+
+    def _op_softmax_cross_entropy_backward(self, i, s):
+        x, layout = self._xent_logits(s.inputs[0])
+        labels, lse, dloss, dlse = (self._xent_rows(v) for v in s.inputs[1:])
+        dx = self._out(s.outputs[0])
+        if not dx.meta.is_contiguous():
+            raise NotImplementedError("softmax_cross_entropy_backward into a permuted slot")
+        k = xent_k.SoftmaxCrossEntropyBackward(x.meta, layout, labels.meta, lse.meta, dloss.meta,
+                                               dlse.meta if dlse is not None else None, **s.attrs)
+        self._emit("reduction", s.op, k, (x, labels, lse, dloss, dlse, dx))
 
     # ---- matmul ------------------------------------------------------------------------------
     def _op_linear(self, i, s):

@@ -1,5 +1,6 @@
 """Ops that backward passes need and forward models do not: scatter-adds (the transposes of
-gathers) and attention with its log-sum-exp saved, plus attention's fused backward.
+gathers), attention with its log-sum-exp saved, plus attention's and softmax cross-entropy's
+fused backwards.
 
 They are ordinary ops (type rules here, kernels per backend, VJP/JVP rules in kiln.autodiff),
 so a training graph is just a graph.
@@ -13,6 +14,7 @@ from ..op_spec import REQUIRED, OpSpec, register_op
 from ..shapes import norm_axis
 from ._rules import expect_int, expect_same_dtype, expect_shape, tt
 from .attention import _attention
+from .reduction import CROSS_ENTROPY_ATTRS, check_cross_entropy
 
 
 def _index_add(types, attrs):
@@ -97,6 +99,25 @@ register_op(OpSpec(
     doc="Gradients (dq, dk, dv[, dscores]) of attention_lse from its output and saved log-sum-exp; "
         "probabilities are recomputed from lse. dlse is the cotangent of lse (second-order use). "
         "With mask_grad, also the gradient of the scores [B, Hq, Sq, Sk], i.e. of an additive mask."))
+
+
+def _softmax_cross_entropy_backward(types, attrs):
+    op = "softmax_cross_entropy_backward"
+    logits, labels, lse, dloss, dlse = types
+    row = check_cross_entropy(op, logits, labels, attrs)
+    for name, t in (("lse", lse), ("dloss", dloss), ("dlse", dlse)):
+        if t is not None and t != row:
+            raise GraphError(f"op {op!r}: {name} must be {row} (one per row of logits {logits}), got {t}")
+    return logits
+
+
+register_op(OpSpec(
+    "softmax_cross_entropy_backward", "reduction", ("logits", "labels", "lse", "dloss", "dlse?"),
+    _softmax_cross_entropy_backward, attrs=dict(CROSS_ENTROPY_ATTRS),
+    doc="The gradient of softmax_cross_entropy's logits, in the logits' dtype, from its saved lse: "
+        "p * (d + dlse) - ((1 - e) onehot(label) + e / V) * d with p = exp(logits - lse) and d = dloss "
+        "(0 on rows whose label is ignore_index). dlse is the cotangent of lse (absent: 0), so ignored "
+        "rows get zeros. Computed row by row; the probabilities are never stored."))
 
 
 def _interpolate_backward(types, attrs):

@@ -1,4 +1,5 @@
-"""Kernels of the backward-pass ops: scatter-adds and attention with a saved log-sum-exp."""
+"""Kernels of the backward-pass ops: scatter-adds, attention with a saved log-sum-exp and its
+backward, softmax cross-entropy's backward."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 
 from ._registry import compute_dtype, kernel, up
 from .attention import attention_bias
+from .reduction import cross_entropy_rows
 
 
 @kernel("index_add")
@@ -105,6 +107,21 @@ def _attention_backward(q, k, v, mask, out, lse, dout, dlse=None, causal=False, 
     dk = _sum_heads(np.matmul(np.swapaxes(ds, -1, -2), up(q)), hk)
     grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype))
     return grads + (dmask.astype(q.dtype),) if mask_grad else grads
+
+
+@kernel("softmax_cross_entropy_backward")
+def _softmax_cross_entropy_backward(logits, labels, lse, dloss, dlse=None, ignore_index=-100, label_smoothing=0.0):
+    x = up(logits)
+    classes = x.shape[-1]
+    valid, safe = cross_entropy_rows("softmax_cross_entropy_backward", labels, classes, ignore_index)
+    d = np.where(valid, up(dloss), 0).astype(x.dtype, copy=False)
+    row = d if dlse is None else d + up(dlse)
+    dx = np.exp(x - up(lse)[..., None]) * row[..., None]
+    if label_smoothing:
+        dx = dx - (label_smoothing / classes) * d[..., None]
+    picked = np.take_along_axis(dx, safe[..., None], axis=-1)
+    np.put_along_axis(dx, safe[..., None], picked - (1.0 - label_smoothing) * d[..., None], axis=-1)
+    return dx.astype(logits.dtype, copy=False)
 
 
 def _add_along(g: np.ndarray, axis: int, idx: np.ndarray, size: int) -> np.ndarray:

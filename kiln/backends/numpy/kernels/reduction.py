@@ -1,8 +1,10 @@
-"""Reduction kernels; half inputs accumulate in float32."""
+"""Reduction kernels (and the row-wise softmax cross-entropy); half inputs accumulate in float32."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from kiln.errors import InputError
 
 from ._registry import kernel, up
 
@@ -51,3 +53,30 @@ def _softmax(x, axis=-1):
 @kernel("log_softmax")
 def _log_softmax(x, axis=-1):
     return log_softmax(up(x), axis).astype(x.dtype, copy=False)
+
+
+def cross_entropy_rows(op: str, labels: np.ndarray, classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, safe labels): which rows count, and labels with ignored rows pointing at class 0.
+    A label outside [0, classes) that is not ignore_index is an InputError naming it."""
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= classes))
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{op}: label {int(labels[at])} at {at} is outside [0, {classes}) "
+                         f"and is not ignore_index ({ignore_index})")
+    return valid, np.where(valid, labels, 0)
+
+
+@kernel("softmax_cross_entropy")
+def _softmax_cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
+    x = up(logits)
+    valid, safe = cross_entropy_rows("softmax_cross_entropy", labels, x.shape[-1], ignore_index)
+    m = np.max(x, axis=-1)
+    shift = np.where(np.isfinite(m), m, 0)
+    with np.errstate(divide="ignore"):
+        lse = np.log(np.sum(np.exp(x - shift[..., None]), axis=-1)) + shift
+    target = np.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        target = (1.0 - label_smoothing) * target + label_smoothing * np.mean(x, axis=-1)
+    loss = np.where(valid, lse - target, 0)
+    return loss.astype(x.dtype, copy=False), lse.astype(x.dtype, copy=False)
