@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     x = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     bw_ms = graph_us(torch, [lambda: x[: 2**27].copy_(x[2**27:])], reps=10)
     bw = 2 * 2**27 / (bw_ms * 1e-6)
-    del x
+    x = None   # free the copy buffers
     pdl = programmatic_launch()
     log(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s, rows {args.rows}, early launch {pdl}")
     bf, M = torch.bfloat16, args.rows
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                 log(f"      (BN, BK, warps, early) {b}: {times[b]:6.1f} us ({ideal / times[b]:4.0%})")
             out["shapes"][f"{model}:{name}"] = dict(N=width, K=K, ideal_us=ideal, default_us=t_default, cublas_us=cub,
                                                     all={str(k): v for k, v in times.items()})
-            del ws
+            ws = None
             if args.json:
                 Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
