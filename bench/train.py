@@ -69,8 +69,9 @@ def kiln_loss_graph(cfg, batch: int, seq: int, precision: str):
 
     compute = "bfloat16" if precision == "mixed" else "float32"
     g = LlamaGraphs(cfg, compute).prefill_graph(batch, seq)
-    logits = g.slice(g.outputs["logits"], axes=[1], starts=[0], ends=[seq - 1])   # float32 (the head casts)
-    loss = cross_entropy(g, logits, g.input("labels", (batch, seq - 1), "int64"))
+    # labels[:, t] = input_ids[:, t + 1], the last position ignored (-100): the same loss as slicing
+    # logits[:, :-1], without a slice whose gradient pads a [B, S, V] tensor
+    loss = cross_entropy(g, g.outputs["logits"], g.input("labels", (batch, seq), "int64"))
     g.outputs = {"loss": loss}
     return with_master_weights(g, "float32") if compute != "float32" else g
 
@@ -100,7 +101,8 @@ def bench_kiln(torch, args, ckpt: Path, batch: dict, res: dict) -> None:
 
     cfg, _, filename = read_llama_config(ckpt)
     params = llama_params(WeightMap(load_checkpoint_dir(ckpt, filename=filename), source=str(ckpt)), cfg, "float32")
-    feeds = {**batch, "labels": np.ascontiguousarray(batch["input_ids"][:, 1:])}
+    ids = batch["input_ids"]
+    feeds = {**batch, "labels": np.concatenate([ids[:, 1:], np.full((ids.shape[0], 1), -100, ids.dtype)], axis=1)}
     from kiln.train import AdamW, TrainStep
 
     t0 = time.perf_counter()
