@@ -6,8 +6,10 @@ change the math (a matmul's norm prologue, activation and residual epilogue, att
 are the optimizer's fused ops; grouping only decides what runs in one launch:
 
 - pointwise chains: a pointwise step takes in the pointwise kernels before it whose
-  results only the chain reads and that are not outputs (a DAG of pointwise ops is one
-  expression); the launch runs at the chain's last step;
+  results only the chain reads (a DAG of pointwise ops is one expression), and those of the
+  chain's shape whose other readers all come after it (or that are outputs): they become
+  more outputs of the launch (an optimizer update writes the new moments and the parameter
+  in one pass); the launch runs at the chain's last step;
 - a matmul's cast to float32 (half-precision logits): the launch rounds its result to
   the matmul dtype and stores float32;
 - a decode step's q/k/v epilogue: rope(q), rope(k) written into its cache, and v written
@@ -85,7 +87,7 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
                 del groups[cast_of]
                 arch, pattern, members = "matmul", "matmul_cast", [cast_of, i]
             else:
-                members = _pointwise_chain(steps, i, producer, readers, keep, groups)
+                members = _pointwise_chain(steps, i, producer, readers, keep, groups, types)
                 pattern = "pointwise_chain" if len(members) > 1 else "single"
         groups[i] = (arch, pattern, members)
         group_of.update((m, i) for m in members)
@@ -111,18 +113,24 @@ def _matmul_cast_source(steps, i, producer, readers, keep, types, groups) -> int
     return j
 
 
-def _pointwise_chain(steps, i, producer, readers, keep, groups) -> list[int]:
+def _pointwise_chain(steps, i, producer, readers, keep, groups, types) -> list[int]:
     """Step i and the pointwise groups before it whose results only the chain reads (a DAG is fine:
-    a value read by several steps joins once all of its readers are in the chain)."""
+    a value read by several steps joins once all of its readers are in the chain), or that have
+    the chain's shape and no reader outside the chain before step i (they become outputs too)."""
     members = {i}
+    shape = types[steps[i].outputs[0]].shape
     changed = True
     while changed:
         changed = False
         produced = {o for m in members for o in steps[m].outputs}
         for v in {v for m in members for v in flat_ids(steps[m].inputs)} - produced:
             p = producer.get(v)
-            if p is None or p not in groups or groups[p][0] != "pointwise" or v in keep \
-                    or not readers.get(v, set()) <= members:
+            if p is None or p not in groups or groups[p][0] != "pointwise":
+                continue
+            group = set(groups[p][2])
+            if not all(types[o].shape == shape and all(r > i for r in outside)
+                       for m in group for o in steps[m].outputs
+                       for outside in [readers.get(o, set()) - members - group] if o in keep or outside):
                 continue
             members.update(groups.pop(p)[2])
             changed = True

@@ -167,8 +167,8 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
         if sole.get(vin) == vout:
             out[vout] = vin   # nothing else reads the old cache: write the new rows into it
             continue
-        if kern is not None and kern.last != i:
-            continue  # a fused launch writes only its kernel's last value
+        if kern is not None and kern.last != i and kern.archetype != "pointwise":
+            continue  # a fused launch writes only its kernel's last value (a pointwise chain: all it keeps)
         first = kern.first if kern is not None else i
         members = set(kern.steps) if kern is not None else {i}
         ok = True
@@ -181,8 +181,8 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
                     if st.op == "cache_write" and j == i and v == vin and st.inputs[0] == vin \
                             and st.inputs[1] != vin:
                         continue  # the cache itself: only the new rows are written
-                    if v == vin and _elementwise(st, types, vin, vout):
-                        continue  # read at the element it writes
+                    if v == vin and j <= i and _elementwise(st, types, vin, vout):
+                        continue  # read at the element it writes (and, step by step, before it)
                     ok = False
                 else:
                     jk = steps[j].kernel

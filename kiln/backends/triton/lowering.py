@@ -321,14 +321,18 @@ class Lowering:
                     ext.append(self.vals[v])
                 args.append(refs[v])
             node_ref[s.outputs[0]] = e.add(s.op, args, s.attrs, self.types[s.outputs[0]].dtype)
-        e.outputs = [node_ref[out_vid].index]
-        out = self._out(out_vid)
+        # the chain's value, and its members' values that the Plan keeps or a later step reads
+        inside = set(members)
+        out_vids = [o for m in members for o in steps[m].outputs
+                    if o == out_vid or o in self.keep or not set(self.readers.get(o, ())) <= inside]
+        e.outputs = [node_ref[o].index for o in out_vids]
+        outs = [self._out(o) for o in out_vids]
         shape = tuple(self.types[out_vid].shape)
-        k = PointwiseKernel(e, shape, [o.meta for o in ext], [out.meta])
+        k = PointwiseKernel(e, shape, [o.meta for o in ext], [o.meta for o in outs])
         label = "+".join(steps[m].op for m in members)
         if len(members) > 1:
             self.fused["pointwise_chain"] += 1
-        self._emit("pointwise", label, k, (ext, [out]))
+        self._emit("pointwise", label, k, (ext, outs))
 
     def _decode_qkv(self, members) -> None:
         """The Plan's rope_qkv_cache kernel: rope(q); rope(k) into its cache; v into its cache, one launch."""
