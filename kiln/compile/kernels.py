@@ -10,6 +10,10 @@ are the optimizer's fused ops; grouping only decides what runs in one launch:
   chain's shape whose other readers all come after it (or that are outputs): they become
   more outputs of the launch (an optimizer update writes the new moments and the parameter
   in one pass); the launch runs at the chain's last step;
+- multi-tensor launches: pointwise chains that compute the same expression (same ops, attributes,
+  dtypes and constants; each operand full-size or one element) over independent tensors, such as
+  the optimizer update of every parameter, are one launch at the last chain's step, when nothing
+  reads any of their results before it (`multi_tensor_groups`);
 - a matmul's cast to float32 (half-precision logits): the launch rounds its result to
   the matmul dtype and stores float32;
 - a decode step's q/k/v epilogue: rope(q), rope(k) written into its cache, and v written
@@ -37,7 +41,8 @@ HALF = ("float16", "bfloat16")
 class Kernel:
     archetype: str
     steps: list[int] = field(default_factory=list)
-    pattern: str = "single"   # single | pointwise_chain | matmul_cast | rope_qkv_cache
+    pattern: str = "single"   # single | pointwise_chain | matmul_cast | rope_qkv_cache | multi_tensor
+    parts: list[list[int]] = field(default_factory=list)   # multi_tensor: the chains, in launch order
 
     @property
     def first(self) -> int:
@@ -47,6 +52,11 @@ class Kernel:
     def last(self) -> int:
         return self.steps[-1]
 
+    def chain_of(self, step: int) -> list[int]:
+        """The steps that compute together with `step` element by element: its chain of a
+        multi-tensor launch, else the whole kernel."""
+        return next((p for p in self.parts if step in p), self.steps)
+
 
 def archetype_of(op: str) -> str:
     try:
@@ -55,13 +65,15 @@ def archetype_of(op: str) -> str:
         return "layout"
 
 
-def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int, int] | None = None) -> list[Kernel]:
+def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int, int] | None = None,
+                  constants: dict | None = None) -> list[Kernel]:
     """Assign `step.kernel` for every compute step (views stay -1) and return the kernels in launch
     order (each launches at its last step).
 
     `keep`: values read after the plan (graph outputs, assigned states); `types`: value id ->
     TensorType; `in_place_states`: state value id -> the value assigned to it, for the
-    states whose update is always in place.
+    states whose update is always in place; `constants`: value id -> array (chains that differ
+    only in a constant's value are not one multi-tensor launch).
     """
     producer: dict[int, int] = {}  # value id -> step index
     readers: dict[int, set[int]] = {}
@@ -91,13 +103,82 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
                 pattern = "pointwise_chain" if len(members) > 1 else "single"
         groups[i] = (arch, pattern, members)
         group_of.update((m, i) for m in members)
+    parts_of = {}
+    for parts in multi_tensor_groups(steps, groups, readers, keep, types, constants or {}):
+        for members in parts:
+            del groups[members[-1]]
+        groups[parts[-1][-1]] = ("pointwise", "multi_tensor", sorted(m for p in parts for m in p))
+        parts_of[parts[-1][-1]] = parts
     kernels = []
     for last in sorted(groups):
         arch, pattern, members = groups[last]
         for m in members:
             steps[m].kernel = len(kernels)
-        kernels.append(Kernel(arch, sorted(members), pattern))
+        kernels.append(Kernel(arch, sorted(members), pattern, parts_of.get(last, [])))
     return kernels
+
+
+def multi_tensor_groups(steps, groups, readers, keep, types, constants) -> list[list[list[int]]]:
+    """Runs of pointwise chains with one signature (`_chain_signature`), each run launchable at its
+    last chain's step: no step outside a chain reads a chain's result before that."""
+    by_sig: dict[tuple, list[list[int]]] = {}
+    for last in sorted(groups):
+        arch, _, members = groups[last]
+        if arch != "pointwise":
+            continue
+        sig = _chain_signature(steps, members, readers, keep, types, constants)
+        if sig is not None:
+            by_sig.setdefault(sig, []).append(members)
+    found = []
+    for chains in by_sig.values():
+        run: list[list[int]] = []
+        first_read = len(steps)     # the earliest step outside the run that reads one of its results
+        for members in chains:
+            read = min(_outside_readers(steps, members, readers), default=len(steps))
+            if run and first_read > members[-1]:
+                run.append(members)
+                first_read = min(first_read, read)
+                continue
+            if len(run) > 1:
+                found.append(run)
+            run, first_read = [members], read
+        if len(run) > 1:
+            found.append(run)
+    return found
+
+
+def _outside_readers(steps, members, readers) -> set[int]:
+    inside = set(members)
+    return {r for m in members for o in steps[m].outputs for r in readers.get(o, ())} - inside
+
+
+def _chain_signature(steps, members, readers, keep, types, constants):
+    """What makes chains one multi-tensor expression: per step its op, attributes and operands (a
+    step of the chain by position; else dtype and full-size / one element, constants by value),
+    and which results leave the chain. None when an operand broadcasts otherwise."""
+    pos = {o: k for k, m in enumerate(members) for o in steps[m].outputs}
+    shape = types[steps[members[-1]].outputs[0]].shape
+    inside = set(members)
+    sig = []
+    for m in members:
+        s = steps[m]
+        args = []
+        for v in flat_ids(s.inputs):
+            if v in pos:
+                args.append(("step", pos[v]))
+            elif v in constants and types[v].size == 1:
+                args.append(("const", types[v].dtype.name, repr(constants[v].tolist()
+                                                             if hasattr(constants[v], "tolist") else constants[v])))
+            elif types[v].shape == shape:
+                args.append(("full", types[v].dtype.name))
+            elif types[v].size == 1:
+                args.append(("one", types[v].dtype.name))
+            else:
+                return None
+        out = s.outputs[0]
+        leaves = out in keep or not set(readers.get(out, ())) <= inside
+        sig.append((s.op, repr(sorted(s.attrs.items())), tuple(args), types[out].dtype.name, leaves))
+    return tuple(sig)
 
 
 def _matmul_cast_source(steps, i, producer, readers, keep, types, groups) -> int | None:

@@ -170,7 +170,7 @@ def _states_in_place(steps, types, kernels, states, value_storage) -> dict[int, 
         if kern is not None and kern.last != i and kern.archetype != "pointwise":
             continue  # a fused launch writes only its kernel's last value (a pointwise chain: all it keeps)
         first = kern.first if kern is not None else i
-        members = set(kern.steps) if kern is not None else {i}
+        members = set(kern.chain_of(i)) if kern is not None else {i}
         ok = True
         for v, b in base.items():
             if b != vin:
@@ -236,7 +236,7 @@ def _inplace_donor(steps, kernels, out: int, plan: MemoryPlan, types, i: int):
     except KeyError:
         return None
     t = types[out]
-    members = kernels[step.kernel].steps if kernels is not None and step.kernel >= 0 else [i]
+    members = kernels[step.kernel].chain_of(i) if kernels is not None and step.kernel >= 0 else [i]
     for v in flat_ids(step.inputs):
         owner = plan.value_storage.get(v)
         if owner != v:  # only a value that owns its storage has the output's layout

@@ -121,7 +121,7 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
     keep = set(outputs.values()) | {vout for _, vout, _ in states.values()}
     _assign_releases(steps, keep | static)
     pairs = [(vin, vout) for vin, vout, _ in states.values()]
-    kernels = group_kernels(steps, keep, types, sole_cache_writes(steps, pairs))
+    kernels = group_kernels(steps, keep, types, sole_cache_writes(steps, pairs), constants)
     memory = plan_memory(steps, types, keep, reuse=reuse_memory, kernels=kernels,
                          states={n: (vin, vout) for n, (vin, vout, _) in states.items()})
     for s in steps:

@@ -79,3 +79,25 @@ def test_float64_and_large_literals(rng):
     x = g.input("x", (9,), "float64")
     g.output("y", g.exp(x) * g.scalar(1e10, "float64") + g.scalar(0.1, "float64"))
     check(g, {"x": randn(rng, (9,), "float64")})
+
+
+def test_one_expression_over_independent_tensors_is_one_launch(rng):
+    """An optimizer-like update of three parameters of different sizes (and one of a single
+    element) sharing a scalar input: one multi-tensor launch, equal to the reference."""
+    from helpers import run_both, assert_close
+    g = Graph()
+    lr = g.input("lr", ())
+    shapes = [(37, 5), (300,), (1,), (2, 3, 4)]
+    feeds = {"lr": np.asarray(0.1, np.float32)}
+    for i, shape in enumerate(shapes):
+        p, d = g.input(f"p{i}", shape), g.input(f"g{i}", shape)
+        g.output(f"new{i}", p - lr * (d * 0.5 + p * 0.01))
+        feeds[f"p{i}"], feeds[f"g{i}"] = randn(rng, shape), randn(rng, shape)
+    ref, out, cg = run_both(g, feeds)
+    assert_close(out, ref)
+    labels = [launch.label for launch in cg.executor.program.launches]
+    assert len(labels) == 1 and labels[0].endswith(f"[{len(shapes)} tensors]"), labels
+    for _ in range(2):   # the pointer tables are reused run after run
+        feeds = {k: randn(rng, v.shape) if k != "lr" else v for k, v in feeds.items()}
+        ref = run_both(g, feeds)[0]
+        assert_close(cg.run(**feeds), ref)

@@ -32,7 +32,7 @@ from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
 from .kernels.gemv import Gemv
 from .kernels import reduction as red_k
-from .kernels.pointwise import PointwiseExpr, PointwiseKernel, Ref
+from .kernels.pointwise import MultiTensorPointwise, PointwiseExpr, PointwiseKernel, Ref
 
 ALIGN = 256
 
@@ -225,6 +225,8 @@ class Lowering:
             self._steps = tuple(k.steps)
             if k.pattern == "rope_qkv_cache":
                 self._decode_qkv(k.steps)
+            elif k.pattern == "multi_tensor":
+                self._multi_tensor(k.parts)
             elif k.archetype == "pointwise":
                 self._pointwise_group(k.steps)
             elif k.pattern == "matmul_cast":
@@ -299,6 +301,35 @@ class Lowering:
 
     # ---- pointwise ---------------------------------------------------------------------------
     def _pointwise_group(self, members: list[int]) -> None:
+        e, ext, out_vids = self._pointwise_expr(members)
+        outs = [self._out(o) for o in out_vids]
+        shape = tuple(self.types[out_vids[-1]].shape)
+        k = PointwiseKernel(e, shape, [o.meta for o in ext], [o.meta for o in outs])
+        label = "+".join(self.plan.steps[m].op for m in members)
+        if len(members) > 1:
+            self.fused["pointwise_chain"] += 1
+        self._emit("pointwise", label, k, (ext, outs))
+
+    def _multi_tensor(self, parts: list[list[int]]) -> None:
+        """The Plan's multi-tensor kernel: one launch over every chain's tensors, or a launch per
+        chain where an operand is not contiguous (the launch indexes flat tensors)."""
+        sets = [self._pointwise_expr(members) for members in parts]
+        e = sets[0][0]
+        ins = [ext for _, ext, _ in sets]
+        outs = [[self._out(o) for o in out_vids] for _, _, out_vids in sets]
+        flat = all(op.meta.is_contiguous() and op.meta.dtype != torch.bool for group in ins + outs for op in group)
+        if not flat or any(s[0].key() != e.key() for s in sets):
+            for members in parts:
+                self._pointwise_group(members)
+            return
+        k = MultiTensorPointwise(e, [[op.meta for op in g] for g in ins], [[op.meta for op in g] for g in outs])
+        self.fused["multi_tensor"] += 1
+        label = "+".join(self.plan.steps[m].op for m in parts[0]) + f" [{len(parts)} tensors]"
+        self._emit("pointwise", label, k, (ins, outs))
+
+    def _pointwise_expr(self, members: list[int]):
+        """The fused expression of a chain, its external operands, and the values it writes: the
+        chain's value and its members' values that the Plan keeps or a later step reads."""
         steps = self.plan.steps
         out_vid = steps[members[-1]].outputs[0]
         e = PointwiseExpr()
@@ -321,18 +352,11 @@ class Lowering:
                     ext.append(self.vals[v])
                 args.append(refs[v])
             node_ref[s.outputs[0]] = e.add(s.op, args, s.attrs, self.types[s.outputs[0]].dtype)
-        # the chain's value, and its members' values that the Plan keeps or a later step reads
         inside = set(members)
         out_vids = [o for m in members for o in steps[m].outputs
                     if o == out_vid or o in self.keep or not set(self.readers.get(o, ())) <= inside]
         e.outputs = [node_ref[o].index for o in out_vids]
-        outs = [self._out(o) for o in out_vids]
-        shape = tuple(self.types[out_vid].shape)
-        k = PointwiseKernel(e, shape, [o.meta for o in ext], [o.meta for o in outs])
-        label = "+".join(steps[m].op for m in members)
-        if len(members) > 1:
-            self.fused["pointwise_chain"] += 1
-        self._emit("pointwise", label, k, (ext, outs))
+        return e, ext, out_vids
 
     def _decode_qkv(self, members) -> None:
         """The Plan's rope_qkv_cache kernel: rope(q); rope(k) into its cache; v into its cache, one launch."""

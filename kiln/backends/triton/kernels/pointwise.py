@@ -125,18 +125,38 @@ def _lit(value, dt: DType | None) -> str:
 
 
 def generate_source(expr: PointwiseExpr, shape: tuple[int, ...], in_strides: list[tuple[int, ...]],
-                    out_strides: list[tuple[int, ...]], out_dtypes: list[DType], wide: bool) -> str:
-    """The Triton source of one kernel computing `expr` over a (collapsed) `shape`."""
+                    out_strides: list[tuple[int, ...]], out_dtypes: list[DType], wide: bool,
+                    multi: bool = False) -> str:
+    """The Triton source of one kernel computing `expr` over a (collapsed) `shape`.
+
+    multi: over many flat tensor sets in one launch (`MultiTensorPointwise`): operand i of every
+    set is a pointer in table in{i}_ptrs; program p works on elements [blk_start[p], + BLOCK) of
+    set blk_set[p], whose length is numels[set]; strides are (1,) or (0,) (one element)."""
     n_in, n_out = len(expr.input_dtypes), len(expr.outputs)
     params = [f"in{i}" for i in range(n_in)] + [f"out{i}" for i in range(n_out)]
-    lines = [
+    head = [
         "import triton", "import triton.language as tl", "from kiln.backends.triton.kernels import tmath as tm", "",
-        "", "@triton.jit", f"def {kernel_name(expr)}({', '.join(params)}, N, BLOCK: tl.constexpr):",
-        "    pid = tl.program_id(0)",
-        ("    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)" if wide
-         else "    offs = pid * BLOCK + tl.arange(0, BLOCK)"),
-        "    mask = offs < N",
-    ]
+        "", "@triton.jit"]
+    if multi:
+        out_types = [_STORAGE[dt.name] for dt in out_dtypes]
+        in_types = [_STORAGE[dt.name] for dt in expr.input_dtypes]
+        lines = head + [
+            f"def {kernel_name(expr, 'mt_')}({', '.join(p + '_ptrs' for p in params)}, blk_set, blk_start, numels, "
+            "BLOCK: tl.constexpr):",
+            "    pid = tl.program_id(0)",
+            "    t = tl.load(blk_set + pid)",
+            "    offs = tl.load(blk_start + pid) + tl.arange(0, BLOCK).to(tl.int64)",
+            "    mask = offs < tl.load(numels + t)",
+        ] + [f"    {p} = tl.load({p}_ptrs + t).to(tl.pointer_type({ty}))"
+             for p, ty in zip(params, in_types + out_types)]
+    else:
+        lines = head + [
+            f"def {kernel_name(expr)}({', '.join(params)}, N, BLOCK: tl.constexpr):",
+            "    pid = tl.program_id(0)",
+            ("    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)" if wide
+             else "    offs = pid * BLOCK + tl.arange(0, BLOCK)"),
+            "    mask = offs < N",
+        ]
     rank = len(shape)
     idx = []
     if rank == 1:
@@ -174,13 +194,13 @@ def generate_source(expr: PointwiseExpr, shape: tuple[int, ...], in_strides: lis
     for k, (node, dt) in enumerate(zip(expr.outputs, out_dtypes)):
         val = names[("node", node)]
         lines.append(f"    tl.store(out{k} + ({offset(out_strides[k])}), {val}.to({_STORAGE[dt.name]}), mask=mask)")
-    lines += ["", "", f"kernel = {kernel_name(expr)}"]
+    lines += ["", "", f"kernel = {kernel_name(expr, 'mt_' if multi else 'pw_')}"]
     return "\n".join(lines) + "\n"
 
 
-def kernel_name(expr: PointwiseExpr) -> str:
-    """`pw_` and the chain's ops: the name profilers (CUPTI, Nsight) show for the launch."""
-    return ("pw_" + "_".join(op for op, *_ in expr.nodes))[:64]
+def kernel_name(expr: PointwiseExpr, prefix: str = "pw_") -> str:
+    """`pw_` (`mt_` multi-tensor) and the chain's ops: the name profilers (CUPTI, Nsight) show."""
+    return (prefix + "_".join(op for op, *_ in expr.nodes))[:64]
 
 
 def _is_float_name(dt: DType | None) -> bool:
@@ -306,3 +326,57 @@ def _torch_of(dt: DType) -> torch.dtype:
     from ..device import torch_dtype
     return torch_dtype(dt)
 
+
+
+MULTI_TENSOR_BLOCK = 1024
+
+
+class MultiTensorPointwise:
+    """One launch of one pointwise expression over many independent sets of flat tensors (the
+    optimizer update of every parameter): a table of block -> (set, start) and one pointer table
+    per operand. The tables are built on the first call and reused while the tensors keep their
+    addresses (a CUDA graph replays them), rebuilt when they move."""
+
+    archetype = "pointwise"
+
+    def __init__(self, expr: PointwiseExpr, in_views: list[list[torch.Tensor]], out_views: list[list[torch.Tensor]],
+                 cache: KernelCache | None = None):
+        if not in_views or len(in_views) != len(out_views):
+            raise ValueError("multi-tensor pointwise kernel needs one operand list per tensor set")
+        self.numels = [int(outs[0].numel()) for outs in out_views]
+        one = [[v.numel() == 1 and n > 1 for v in ins] for ins, n in zip(in_views, self.numels)]
+        self.one = [any(col) for col in zip(*one)] if one and one[0] else []
+        for ins, outs, n in zip(in_views, out_views, self.numels):
+            for j, v in enumerate(ins):
+                if v.numel() != (1 if self.one[j] else n):
+                    raise ValueError(f"multi-tensor operand {j} has {v.numel()} elements, expected "
+                                     f"{1 if self.one[j] else n}")
+            if any(o.numel() != n for o in outs):
+                raise ValueError("multi-tensor outputs of one set must have one size")
+        out_dtypes = [expr.nodes[i][3] for i in expr.outputs]
+        in_strides = [(0,) if o else (1,) for o in self.one]
+        key = {"expr": expr.key(), "multi": True, "one": self.one, "gen": _GENERATOR}
+        cache = cache or default_cache()
+        self.fn = cache.kernel("pointwise", key, lambda: generate_source(
+            expr, (1,), in_strides, [(1,)] * len(out_dtypes), out_dtypes, True, multi=True))
+        self.block = MULTI_TENSOR_BLOCK if not interpreting() else 4096
+        sets = [s for s, n in enumerate(self.numels) for _ in range(0, n, self.block)]
+        starts = [b for n in self.numels for b in range(0, n, self.block)]
+        self._blocks = (np.asarray(sets, np.int32), np.asarray(starts, np.int64), np.asarray(self.numels, np.int64))
+        self.grid = (len(sets),)
+        self._tables = None
+
+    def _tables_for(self, ins, outs) -> tuple:
+        ptrs = tuple(t.data_ptr() for group in ins + outs for t in group)
+        if self._tables is None or self._tables[0] != ptrs:
+            dev = outs[0][0].device
+            per_operand = [[group[j].data_ptr() for group in ins] for j in range(len(ins[0]))] + \
+                          [[group[j].data_ptr() for group in outs] for j in range(len(outs[0]))]
+            tables = [torch.tensor(col, dtype=torch.int64, device=dev) for col in per_operand]
+            blocks = [torch.from_numpy(b).to(dev) for b in self._blocks]
+            self._tables = (ptrs, tables, blocks)
+        return self._tables[1], self._tables[2]
+
+    def __call__(self, ins: list[list[torch.Tensor]], outs: list[list[torch.Tensor]]) -> None:
+        tables, blocks = self._tables_for(ins, outs)
+        launch(self.fn, self.grid, *tables, *blocks, BLOCK=self.block)
