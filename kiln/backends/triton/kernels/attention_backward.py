@@ -112,7 +112,7 @@ def _bwd_dkdv(q, k, v, mask, dout, lse, delta, dk, dv,
             rows = rm.to(tl.int64)
             qdmask = mrow[:, None] & dmask[None, :]
             qt = tl.load(qbase + rows[:, None] * sqm + rd[None, :] * sqd, mask=qdmask, other=0.0)
-            dot = tl.load(dobase + rows[:, None] * sdom + rd[None, :] * sdod, mask=qdmask, other=0.0)
+            do_t = tl.load(dobase + rows[:, None] * sdom + rd[None, :] * sdod, mask=qdmask, other=0.0)
             lse_m = _safe_lse(lse + b * slb + h * slh + rows * slm, mrow)
             delta_m = tl.load(delta + (b * Hk * G + h) * Sq + rows, mask=mrow, other=0.0)
             # [keys, queries] tiles: s^T = k q^T
@@ -121,8 +121,8 @@ def _bwd_dkdv(q, k, v, mask, dout, lse, delta, dk, dv,
             mT = mask_scores(sT, (rm + (Sk - Sq))[None, :], kn[:, None], mrow[None, :],
                              mask + m_off[None, :] + keys * smn, Sk, window, CAUSAL, HAS_WINDOW, MASK)
             pT = tl.exp(mT - lse_m[None, :])
-            dv_acc += tm.mma(pT.to(dot.dtype), dot, IEEE, INTERP)
-            dpT = tm.mma(vt, tl.trans(dot), IEEE, INTERP)
+            dv_acc += tm.mma(pT.to(do_t.dtype), do_t, IEEE, INTERP)
+            dpT = tm.mma(vt, tl.trans(do_t), IEEE, INTERP)
             dsT = pT * (dpT - delta_m[None, :])
             if SOFTCAP:
                 t = sT / softcap
@@ -154,7 +154,7 @@ def _bwd_dq(q, k, v, mask, dout, lse, delta, dq,
     rows = rm.to(tl.int64)
     qdmask = mrow[:, None] & dmask[None, :]
     qt = tl.load(q + b * sqb + h * sqh + rows[:, None] * sqm + rd[None, :] * sqd, mask=qdmask, other=0.0)
-    dot = tl.load(dout + b * sdob + h * sdoh + rows[:, None] * sdom + rd[None, :] * sdod, mask=qdmask, other=0.0)
+    do_t = tl.load(dout + b * sdob + h * sdoh + rows[:, None] * sdom + rd[None, :] * sdod, mask=qdmask, other=0.0)
     lse_m = _safe_lse(lse + b * slb + h * slh + rows * slm, mrow)
     delta_m = tl.load(delta + bh.to(tl.int64) * Sq + rows, mask=mrow, other=0.0)
     qpos = rm + (Sk - Sq)
@@ -173,7 +173,7 @@ def _bwd_dq(q, k, v, mask, dout, lse, delta, dq,
         ms = mask_scores(s, qpos[:, None], kn[None, :], mrow[:, None], m_rows + kn[None, :].to(tl.int64) * smn,
                          Sk, window, CAUSAL, HAS_WINDOW, MASK)
         p = tl.exp(ms - lse_m[:, None])
-        dp = tm.mma(dot, tl.trans(vt), IEEE, INTERP)
+        dp = tm.mma(do_t, tl.trans(vt), IEEE, INTERP)
         ds = p * (dp - delta_m[:, None])
         if SOFTCAP:
             t = s / softcap
