@@ -1,7 +1,9 @@
 """Attention backward on one GPU: kiln's flash backward kernels against torch's
 scaled_dot_product_attention backward (flash backend) and kiln's torch fallback.
 
-At SmolLM2-135M's training shape by default (B=8, Hq=9, Hk=3, S=512, D=64, bfloat16, causal).
+At SmolLM2-135M's training shape by default (B=8, Hq=9, Hk=3, S=512, D=64, bfloat16, causal), with
+the training graph's padding mask (bool [B, 1, 1, S], all True here; `--mask none` drops it). torch's
+flash backend takes no mask, and an all-True one changes nothing, so sdpa runs with is_causal alone.
 Every peer gets the same q, k, v, dout; kiln's kernels take out and lse from kiln's forward kernel.
 `--sweep` times the backward for a grid of block sizes (`BackwardBlocks`), the dK/dV launch's
 and the dQ launch's each varied with the other at its default.
@@ -33,12 +35,14 @@ def kiln_backward(torch, args, q, k, v, dout, blocks=None):
     from kiln.backends.triton.kernels.attention import Attention
     from kiln.backends.triton.kernels.attention_backward import AttentionBackward
     B, Hq, S, _ = q.shape
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool, device="cuda") if args.mask == "padding" else None
+    kind = "bool" if mask is not None else "none"
     out, lse = torch.empty_like(q), torch.empty(B, Hq, S, device="cuda")
-    Attention(q.shape, k.shape, v.shape, q.dtype, causal=True, write_lse=True)(q, k, v, None, out, lse)
-    kern = AttentionBackward(q.shape, k.shape, v.shape, q.dtype, causal=True, blocks=blocks)
+    Attention(q.shape, k.shape, v.shape, q.dtype, causal=True, write_lse=True, mask_kind=kind)(q, k, v, mask, out, lse)
+    kern = AttentionBackward(q.shape, k.shape, v.shape, q.dtype, causal=True, mask_kind=kind, blocks=blocks)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scratch = [torch.empty(shape, dtype=dt, device="cuda") for shape, dt in kern.scratch()]
-    return (lambda: kern(q, k, v, None, out, lse, dout, None, dq, dk, dv, scratch)), (dq, dk, dv), kern.blocks
+    return (lambda: kern(q, k, v, mask, out, lse, dout, None, dq, dk, dv, scratch)), (dq, dk, dv), kern.blocks
 
 
 def sdpa_backward(torch, q, k, v, dout):
@@ -83,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--mask", default="padding", choices=["padding", "none"],
+                    help="kiln's kernels with the training graph's [B, 1, 1, S] bool mask, or none")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--sweep", action="store_true", help="time a grid of block sizes")
     args = ap.parse_args(argv)
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
     ref = [ref[0]] + [r if r.shape == k.shape else r.float().reshape(B, k.shape[1], g, S, D).sum(2) for r in ref[1:]]
     errs = ", ".join(f"{n} {((a.float() - b.float()).abs().max() / b.float().abs().max()).item():.2e}"
                      for n, a, b in zip(("dq", "dk", "dv"), grads, ref))
-    timing.log(f"attention backward B={B} Hq={Hq} Hk={k.shape[1]} S={S} D={D} {args.dtype} causal "
+    timing.log(f"attention backward B={B} Hq={Hq} Hk={k.shape[1]} S={S} D={D} {args.dtype} causal, mask {args.mask} "
                f"(kiln vs sdpa, max error / max: {errs})")
     timing.log(f"  {'':<28} {'ms':>8} {'TFLOP/s':>8}  note")
     for name, ms, note in rows:

@@ -52,6 +52,8 @@ CASES = {
     "window_noncausal_additive": (1, 2, 2, 17, 33, 16, dict(window=4, scale=0.3), "add", False),
     "window_noncausal_narrow": (1, 2, 1, 17, 33, 16, dict(window=2), None, False),   # blocks on both sides skipped
     "bool_mask_gqa": (2, 4, 2, 17, 17, 16, dict(), "bool", False),
+    "padding_mask_causal": (2, 4, 2, 17, 17, 16, dict(causal=True), "bool_keys", False),
+    "additive_per_key": (1, 2, 2, 17, 33, 32, dict(), "add_keys", False),
     "causal_dlse": (1, 2, 1, 17, 17, 32, dict(causal=True), None, True),
     "additive_dlse_sq_ne_sk": (1, 4, 2, 17, 5, 16, dict(), "add", True),
 }
@@ -68,7 +70,18 @@ def _feeds(rng, B, Hq, Hk, Sq, Sk, D, dtype, mask_kind):
         m = np.where(rng.random((1, Hq, Sq, Sk)) > 0.2, rng.standard_normal((1, Hq, Sq, Sk)), -np.inf)
         m[0, 1, 3] = -np.inf                             # a fully masked query row
         f["mask"] = m.astype(f["q"].dtype)
+    elif mask_kind == "bool_keys":                       # padding: the kernels load it by key
+        m = rng.random((B, 1, 1, Sk)) > 0.3
+        m[0, 0, 0, 0] = False                            # with causal, batch 0's first query sees nothing
+        f["mask"] = m
+    elif mask_kind == "add_keys":
+        m = np.where(rng.random((1, Hq, 1, Sk)) > 0.2, rng.standard_normal((1, Hq, 1, Sk)), -np.inf)
+        f["mask"] = m.astype(f["q"].dtype)
     return f
+
+
+MASK_SHAPES = {"bool": lambda B, Hq, Sq, Sk: (B, 1, Sq, Sk), "add": lambda B, Hq, Sq, Sk: (1, Hq, Sq, Sk),
+               "bool_keys": lambda B, Hq, Sq, Sk: (B, 1, 1, Sk), "add_keys": lambda B, Hq, Sq, Sk: (1, Hq, 1, Sk)}
 
 
 def _torch(a):
@@ -81,10 +94,8 @@ def _backward_graph(B, Hq, Hk, Sq, Sk, D, dtype, attrs, mask_kind, with_dlse):
     k = g.input("k", (B, Hk, Sk, D), dtype)
     v = g.input("v", (B, Hk, Sk, D), dtype)
     mask = None
-    if mask_kind == "bool":
-        mask = g.input("mask", (B, 1, Sq, Sk), "bool")
-    elif mask_kind == "add":
-        mask = g.input("mask", (1, Hq, Sq, Sk), dtype)
+    if mask_kind is not None:
+        mask = g.input("mask", MASK_SHAPES[mask_kind](B, Hq, Sq, Sk), "bool" if mask_kind.startswith("bool") else dtype)
     out = g.input("out", (B, Hq, Sq, D), dtype)
     lse = g.input("lse", (B, Hq, Sq), "float32")
     dout = g.input("dout", (B, Hq, Sq, D), dtype)
@@ -127,11 +138,14 @@ def test_attention_backward_matches_torch_autograd_float32(rng, case):
     got = _run_case(rng, case, "float32")
     if case == "bool_mask_gqa":
         assert not got["dq"][0, :, 2].any()          # the fully masked row: exactly 0
+    if case == "padding_mask_causal":
+        assert not got["dq"][0, :, 0].any()
     if case == "causal_more_queries":
         assert not got["dq"][:, :, :15].any()        # queries before the first key see nothing
 
 
-@pytest.mark.parametrize("case", ["causal_gqa", "window_softcap_gqa", "bool_mask_gqa", "additive_dlse_sq_ne_sk"])
+@pytest.mark.parametrize("case", ["causal_gqa", "window_softcap_gqa", "bool_mask_gqa", "additive_dlse_sq_ne_sk",
+                                  "additive_per_key"])
 def test_attention_backward_matches_torch_autograd_bfloat16(rng, case):
     _run_case(rng, case, "bfloat16")
 
@@ -176,27 +190,28 @@ def test_gradient_of_a_graph_with_attention_runs_the_flash_backward(rng):
 
 @pytest.mark.gpu
 def test_attention_backward_training_shape_on_gpu():
-    """SmolLM2-135M's attention (Hq=9, Hk=3, D=64) at S=512, bfloat16, causal, with the H200 block sizes,
-    against torch autograd in float32 from the same bfloat16 inputs."""
+    """SmolLM2-135M's attention (Hq=9, Hk=3, D=64) at S=512, bfloat16, causal, with a padding mask like
+    the training graph's ([B, 1, 1, S]; batch 1's first 37 keys padded, so its first 37 queries see
+    nothing) and the H200 block sizes, against torch autograd in float32 from the same bfloat16 inputs."""
+    from kiln.backends.triton.device import to_numpy
     torch.manual_seed(0)
     B, Hq, Hk, S, D = 2, 9, 3, 512, 64
-    dev = "cuda"
-    q = torch.randn(B, Hq, S, D, device=dev).bfloat16()
-    k = torch.randn(B, Hk, S, D, device=dev).bfloat16()
-    v = torch.randn(B, Hk, S, D, device=dev).bfloat16()
+    q = torch.randn(B, Hq, S, D, device="cuda").bfloat16()
+    k = torch.randn(B, Hk, S, D, device="cuda").bfloat16()
+    v = torch.randn(B, Hk, S, D, device="cuda").bfloat16()
+    keep = torch.ones(B, 1, 1, S, dtype=torch.bool, device="cuda")
+    keep[1, :, :, :37] = False
     qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
-    out, lse = reference_attention(qf, kf, vf, causal=True)
-    dout = torch.randn(out.shape, device=dev).bfloat16()
+    out, lse = reference_attention(qf, kf, vf, keep, causal=True)
+    dout = torch.randn(out.shape, device="cuda").bfloat16()
     out.backward(dout.float())
-    g = _backward_graph(B, Hq, Hk, S, S, D, "bfloat16", dict(causal=True), None, False)
-    plan = build_plan(g)
+    plan = build_plan(_backward_graph(B, Hq, Hk, S, S, D, "bfloat16", dict(causal=True), "bool_keys", False))
     cg = CompiledGraph(plan, TritonExecutor(plan), "cuda")
-    from kiln.backends.triton.device import to_numpy
-    feeds = {"q": to_numpy(q), "k": to_numpy(k), "v": to_numpy(v), "out": to_numpy(out.detach().bfloat16()),
-             "lse": lse.detach().cpu().numpy(), "dout": to_numpy(dout)}
-    got = cg.run(**feeds)
+    got = cg.run(q=to_numpy(q), k=to_numpy(k), v=to_numpy(v), mask=keep.cpu().numpy(),
+                 out=to_numpy(out.detach().bfloat16()), lse=lse.detach().cpu().numpy(), dout=to_numpy(dout))
     assert [type(l.fn).__name__ for l in cg.executor.program.launches] == ["AttentionBackward"]
     for name, want in (("dq", qf.grad), ("dk", kf.grad), ("dv", vf.grad)):
         w = want.double().cpu().numpy()
         err = np.abs(got[name].astype(np.float64) - w).max() / np.abs(w).max()
         assert err <= TOL["bfloat16"], f"{name}: max error {err:.3g}"
+    assert not got["dq"][1, :, :37].any() and not got["dk"][1, :, :37].any()

@@ -40,7 +40,9 @@ def mask_scores(s, qpos, kn, row_ok, mask_ptrs, Sk, window,
                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr):
     """s with -inf where a query (at key position qpos) may not see key kn, plus the additive mask.
     qpos, kn, row_ok (the query row exists) and mask_ptrs broadcast to s's shape, so one helper
-    serves [queries, keys] tiles (forward, dQ) and [keys, queries] tiles (dK/dV)."""
+    serves [queries, keys] tiles (forward, dQ) and [keys, queries] tiles (dK/dV). MASK: none, bool,
+    add, or bool_keys / add_keys for a mask that broadcasts over the queries (a padding mask
+    [B, 1, 1, Sk]), whose mask_ptrs has kn's shape: a vector load instead of a tile."""
     allowed = (kn < Sk) & row_ok
     if CAUSAL:
         allowed = allowed & (kn <= qpos)
@@ -54,6 +56,10 @@ def mask_scores(s, qpos, kn, row_ok, mask_ptrs, Sk, window,
     elif MASK == "add":
         mv = tl.load(mask_ptrs, mask=allowed, other=0.0)
         s = s + mv.to(tl.float32)
+    elif MASK == "bool_keys":   # a mask that varies along keys only: mask_ptrs shaped like kn, one load a key
+        allowed = allowed & (tl.load(mask_ptrs, mask=kn < Sk, other=0) != 0)
+    elif MASK == "add_keys":
+        s = s + tl.load(mask_ptrs, mask=kn < Sk, other=0.0).to(tl.float32)
     return tl.where(allowed, s, float("-inf"))
 
 

@@ -117,9 +117,12 @@ def _bwd_dkdv(q, k, v, mask, dout, lse, delta, dk, dv,
             delta_m = tl.load(delta + (b * Hk * G + h) * Sq + rows, mask=mrow, other=0.0)
             # [keys, queries] tiles: s^T = k q^T
             sT = capped_scores(kt, tl.trans(qt), scale, softcap, SOFTCAP, IEEE, INTERP)
-            m_off = b * smb + h * smh + rows * smm
-            mT = mask_scores(sT, (rm + (Sk - Sq))[None, :], kn[:, None], mrow[None, :],
-                             mask + m_off[None, :] + keys * smn, Sk, window, CAUSAL, HAS_WINDOW, MASK)
+            if MASK == "bool_keys" or MASK == "add_keys":
+                mptrs = mask + b * smb + h * smh + keys * smn
+            else:
+                mptrs = mask + b * smb + h * smh + rows[None, :] * smm + keys * smn
+            mT = mask_scores(sT, (rm + (Sk - Sq))[None, :], kn[:, None], mrow[None, :], mptrs, Sk, window,
+                             CAUSAL, HAS_WINDOW, MASK)
             pT = tl.exp(mT - lse_m[None, :])
             dv_acc += tm.mma(pT.to(do_t.dtype), do_t, IEEE, INTERP)
             dpT = tm.mma(vt, tl.trans(do_t), IEEE, INTERP)
@@ -158,7 +161,7 @@ def _bwd_dq(q, k, v, mask, dout, lse, delta, dq,
     lse_m = _safe_lse(lse + b * slb + h * slh + rows * slm, mrow)
     delta_m = tl.load(delta + bh.to(tl.int64) * Sq + rows, mask=mrow, other=0.0)
     qpos = rm + (Sk - Sq)
-    m_rows = mask + (b * smb + h * smh + rows * smm)[:, None]
+    m_base = mask + b * smb + h * smh
     kbase = k + b * skb + hk * skh
     vbase = v + b * svb + hk * svh
     acc = tl.zeros([BM, BD], tl.float32)
@@ -170,8 +173,11 @@ def _bwd_dq(q, k, v, mask, dout, lse, delta, dq,
         kt = tl.load(kbase + keys * skn + rd[None, :] * skd, mask=kvmask, other=0.0)
         vt = tl.load(vbase + keys * svn + rd[None, :] * svd, mask=kvmask, other=0.0)
         s = capped_scores(qt, tl.trans(kt), scale, softcap, SOFTCAP, IEEE, INTERP)
-        ms = mask_scores(s, qpos[:, None], kn[None, :], mrow[:, None], m_rows + kn[None, :].to(tl.int64) * smn,
-                         Sk, window, CAUSAL, HAS_WINDOW, MASK)
+        if MASK == "bool_keys" or MASK == "add_keys":
+            mptrs = m_base + kn[None, :].to(tl.int64) * smn
+        else:
+            mptrs = m_base + rows[:, None] * smm + kn[None, :].to(tl.int64) * smn
+        ms = mask_scores(s, qpos[:, None], kn[None, :], mrow[:, None], mptrs, Sk, window, CAUSAL, HAS_WINDOW, MASK)
         p = tl.exp(ms - lse_m[:, None])
         dp = tm.mma(do_t, tl.trans(vt), IEEE, INTERP)
         ds = p * (dp - delta_m[:, None])
@@ -252,6 +258,9 @@ class AttentionBackward:
         bl = self.blocks
         m = mask if mask is not None else q
         ms = _mask_strides(mask, (self.B, self.Hq, self.Sq, self.Sk))
+        flags = self.flags
+        if mask is not None and ms[2] == 0:   # the same for every query (a padding mask): loaded by key
+            flags = dict(flags, MASK=flags["MASK"] + "_keys")
         g = dlse if dlse is not None else lse
         launch(_bwd_delta, (triton.cdiv(self.Sq, bl.delta_m), self.B * self.Hq),
                out, dout, g, delta, *out.stride(), *dout.stride(), *g.stride(), self.Hq, self.Sq, self.D,
@@ -260,7 +269,7 @@ class AttentionBackward:
         sizes = (self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window)
         launch(_bwd_dkdv, (triton.cdiv(self.Sk, bl.kv_n), self.B * self.Hk),
                q, k, v, m, dout, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(), self.Hk, *sizes,
-               BM=bl.kv_m, BN=bl.kv_n, BD=self.BD, num_warps=bl.kv_warps, num_stages=bl.num_stages, **self.flags)
+               BM=bl.kv_m, BN=bl.kv_n, BD=self.BD, num_warps=bl.kv_warps, num_stages=bl.num_stages, **flags)
         launch(_bwd_dq, (triton.cdiv(self.Sq, bl.q_m), self.B * self.Hq),
                q, k, v, m, dout, lse, delta, dq, *common, *dq.stride(), self.Hq, *sizes,
-               BM=bl.q_m, BN=bl.q_n, BD=self.BD, num_warps=bl.q_warps, num_stages=bl.num_stages, **self.flags)
+               BM=bl.q_m, BN=bl.q_n, BD=self.BD, num_warps=bl.q_warps, num_stages=bl.num_stages, **flags)
