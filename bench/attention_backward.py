@@ -39,7 +39,8 @@ def kiln_backward(torch, args, q, k, v, dout, blocks=None):
     kind = "bool" if mask is not None else "none"
     out, lse = torch.empty_like(q), torch.empty(B, Hq, S, device="cuda")
     Attention(q.shape, k.shape, v.shape, q.dtype, causal=True, write_lse=True, mask_kind=kind)(q, k, v, mask, out, lse)
-    kern = AttentionBackward(q.shape, k.shape, v.shape, q.dtype, causal=True, mask_kind=kind, blocks=blocks)
+    kern = AttentionBackward(q.shape, k.shape, v.shape, q.dtype, causal=True, mask_kind=kind,
+                             mask_per_key=mask is not None, blocks=blocks)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scratch = [torch.empty(shape, dtype=dt, device="cuda") for shape, dt in kern.scratch()]
     return (lambda: kern(q, k, v, mask, out, lse, dout, None, dq, dk, dv, scratch)), (dq, dk, dv), kern.blocks

@@ -125,6 +125,7 @@ def _run_case(rng, case, dtype):
     ex = cg.executor
     assert [type(l.fn).__name__ for l in ex.program.launches] == ["AttentionBackward"]
     assert not ex.stats()["fallbacks"]
+    assert ex.program.launches[0].fn.flags["MASK"] == (mask_kind or "none")   # a padding mask loads by key
     for name, want in (("dq", q.grad), ("dk", k.grad), ("dv", v.grad)):
         o, w = got[name].astype(np.float64), want.numpy()
         assert got[name].dtype == np_dt

@@ -587,6 +587,8 @@ class Lowering:
         kern = attn_bwd_k.AttentionBackward(
             tuple(q.meta.shape), tuple(k.meta.shape), tuple(v.meta.shape), q.meta.dtype, causal=a["causal"],
             scale=a["scale"], window=a["window"], softcap=a["softcap"], mask_kind=self._mask_kind(s.inputs[3]),
+            mask_per_key=attn_bwd_k.per_key_mask(mask.meta if mask is not None else None,
+                                                 (*q.meta.shape[:3], k.meta.shape[2])),
             has_dlse=dlse is not None)
         dq, dk, dv = (self._out(o) for o in s.outputs)
         scratch = self._scratch(kern.scratch())

@@ -204,28 +204,38 @@ class BackwardBlocks:
     delta_m: int = 64  # query rows per delta program
 
 
-def default_blocks(head_dim: int, dtype: torch.dtype) -> BackwardBlocks:
-    """H200 (sm_90) choices, each free of register spills when compiled for sm_90 (Triton 3.7). 64-key
-    blocks give the dK/dV launch B * Hk * Sk / 64 programs: 192 at the SmolLM2 training shape (B=8,
-    Hk=3, S=512) for 132 SMs, where 128-key blocks would leave a third of them idle (and spill).
-    D > 64 and float32 (no tensor cores in IEEE mode) take smaller query steps and 8 warps."""
+def default_blocks(head_dim: int, dtype: torch.dtype, mask: str = "none") -> BackwardBlocks:
+    """H200 (sm_90) choices, free of register spills when compiled for sm_90 (Triton 3.7) except
+    float32 with some masks (a few dozen bytes). 64-key blocks give the dK/dV launch B * Hk * Sk / 64
+    programs: 192 at the SmolLM2 training shape (B=8, Hk=3, S=512) for 132 SMs, where 128-key blocks
+    would leave a third of them idle (and spill). A mask tile per block (`mask`: bool / add, not
+    none or the per-key bool_keys / add_keys) takes 8 warps, or smaller tiles for D > 64; float32
+    (no tensor cores in IEEE mode) takes 16-row query steps."""
+    tile_mask = mask in ("bool", "add")
     if interpreting():      # small test shapes: several blocks, so the loops and skips run
         return BackwardBlocks(16, 16, 4, 16, 16, 4, 1, 16)
     if dtype == torch.float32:
         return BackwardBlocks(32, 16, 8, 32, 16, 8)
     if _pow2(head_dim) > 64:
-        return BackwardBlocks(64, 32, 8, 64, 32, 8)
-    return BackwardBlocks(64, 64, 4, 64, 64, 4)
+        return BackwardBlocks(32, 32, 8, 32, 32, 8) if tile_mask else BackwardBlocks(64, 32, 8, 64, 32, 8)
+    return BackwardBlocks(64, 64, 8, 64, 64, 8) if tile_mask else BackwardBlocks(64, 64, 4, 64, 64, 4)
+
+
+def per_key_mask(mask: torch.Tensor | None, full_shape) -> bool:
+    """Whether `mask` (a real or meta tensor) is the same for every query: broadcast along Sq (stride 0
+    there, as a padding mask [B, 1, 1, Sk] is), so the kernels load it per key, not as a tile."""
+    return mask is not None and (_mask_strides(mask, tuple(full_shape))[2] == 0 or full_shape[2] == 1)
 
 
 class AttentionBackward:
     """One attention_backward launch (three kernels) for fixed shapes: q [B, Hq, Sq, D], k/v
-    [B, Hk, Sk, D], any strides; writes dq, dk, dv. The float32 delta lives in scratch."""
+    [B, Hk, Sk, D], any strides; writes dq, dk, dv. The float32 delta lives in scratch. mask_kind:
+    none, bool or add; mask_per_key: the mask is the same for every query (`per_key_mask`)."""
 
     archetype = "attention"
 
     def __init__(self, q_shape, k_shape, v_shape, dtype: torch.dtype, *, causal=False, scale=None, window=None,
-                 softcap=None, mask_kind: str = "none", has_dlse: bool = False,
+                 softcap=None, mask_kind: str = "none", mask_per_key: bool = False, has_dlse: bool = False,
                  blocks: BackwardBlocks | None = None):
         B, Hq, Sq, D = q_shape
         _, Hk, Sk, _ = k_shape
@@ -238,6 +248,8 @@ class AttentionBackward:
             raise NotImplementedError(f"Triton attention_backward computes float32/bfloat16/float16, got {dtype}")
         if mask_kind not in ("none", "bool", "add"):
             raise ValueError(f"mask kind {mask_kind!r}")
+        if mask_kind != "none" and mask_per_key:
+            mask_kind += "_keys"
         self.B, self.Hq, self.Hk, self.Sq, self.Sk, self.D = B, Hq, Hk, Sq, Sk, D
         self.G = Hq // Hk
         self.scale = float(D ** -0.5 if scale is None else scale)
@@ -247,7 +259,7 @@ class AttentionBackward:
         self.flags = dict(CAUSAL=bool(causal), HAS_WINDOW=window is not None, SOFTCAP=softcap is not None,
                           MASK=mask_kind, IEEE=dtype == torch.float32, INTERP=interpreting())
         self.BD = _pow2(D)
-        self.blocks = blocks or default_blocks(D, dtype)
+        self.blocks = blocks or default_blocks(D, dtype, mask_kind)
 
     def scratch(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
         """delta [B, Hq, Sq], float32, contiguous."""
@@ -258,9 +270,9 @@ class AttentionBackward:
         bl = self.blocks
         m = mask if mask is not None else q
         ms = _mask_strides(mask, (self.B, self.Hq, self.Sq, self.Sk))
-        flags = self.flags
-        if mask is not None and ms[2] == 0:   # the same for every query (a padding mask): loaded by key
-            flags = dict(flags, MASK=flags["MASK"] + "_keys")
+        if self.flags["MASK"].endswith("_keys") and not per_key_mask(mask, (self.B, self.Hq, self.Sq, self.Sk)):
+            raise ValueError(f"attention_backward: a mask of shape {tuple(mask.shape)}, strides {mask.stride()} "
+                             f"varies along the queries, but the launch was built with mask_per_key")
         g = dlse if dlse is not None else lse
         launch(_bwd_delta, (triton.cdiv(self.Sq, bl.delta_m), self.B * self.Hq),
                out, dout, g, delta, *out.stride(), *dout.stride(), *g.stride(), self.Hq, self.Sq, self.D,
@@ -269,7 +281,7 @@ class AttentionBackward:
         sizes = (self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window)
         launch(_bwd_dkdv, (triton.cdiv(self.Sk, bl.kv_n), self.B * self.Hk),
                q, k, v, m, dout, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(), self.Hk, *sizes,
-               BM=bl.kv_m, BN=bl.kv_n, BD=self.BD, num_warps=bl.kv_warps, num_stages=bl.num_stages, **flags)
+               BM=bl.kv_m, BN=bl.kv_n, BD=self.BD, num_warps=bl.kv_warps, num_stages=bl.num_stages, **self.flags)
         launch(_bwd_dq, (triton.cdiv(self.Sq, bl.q_m), self.B * self.Hq),
                q, k, v, m, dout, lse, delta, dq, *common, *dq.stride(), self.Hq, *sizes,
-               BM=bl.q_m, BN=bl.q_n, BD=self.BD, num_warps=bl.q_warps, num_stages=bl.num_stages, **flags)
+               BM=bl.q_m, BN=bl.q_n, BD=self.BD, num_warps=bl.q_warps, num_stages=bl.num_stages, **self.flags)
