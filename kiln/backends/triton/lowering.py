@@ -27,6 +27,7 @@ from kiln.compile.step_inputs import flat_ids
 from .device import interpreting, kiln_dtype, programmatic_launch, torch_dtype
 from .fallback import TORCH_FALLBACKS, HostLaunch, TorchLaunch
 from .kernels import attention as attn_k
+from .kernels import attention_backward as attn_bwd_k
 from .kernels import cross_entropy as xent_k
 from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
@@ -624,14 +625,16 @@ class Lowering:
         self._emit("matmul", f"{label} [{impl}]", k, tuple(args))
 
     # ---- attention ---------------------------------------------------------------------------
+    def _mask_kind(self, vid: int | None) -> str:
+        return "none" if vid is None else ("bool" if self.types[vid].dtype.name == "bool" else "add")
+
     def _op_attention(self, i, s, lse=False):
         q, k, v = (self.vals[x] for x in s.inputs[:3])
         mask = self.vals[s.inputs[3]] if s.inputs[3] is not None else None
-        kind = "none" if mask is None else ("bool" if self.types[s.inputs[3]].dtype.name == "bool" else "add")
         a = s.attrs
         att = attn_k.Attention(tuple(q.meta.shape), tuple(k.meta.shape), tuple(v.meta.shape), q.meta.dtype,
                                causal=a["causal"], scale=a["scale"], window=a["window"], softcap=a["softcap"],
-                               mask_kind=kind, write_lse=lse, num_sms=self.num_sms)
+                               mask_kind=self._mask_kind(s.inputs[3]), write_lse=lse, num_sms=self.num_sms)
         out = self._out(s.outputs[0])
         lse_op = self._out(s.outputs[1]) if lse else None
         scratch = self._scratch(att.scratch())
@@ -640,6 +643,23 @@ class Lowering:
 
     def _op_attention_lse(self, i, s):
         return self._op_attention(i, s, lse=True)
+
+    def _op_attention_backward(self, i, s):
+        """The flash backward (dq, dk, dv); the gradient of the scores (mask_grad) stays a fallback, and so
+        does whatever `AttentionBackward` declines (NotImplementedError: a value head dim unlike q's, ...)."""
+        a = s.attrs
+        if a["mask_grad"]:
+            return False
+        q, k, v, mask, out, lse, dout, dlse = (self.vals[x] if x is not None else None for x in s.inputs)
+        kern = attn_bwd_k.AttentionBackward(
+            tuple(q.meta.shape), tuple(k.meta.shape), tuple(v.meta.shape), q.meta.dtype, causal=a["causal"],
+            scale=a["scale"], window=a["window"], softcap=a["softcap"], mask_kind=self._mask_kind(s.inputs[3]),
+            mask_per_key=attn_bwd_k.per_key_mask(mask.meta if mask is not None else None,
+                                                 (*q.meta.shape[:3], k.meta.shape[2])),
+            has_dlse=dlse is not None)
+        dq, dk, dv = (self._out(o) for o in s.outputs)
+        scratch = self._scratch(kern.scratch())
+        self._emit("attention", s.op, kern, (q, k, v, mask, out, lse, dout, dlse, dq, dk, dv, scratch))
 
     # ---- layout / gather ---------------------------------------------------------------------
     def _op_rope(self, i, s):

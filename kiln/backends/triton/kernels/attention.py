@@ -27,26 +27,67 @@ from . import tmath as tm
 
 
 @triton.jit
+def capped_scores(a, b, scale, softcap, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr):
+    """a @ b * scale, softcapped (cap * tanh(s / cap)): the scores before any mask, float32."""
+    s = tm.mma(a, b, IEEE, INTERP) * scale
+    if SOFTCAP:
+        s = tm.tanh(s / softcap) * softcap
+    return s
+
+
+@triton.jit
+def mask_scores(s, qpos, kn, row_ok, mask_ptrs, Sk, window,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr):
+    """s with -inf where a query (at key position qpos) may not see key kn, plus the additive mask.
+    qpos, kn, row_ok (the query row exists) and mask_ptrs broadcast to s's shape, so one helper
+    serves [queries, keys] tiles (forward, dQ) and [keys, queries] tiles (dK/dV). MASK: none, bool,
+    add, or bool_keys / add_keys for a mask that broadcasts over the queries (a padding mask
+    [B, 1, 1, Sk]), whose mask_ptrs has kn's shape: a vector load instead of a tile."""
+    allowed = (kn < Sk) & row_ok
+    if CAUSAL:
+        allowed = allowed & (kn <= qpos)
+    if HAS_WINDOW:
+        allowed = allowed & (qpos - kn < window)
+        if not CAUSAL:
+            allowed = allowed & (kn - qpos < window)
+    if MASK == "bool":
+        mv = tl.load(mask_ptrs, mask=allowed, other=0)
+        allowed = allowed & (mv != 0)
+    elif MASK == "add":
+        mv = tl.load(mask_ptrs, mask=allowed, other=0.0)
+        s = s + mv.to(tl.float32)
+    elif MASK == "bool_keys":   # a mask that varies along keys only: mask_ptrs shaped like kn, one load a key
+        allowed = allowed & (tl.load(mask_ptrs, mask=kn < Sk, other=0) != 0)
+    elif MASK == "add_keys":
+        s = s + tl.load(mask_ptrs, mask=kn < Sk, other=0.0).to(tl.float32)
+    return tl.where(allowed, s, float("-inf"))
+
+
+@triton.jit
+def key_range(m0, Sq, Sk, window, BM: tl.constexpr, BN: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[lo, hi) of the keys query rows m0 .. m0 + BM - 1 may see (lo a multiple of BN): the key
+    blocks outside it are fully masked and skipped."""
+    lo = 0
+    hi = Sk
+    if CAUSAL:
+        hi = tl.minimum(Sk, m0 + BM + Sk - Sq)
+    if HAS_WINDOW:
+        lo = tl.maximum(0, m0 + Sk - Sq - window + 1)
+        lo = (lo // BN) * BN
+        if not CAUSAL:
+            hi = tl.minimum(Sk, m0 + BM + Sk - Sq + window - 1)
+    return lo, hi
+
+
+@triton.jit
 def _scores(q, kt, qpos, kn, mask_ptr, m_off, mrow, Sk, scale, softcap, window,
             CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
             smn, IEEE: tl.constexpr, INTERP: tl.constexpr):
-    s = tm.mma(q, kt, IEEE, INTERP) * scale
-    if SOFTCAP:
-        s = tm.tanh(s / softcap) * softcap
-    allowed = (kn[None, :] < Sk) & mrow[:, None]
-    if CAUSAL:
-        allowed = allowed & (kn[None, :] <= qpos[:, None])
-    if HAS_WINDOW:
-        allowed = allowed & (qpos[:, None] - kn[None, :] < window)
-        if not CAUSAL:
-            allowed = allowed & (kn[None, :] - qpos[:, None] < window)
-    if MASK == "bool":
-        mv = tl.load(mask_ptr + m_off[:, None] + kn[None, :].to(tl.int64) * smn, mask=allowed, other=0)
-        allowed = allowed & (mv != 0)
-    elif MASK == "add":
-        mv = tl.load(mask_ptr + m_off[:, None] + kn[None, :].to(tl.int64) * smn, mask=allowed, other=0.0)
-        s = s + mv.to(tl.float32)
-    return tl.where(allowed, s, float("-inf"))
+    s = capped_scores(q, kt, scale, softcap, SOFTCAP, IEEE, INTERP)
+    return mask_scores(s, qpos[:, None], kn[None, :], mrow[:, None],
+                       mask_ptr + m_off[:, None] + kn[None, :].to(tl.int64) * smn, Sk, window,
+                       CAUSAL, HAS_WINDOW, MASK)
 
 
 @triton.jit
@@ -71,15 +112,7 @@ def _attn_fwd(q, k, v, mask, out, lse,
     qpos = rm + (Sk - Sq)
     m_off = b * smb + h * smh + rm.to(tl.int64) * smm
 
-    lo = 0
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, pid_m * BM + BM + Sk - Sq)
-    if HAS_WINDOW:
-        lo = tl.maximum(0, pid_m * BM + Sk - Sq - window + 1)
-        lo = (lo // BN) * BN
-        if not CAUSAL:
-            hi = tl.minimum(Sk, pid_m * BM + BM + Sk - Sq + window - 1)
+    lo, hi = key_range(pid_m * BM, Sq, Sk, window, BM, BN, CAUSAL, HAS_WINDOW)
 
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
