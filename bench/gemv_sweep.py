@@ -6,7 +6,7 @@ For each decode matmul of a model shape (batch 1 by default) it prints the best 
 kiln's default, and cuBLAS (torch.matmul, no fusion), in microseconds per launch and as a
 fraction of copy bandwidth.
 
-    python bench/gemv_sweep.py --models 1b,135m [--rows 1] [--json out.json]
+    python bench/gemv_sweep.py --models 1b,135m [--rows 1] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="1b,135m")
     ap.add_argument("--rows", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a small grid: BN 2-8, BK 1024/2048, 4/8 warps, early launch")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
 
             times = {}
             bm = 1 << max(0, (M - 1).bit_length())
-            for bn, bk, warps, early in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8),
-                                                          (False, True) if pdl else (False,)):
+            grid = ((2, 4, 8), (1024, 2048), (4, 8), (pdl,)) if args.quick else \
+                ((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8), (False, True) if pdl else (False,))
+            for bn, bk, warps, early in itertools.product(*grid):
                 if bm * bn * bk > 16384 or bk > 2 * triton_pow2(K):
                     continue
                 k = Gemv(M, N, K, bf, cfg=dict(BM=bm, BN=bn, BK=bk, num_warps=warps), early_launch=early, **kw)
