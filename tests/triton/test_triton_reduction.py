@@ -99,11 +99,12 @@ def test_few_programs_split_their_rows_over_a_second_launch(op, shape):
     outer, R, inner = shape
     k = Reduce(op, outer, R, inner, torch.float32, num_sms=1, block_r=8)
     assert k.splits > 1 and k.chunk % 8 == 0
-    x = torch.randn(outer, R, inner, generator=torch.Generator().manual_seed(R))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(outer, R, inner, generator=torch.Generator().manual_seed(R)).to(dev)
     if op in ("max", "min"):
         x[0, R // 3, 0] = float("nan")          # NaN propagates through the partials
-    out = torch.empty(outer, inner)
-    k(x, out, *[torch.empty(shape, dtype=dtype) for shape, dtype in k.scratch()])
+    out = torch.empty(outer, inner, device=dev)
+    k(x, out, *[torch.empty(shape, dtype=dtype, device=dev) for shape, dtype in k.scratch()])
     ref = {"sum": lambda t: t.sum(1), "mean": lambda t: t.mean(1),
            "max": lambda t: t.amax(1), "min": lambda t: t.amin(1)}[op](x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4, equal_nan=True)

@@ -98,16 +98,18 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     tl.store(c + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, y.to(c.dtype.element_ty), mask=cmask)
 
 
-def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False) -> dict:
-    """Block shape from the H200 sweep (bench/llm.py --sweep, 1B decode shapes at M = 1): BK = 1024 so
-    each of 128 threads loads 16 contiguous bytes of a weight row; BN 2 (4 gated, 8 for a vocabulary
-    head) so even a 2048-wide layer has 1024 programs in flight. BM*BN*BK float32 accumulators stay
-    under 8192 per program (BK halves for more rows)."""
+def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> dict:
+    """Block shape from H200 sweeps (bench/gemv_sweep.py: back-to-back launches in a CUDA graph, 1B
+    decode shapes at M = 1): BK = 1024 (2048 without a norm prologue) so each of 128 threads loads
+    16 or 32 contiguous bytes of a weight row; BN 4 from 2048 columns (2 below, 8 for a vocabulary
+    head). The 1B layers: qkv 7.1 -> 5.4 us, down 11.5 -> 10.8 us. BM*BN*BK float32 accumulators
+    stay within 8192 per program (BK halves for more rows)."""
     bm = triton.next_power_of_2(max(M, 1))
     if interpreting():
         return dict(BM=bm, BN=4, BK=32, num_warps=4)
-    bn = 8 if N >= 16384 else (4 if gated else 2)
-    bk = min(1024, triton.next_power_of_2(K))
+    bn = 8 if N >= 16384 else (4 if gated or N >= 2048 else 2)
+    # without a norm prologue a layer of K >= 2048 streams best in 2048-wide chunks (bench/gemv_sweep.py)
+    bk = min(1024 if norm or gated else 2048, triton.next_power_of_2(K))
     while bm * bn * bk > 8192 and bk > 128:
         bk //= 2
     while bm * bn * bk > 8192 and bn > 1:
@@ -131,7 +133,7 @@ class Gemv:
         if M > MAX_M:
             raise ValueError(f"Gemv takes at most {MAX_M} rows, got {M}")
         self.M, self.N, self.K = M, N, K
-        self.cfg = cfg or config(M, N, K, dtype, gated=activation in GATED)
+        self.cfg = cfg or config(M, N, K, dtype, gated=activation in GATED, norm=norm != "none")
         flags = fused_flags(dtype, norm=norm, unit_offset=unit_offset, has_norm_bias=has_norm_bias, has_bias=has_bias,
                             activation=activation, has_residual=has_residual, round_out=round_out)
         self.flags = {k: flags[k] for k in ("NORM", "UNIT_OFFSET", "HAS_NORM_BIAS", "HAS_BIAS", "ACT", "GATED",
