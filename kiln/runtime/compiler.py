@@ -26,6 +26,9 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    if device == "cuda":   # hash Triton's installation while the graph is planned (0.3 s per process)
+        from kiln.backends.triton.precompile import start_triton_key
+        start_triton_key()
     plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
                                  cache=cache)
     if device == "cuda":
