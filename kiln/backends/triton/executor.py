@@ -7,7 +7,8 @@ Lifecycle:
    and contiguous copies get buffers of their own; launch workspaces share one buffer.
 2. `params_changed(params)` uploads weights once (into fixed addresses, so a captured graph
    stays valid) and evaluates the load steps.
-3. the first run compiles every kernel (Triton caches the binaries on disk) and runs eagerly;
+3. the first run compiles every kernel, the distinct ones concurrently (`precompile.py`; Triton
+   caches the binaries on disk), and runs eagerly;
    on a GPU the launch sequence is then captured as a CUDA graph, and later runs copy the
    inputs in, replay the graph and copy the outputs out.
 
