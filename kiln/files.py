@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from kiln.errors import CheckpointError, ConfigError
 
-__all__ = ["open_regular", "is_regular_file", "read_text_file", "read_json_file", "read_json_if_present",
+__all__ = ["kiln_cache_root", "open_regular", "is_regular_file", "read_text_file", "read_json_file", "read_json_if_present",
            "reject_duplicate_keys", "MAX_SIDE_FILE_BYTES"]
 
 #: Largest JSON/text side file read into memory (config.json, index, chat template ...).
@@ -37,6 +37,13 @@ MAX_SIDE_FILE_BYTES = 100_000_000
 
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def kiln_cache_root() -> Path:
+    """Where kiln keeps what it can rebuild (compiled plans, generated kernels): $KILN_CACHE_DIR,
+    by default ~/.cache/kiln."""
+    root = os.environ.get("KILN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kiln")
+    return Path(root)
 
 
 def _kind(mode: int) -> str:

@@ -1,4 +1,7 @@
-"""The compile pipeline: verify -> optimize -> plan (schedule, kernels, memory, precision), timed by stage."""
+"""The compile pipeline: verify -> optimize -> plan (schedule, kernels, memory, precision), timed by stage.
+
+Results are kept in the persistent compile cache (`cache.py`), so compiling a graph that this or
+another process compiled before only hashes the graph and reads the entry."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kiln.ir import Graph
 
+from . import cache as plan_cache
 from .kernels import kernel_counts
 from .plan import Plan, build_plan
 
@@ -32,6 +36,12 @@ class CompileReport:
     optimizer_fell_back: bool = False
     optimizer_reason: str | None = None
     egraph_enodes: int = 0
+    # the compile cache: "off", "uncacheable", "miss" (compiled, and stored unless the optimizer fell
+    # back) or "hit" (read from disk; stage_seconds are then the lookup's, cold_stage_seconds the
+    # stages of the compile that filled the entry)
+    cache: str = "off"
+    cache_key: str | None = None
+    cold_stage_seconds: dict = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:
@@ -40,8 +50,41 @@ class CompileReport:
 
 def compile_graph(graph: Graph, *, device: str = "cpu", optimize: bool = True, evaluate=None,
                   rules: Sequence[str] | None = None, exclude_rules: Sequence[str] = (),
-                  limits=None) -> tuple[Plan, CompileReport]:
-    """Optimize (unless optimize=False) and plan `graph`; `evaluate` enables constant folding."""
+                  limits=None, cache: bool | None = None) -> tuple[Plan, CompileReport]:
+    """Optimize (unless optimize=False) and plan `graph`; `evaluate` enables constant folding.
+
+    `cache`: use the persistent compile cache (default: on unless KILN_COMPILE_CACHE=0)."""
+    if not plan_cache.enabled(cache):
+        plan, report = _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits)
+        report.cold_stage_seconds = dict(report.stage_seconds)
+        return plan, report
+    t = time.perf_counter()
+    try:
+        key = plan_cache.compile_key(graph, device=device, optimize=optimize, evaluate=evaluate, rules=rules,
+                                     exclude_rules=exclude_rules, limits=limits)
+    except plan_cache.Uncacheable:
+        key = None
+    t_key = time.perf_counter() - t
+    if key is not None:
+        t = time.perf_counter()
+        hit = plan_cache.load(key)
+        if hit is not None:
+            plan, report = hit
+            report.cache = "hit"
+            report.stage_seconds = {"cache_key": t_key, "cache_load": time.perf_counter() - t}
+            return plan, report
+    plan, report = _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits)
+    report.stage_seconds["cache_key"] = t_key
+    report.cache, report.cache_key = ("miss", key) if key is not None else ("uncacheable", None)
+    report.cold_stage_seconds = dict(report.stage_seconds)
+    if key is not None and not report.optimizer_fell_back:   # a fallback may be a time limit: not stored
+        t = time.perf_counter()
+        plan_cache.store(key, plan, report)
+        report.stage_seconds["cache_store"] = time.perf_counter() - t
+    return plan, report
+
+
+def _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits) -> tuple[Plan, CompileReport]:
     report = CompileReport(nodes_before=len(graph.compute_nodes()))
     stages = report.stage_seconds
     t = time.perf_counter()

@@ -29,6 +29,9 @@ class DType:
     def __str__(self) -> str:
         return self.name
 
+    def __reduce__(self):   # unpickled as the module's own instance (compiled plans are pickled)
+        return as_dtype, (self.name,)
+
 
 float32 = DType("float32", np.dtype(np.float32), True, False)
 float16 = DType("float16", np.dtype(np.float16), True, False)

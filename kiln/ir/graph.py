@@ -99,6 +99,18 @@ class Graph:
         self._names: dict[str, Node] = {}
         self._scalars: dict[tuple, Value] = {}
 
+    def __getstate__(self) -> dict:
+        """Pickled with its id counter as a number (the compile cache stores optimized graphs)."""
+        state = dict(self.__dict__)
+        nxt = next(self._ids)
+        self._ids = itertools.count(nxt)
+        state["_ids"] = nxt
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ids = itertools.count(state["_ids"])
+
     # ---- sources -------------------------------------------------------
     def input(self, name: str, shape: Sequence[int], dtype="float32") -> Value:
         return self._source("input", name, TensorType(tuple(shape), as_dtype(dtype)))

@@ -13,11 +13,12 @@ def reference_evaluate(op: str, inputs: list, attrs: dict):
     return KERNELS[op](*inputs, **attrs)
 
 
-def compile(graph: Graph, device: str = "cpu", optimize: bool = True):
+def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: bool | None = None):
     """Optimize (unless optimize=False, for debugging), plan and bind a backend for `graph`.
 
     The returned CompiledGraph carries `.report` (a CompileReport: fusions, kernels,
-    memory, time per stage).
+    memory, time per stage, whether the plan came from the persistent compile cache).
+    `cache=False` (or KILN_COMPILE_CACHE=0) compiles without the cache.
     """
     from kiln.compile import compile_graph
 
@@ -25,7 +26,11 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True):
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
-    plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate)
+    if device == "cuda":   # hash Triton's installation while the graph is planned (0.3 s per process)
+        from kiln.backends.triton.precompile import start_triton_key
+        start_triton_key()
+    plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
+                                 cache=cache)
     if device == "cuda":
         from kiln.backends.triton import TritonExecutor
         return CompiledGraph(plan, TritonExecutor(plan), device, report=report)

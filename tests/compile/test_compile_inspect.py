@@ -25,7 +25,7 @@ def test_inspect_reports_every_section():
     assert r.kernels["matmul"] == 4 * L.TINY.layers + 1
     assert 0 < r.peak_bytes_planned < r.peak_bytes_unplanned
     for stage in ("verify", "classic_passes", "translate", "saturate", "extract", "rebuild", "plan"):
-        assert r.stage_seconds[stage] >= 0
+        assert r.cold_stage_seconds[stage] >= 0   # (stage_seconds are the cache lookup's on a hit)
     text = format_report(r, g.name)
     for piece in ("nodes: ", "fusions applied:", "attention", "kernels: ", "peak memory: ", "compile time: "):
         assert piece in text
@@ -61,3 +61,20 @@ def test_inspect_a_checkpoint_through_the_cli_namespace(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("graph: llama_prefill") == 1 and out.count("graph: llama_decode") == 1
     assert "rms_norm+linear" in out and "linear+swiglu" in out
+
+
+def test_inspect_reports_cold_and_warm_compile_times(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))   # an empty compile cache: cold first
+    path = tmp_path / "llama.json"
+    kiln.save_graph(L.build(L.TINY, seq=3), path)
+    assert inspect_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ms cold (" in out and "saturate" in out and "compile cache: miss" in out
+    assert "warm, a second compile read from the compile cache:" in out and "cache_load" in out
+    assert inspect_main([str(path), "--json"]) == 0                 # now a hit: warm, with the cold stages kept
+    data = json.loads(capsys.readouterr().out)
+    assert data["cache"] == "hit" and set(data["stage_seconds"]) == {"cache_key", "cache_load"}
+    assert "saturate" in data["cold_stage_seconds"] and data["cold_seconds"] > data["total_seconds"]
+    assert inspect_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ms warm (plan from the compile cache" in out and "cold, when the entry was made:" in out

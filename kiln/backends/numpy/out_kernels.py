@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.special import erf as _erf
 
 from kiln.ir import TensorType
 from kiln.ir.ops.fused import GATED_ACTIVATIONS
 
 from .kernels.attention import attention_bias
 from .kernels.elementwise import sigmoid_into
+from .kernels.elementwise import scipy_erf
 from .transposed_weights import TRANSPOSED
 
 Kernel = Callable[..., None]
@@ -36,7 +36,7 @@ _UFUNC2 = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true
            "less": np.less, "less_equal": np.less_equal, "greater": np.greater,
            "greater_equal": np.greater_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}
 _UFUNC1 = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-           "neg": np.negative, "abs": np.abs, "erf": _erf, "logical_not": np.logical_not}
+           "neg": np.negative, "abs": np.abs, "erf": scipy_erf, "logical_not": np.logical_not}
 _HALF = ("float16", "bfloat16")
 
 
@@ -94,10 +94,11 @@ def _binary(ufunc):
 
 def _unary(ufunc):
     def build(b: StepBinding):
-        if not b.wide() or not _ufunc_ok(ufunc, b):
+        f = ufunc() if ufunc is scipy_erf else ufunc   # scipy is imported when an erf is bound
+        if not b.wide() or not _ufunc_ok(f, b):
             return None
         out = b.out
-        return lambda x: ufunc(x, out=out)
+        return lambda x: f(x, out=out)
     return build
 
 
@@ -171,7 +172,7 @@ def _gelu_into(x, out, tmps, approximate: str):
         _one_plus_erf_f32(x, np.float32(1 / math.sqrt(2.0)), tmp, tmps[1], tmps[2])
     else:
         np.true_divide(x, dt(math.sqrt(2.0)), out=tmp)
-        _erf(tmp, out=tmp)
+        scipy_erf()(tmp, out=tmp)
         np.add(tmp, 1.0, out=tmp)
     np.multiply(x, 0.5, out=out)
     np.multiply(out, tmp, out=out)

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kiln.files import kiln_cache_root
+
 # Bump when the generators change what they emit for the same key.
 GENERATOR_VERSION = 3
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("KILN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kiln")
-    return Path(root) / "triton"
+    return kiln_cache_root() / "triton"
 
 
 @dataclass

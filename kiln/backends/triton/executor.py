@@ -7,7 +7,8 @@ Lifecycle:
    and contiguous copies get buffers of their own; launch workspaces share one buffer.
 2. `params_changed(params)` uploads weights once (into fixed addresses, so a captured graph
    stays valid) and evaluates the load steps.
-3. the first run compiles every kernel (Triton caches the binaries on disk) and runs eagerly;
+3. the first run compiles every kernel, the distinct ones concurrently (`precompile.py`; Triton
+   caches the binaries on disk), and runs eagerly;
    on a GPU the launch sequence is then captured as a CUDA graph, and later runs copy the
    inputs in, replay the graph and copy the outputs out.
 
@@ -21,10 +22,8 @@ events (host time under TRITON_INTERPRET=1); without one nothing is timed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -32,8 +31,8 @@ import torch
 from kiln.compile.plan import Plan
 
 from .device import copy_into, default_device, interpreting, to_numpy
-from .kernels.launch import compile_only
 from .lowering import ALIGN, Operand, Program, lower
+from .precompile import precompile
 
 
 class TritonExecutor:
@@ -68,6 +67,7 @@ class TritonExecutor:
         self.cuda_graph = cuda_graph and self.device.type == "cuda" and \
             all(l.graph_safe for l in self.program.launches)
         self._compiled = False
+        self.precompile_stats = None
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
 
     # ---- memory ------------------------------------------------------------------------------
@@ -228,35 +228,13 @@ class TritonExecutor:
         if self.cuda_graph and self._graph is None:
             self._capture()
 
-    def _compile_parallel(self) -> None:
-        """Build the binaries of distinct kernels from several threads (compile-only launches), so
-        Triton's compile steps that leave the GIL (LLVM, ptxas) overlap; the eager pass after it then
-        finds every kernel compiled. KILN_COMPILE_THREADS=0 turns this off."""
-        threads = int(os.environ.get("KILN_COMPILE_THREADS", "8"))
-        if threads <= 1 or self.device.type != "cuda":
-            return
-        seen, todo = set(), []
-        for launch, (fn, args) in zip(self.program.launches, self.calls):
-            if launch.archetype == "fallback":
-                continue
-            key = _launch_key(fn, args)
-            if key not in seen:
-                seen.add(key)
-                todo.append((fn, args))
-
-        # Triton's own async mode: the main thread specializes each kernel and submits its compile to
-        # the pool; leaving the block waits for them and files each binary in its kernel's cache
-        try:
-            from triton.runtime._async_compile import AsyncCompileMode
-            with ThreadPoolExecutor(max_workers=threads) as pool, AsyncCompileMode(pool), compile_only():
-                for fn, args in todo:
-                    fn(*args)
-        except Exception as e:  # never fatal: the eager pass compiles whatever is missing
-            self.compile_error = f"{type(e).__name__}: {e}"
-
     def _compile_pass(self) -> None:
+        """Compile every distinct kernel concurrently (`precompile.py`), then run once eagerly (which
+        compiles whatever the concurrent pass missed and loads each binary)."""
         t0 = time.perf_counter()
-        self._compile_parallel()
+        self.precompile_stats = precompile(self.program.launches, self.calls)
+        if self.precompile_stats.error:
+            self.compile_error = self.precompile_stats.error
         self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0
         self._launch_all()
         if self.device.type == "cuda":
@@ -346,6 +324,7 @@ class TritonExecutor:
             "states": sorted(self.state),
             "cuda_graph": self._graph is not None,
             "stage_seconds": dict(self.stage_seconds),
+            "precompile": vars(self.precompile_stats).copy() if self.precompile_stats else None,
         }
 
     def describe(self) -> str:
@@ -364,22 +343,6 @@ class PendingRun:
             return self._outputs
         self._event.synchronize()
         return {name: to_numpy(t) for name, t in self._outputs.items()}
-
-
-def _launch_key(fn, args) -> tuple:
-    """What makes two launches the same compiled kernel, approximately: the launcher's settings and
-    the dtypes of its tensors (a miss only costs a duplicate compile)."""
-    attrs = tuple(sorted((k, repr(v)) for k, v in vars(fn).items()
-                         if isinstance(v, (int, float, str, bool, tuple, dict, type(None)))))
-
-    def dtypes(x):
-        if isinstance(x, torch.Tensor):
-            return (str(x.dtype),)
-        if isinstance(x, (list, tuple)):
-            return tuple(d for y in x for d in dtypes(y))
-        return ("-",)
-
-    return (type(fn).__name__, attrs, dtypes(args))
 
 
 __all__ = ["TritonExecutor"]

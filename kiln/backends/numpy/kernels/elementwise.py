@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from scipy.special import erf as sp_erf
 
 from kiln.ir.dtypes import as_dtype
 
 from ._registry import is_half, kernel, up
 
 
+@functools.cache
+def scipy_erf():
+    """scipy's erf ufunc, imported on first use (importing scipy.special costs ~0.3 s at startup)."""
+    from scipy.special import erf as _erf
+    return _erf
+
+
 def erf(x: np.ndarray) -> np.ndarray:
-    return sp_erf(x).astype(x.dtype, copy=False)
+    return scipy_erf()(x).astype(x.dtype, copy=False)
 
 
 def gelu(x, approximate="none"):

@@ -3,7 +3,8 @@
 A `PointwiseExpr` is a small DAG over tensor operands (loaded with their own strides, so
 broadcasting, transposed views and slices cost no copies) and scalar literals. The generator
 collapses dimensions that are contiguous for every operand, bakes the shape and strides into
-the source (the divisions become multiplications by constants), and writes one or more
+the source (the divisions become multiplications by constants; a kernel that collapses to one
+dimension has no shape in its source, so one kernel serves every length), and writes one or more
 outputs of the full shape. Half-precision values are computed in float32 and rounded once at
 the store (a `cast` to a half type rounds where it stands, as its meaning requires).
 """
@@ -288,7 +289,9 @@ class PointwiseKernel:
         for o, dt in zip(out_views, out_dtypes):
             if o.dtype != _torch_of(dt):
                 raise TypeError(f"pointwise kernel: output buffer {o.dtype} does not hold {dt}")
-        key = {"expr": expr.key(), "shape": cshape, "in": in_str, "out": out_str, "wide": wide, "gen": _GENERATOR}
+        # a 1-d (collapsed) kernel's source does not depend on its length: one kernel serves every size
+        kshape = cshape if len(cshape) > 1 else "any"
+        key = {"expr": expr.key(), "shape": kshape, "in": in_str, "out": out_str, "wide": wide, "gen": _GENERATOR}
         self.key = key
         cache = cache or default_cache()
         self.fn = cache.kernel("pointwise", key,

@@ -1,0 +1,105 @@
+"""The concurrent compile pass before a graph's first run (`precompile.py`): in every mode it leaves
+results and buffers untouched; a failing compile is left to the eager pass and does not break later
+passes. Under TRITON_INTERPRET=1 `warmup` compiles nothing (Triton's interpreter returns at once), so
+these tests check the pass's code path, not its speed: that is `bench/compile_time.py --device cuda`
+(on the GPU) or `--device sm90` (kernels compiled for an H100/H200 target without one)."""
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.api import reference_evaluate
+from kiln.backends.triton import TritonExecutor
+from kiln.backends.triton import precompile as pc
+from kiln.compile import compile_graph
+from kiln.models.llama import LlamaConfig, LlamaGraphs
+from kiln.runtime.compiled_graph import CompiledGraph
+
+TINY = LlamaConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def prefill():
+    g = LlamaGraphs(TINY, "float32").prefill_graph(1, 4, last_only=True, cache_len=8)
+    plan, report = compile_graph(g, evaluate=reference_evaluate)
+    rng = np.random.default_rng(0)
+    params = {n: (0.2 * rng.standard_normal(t.shape)).astype(np.float32) for n, (_, t) in plan.params.items()}
+    feeds = dict(input_ids=rng.integers(0, 64, (1, 4)), attention_mask=np.ones((1, 4), np.int64),
+                 position_ids=np.arange(4)[None])
+    return plan, params, feeds
+
+
+def _run(plan, params, feeds, monkeypatch, threads, mode=None):
+    monkeypatch.setenv("KILN_COMPILE_THREADS", str(threads))
+    if mode is not None:
+        real = pc.precompile
+        monkeypatch.setattr("kiln.backends.triton.executor.precompile",
+                            lambda launches, calls: real(launches, calls, threads, mode=mode))
+    cg = CompiledGraph(plan, TritonExecutor(plan), "cuda")
+    cg.load_params(params)
+    out = cg.run(**feeds)
+    states = {n: cg.get_state(n) for n in cg.state_types}
+    return out, states, cg.executor
+
+
+@pytest.mark.parametrize("mode", ["async", "threads", "serial"])
+def test_the_precompile_pass_does_not_change_results(prefill, monkeypatch, mode):
+    plan, params, feeds = prefill
+    ref, ref_states, off = _run(plan, params, feeds, monkeypatch, threads=0)
+    assert off.precompile_stats.mode == "off" and off.precompile_stats.launches == 0
+    out, states, ex = _run(plan, params, feeds, monkeypatch, threads=2, mode=mode)
+    st = ex.precompile_stats
+    compiled = [l for l in ex.program.launches if l.archetype not in pc.SKIPPED_ARCHETYPES]
+    assert (st.mode, st.error, st.launches) == (mode, None, len(compiled)) and compiled
+    assert ex.stats()["precompile"]["mode"] == mode
+    for name in ref:
+        np.testing.assert_array_equal(out[name], ref[name], err_msg=name)
+    for name in ref_states:
+        np.testing.assert_array_equal(states[name], ref_states[name], err_msg=name)
+
+
+def test_compile_only_launches_write_nothing(prefill):
+    """Every launcher in compile-only mode leaves arenas, states and scratch as they were (a launcher
+    that computed there would change the eager run that follows)."""
+    plan, params, _ = prefill
+    ex = TritonExecutor(plan)
+    ex.params_changed({plan.params[n][0]: v for n, v in params.items()})
+    buffers = [*ex.arenas.values(), *ex.state.values(), *ex._persistent.values()]
+    for b in buffers:
+        b.view(torch.uint8).fill_(0x5A) if b.dtype != torch.bool else b.fill_(True)
+    before = [b.clone() for b in buffers]
+    st = pc.precompile(ex.program.launches, ex.calls, 2, mode="serial")
+    assert st.error is None and st.launches > 0
+    for a, b in zip(before, buffers):
+        assert torch.equal(a, b)
+
+
+class _Launch:
+    def __init__(self, archetype="pointwise"):
+        self.archetype = archetype
+
+
+def test_a_failing_compile_is_reported_and_later_passes_still_run():
+    def broken():
+        raise RuntimeError("simulated compile failure")
+
+    ran = []
+    for mode in ("async", "threads", "serial"):
+        st = pc.precompile([_Launch()], [(broken, ())], 2, mode=mode)
+        assert st.error == "RuntimeError: simulated compile failure", mode
+        st = pc.precompile([_Launch(), _Launch("fallback")], [(lambda: ran.append(mode), ()), (broken, ())], 2,
+                           mode=mode)
+        assert st.error is None and st.launches == 1, mode   # fallback launches are not run
+    assert ran == ["async", "threads", "serial"]
+
+
+def test_compile_threads_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("KILN_COMPILE_THREADS", "3")
+    assert pc.compile_threads() == 3
+    monkeypatch.setenv("KILN_COMPILE_THREADS", "many")
+    with pytest.raises(ValueError, match="KILN_COMPILE_THREADS"):
+        pc.compile_threads()
+    monkeypatch.delenv("KILN_COMPILE_THREADS")
+    assert 1 <= pc.compile_threads() <= 16
+    assert pc.precompile([_Launch()], [(lambda: None, ())], 1).mode == "off"   # one thread: no pass
