@@ -67,7 +67,8 @@ print(json.dumps(dict(cache=r.cache, stages=sorted(r.stage_seconds), kernels=r.k
 
 
 def test_a_fresh_process_hits_the_cache_and_computes_the_same_outputs(tmp_path):
-    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": path}   # keep what the parent imports
     env.pop("KILN_COMPILE_CACHE", None)
     runs = []
     for i in range(2):
