@@ -9,6 +9,7 @@ from helpers import check, randn
 from kiln.backends.triton import TritonExecutor
 from kiln.compile.plan import build_plan
 from kiln.ir import Graph
+from kiln.ir.ops.attention import allowed_positions
 from kiln.runtime.compiled_graph import CompiledGraph
 
 # max |kiln - reference| over max |reference|, by dtype (bfloat16: P and dS enter the products rounded)
@@ -24,17 +25,9 @@ def reference_attention(q, k, v, mask=None, causal=False, scale=None, window=Non
         s = torch.tanh(s / softcap) * softcap
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-    sq, sk = q.shape[2], k.shape[2]
-    qpos = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    kpos = torch.arange(sk, device=q.device)[None, :]
-    allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed &= kpos <= qpos
-    if window is not None:
-        allowed &= qpos - kpos < window
-        if not causal:
-            allowed &= kpos - qpos < window
-    s = s.masked_fill(~allowed, float("-inf"))
+    allowed = allowed_positions(q.shape[2], k.shape[2], causal, window)   # the op spec's rule
+    if allowed is not None:
+        s = s.masked_fill(~torch.from_numpy(allowed).to(q.device), float("-inf"))
     dead = (s == float("-inf")).all(-1, keepdim=True)
     s = s.masked_fill(dead, 0.0)             # finite softmax inputs, so autograd gives no NaN ...
     p = torch.softmax(s, -1).masked_fill(dead, 0.0)   # ... and the row attends to nothing
