@@ -180,7 +180,9 @@ def test_hypotheses_share_cross_attention_and_reorder_within_utterance(tiny, enc
     grouped.reorder(order)  # as if the hypotheses had been fed the histories ids[order]
     replay = model.start_decoding(enc.select([0, 0, 0, 1, 1, 1]))
     replay.step(ids[order, :3])
-    np.testing.assert_allclose(grouped.step(ids[:, 3:4]), replay.step(ids[:, 3:4]), atol=1e-5)
+    # the grouped and flat graphs have other shapes, so BLAS sums in another order: float32 noise
+    # (1.04e-5 on a logit of 0.84 with today's wheels) needs a relative share too
+    np.testing.assert_allclose(grouped.step(ids[:, 3:4]), replay.step(ids[:, 3:4]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="own utterance"):
         grouped.reorder([3, 0, 0, 3, 3, 3])
 
