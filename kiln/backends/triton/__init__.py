@@ -4,7 +4,7 @@ Kernels per archetype (`kernels/`):
 
 | archetype | ops | kernel |
 |---|---|---|
-| pointwise | every elementwise op, cast, where, clamp, swiglu/geglu; chains of them | one generated kernel per fused expression (`pointwise.py`) |
+| pointwise | every elementwise op, cast, where, clamp, swiglu/geglu; chains of them (several outputs); the Plan's multi-tensor kernels | one generated kernel per fused expression; one launch over pointer tables for a multi-tensor kernel (`pointwise.py`) |
 | reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` (rows split over a second launch when too few programs fill the GPU) |
 | reduction | softmax_cross_entropy and its backward (any leading dims; logits rows read in place through two row strides; a label outside [0, V) other than ignore_index gives NaN for that row) | one program per row over vocabulary chunks (`cross_entropy.py`) |
 | matmul | matmul (one collapsible batch dim), linear, fused_linear; + norm prologue, bias / activation / gated / residual / cast epilogue | Triton GEMM for M < 128, cuBLAS + generated epilogue above (`matmul.py`) |
