@@ -83,7 +83,7 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
         ids = rng.integers(0, model.graphs.vocab_size, (B, prompt))
         t0 = time.perf_counter()
         model.warmup(B, prompt, new, select="greedy")
-        generate(ids, 2)                      # kernels compiled, CUDA graphs captured
+        generate(ids, new)   # kernels compiled, CUDA graphs captured: the warmed cache length (not 2 tokens' own)
         res[f"kiln_compile_s_b{B}"] = time.perf_counter() - t0
         dec = model.compiled("decode", B, model.cache_length(prompt + new), select="greedy")
         st = dec.executor.stats()
