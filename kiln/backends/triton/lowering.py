@@ -301,8 +301,9 @@ class Lowering:
         return False
 
     # ---- pointwise ---------------------------------------------------------------------------
-    def _pointwise_group(self, members: list[int]) -> None:
-        e, ext, out_vids = self._pointwise_expr(members)
+    def _pointwise_group(self, members: list[int], built=None) -> None:
+        """One launch of a chain; `built`: its `_pointwise_expr` result when the caller has it."""
+        e, ext, out_vids = built or self._pointwise_expr(members)
         outs = [self._out(o) for o in out_vids]
         shape = tuple(self.types[out_vids[-1]].shape)
         k = PointwiseKernel(e, shape, [o.meta for o in ext], [o.meta for o in outs])
@@ -320,8 +321,8 @@ class Lowering:
         outs = [[self._out(o) for o in out_vids] for _, _, out_vids in sets]
         flat = all(op.meta.is_contiguous() and op.meta.dtype != torch.bool for group in ins + outs for op in group)
         if not flat or any(s[0].key() != e.key() for s in sets):
-            for members in parts:
-                self._pointwise_group(members)
+            for members, built in zip(parts, sets):
+                self._pointwise_group(members, built)
             return
         k = MultiTensorPointwise(e, [[op.meta for op in g] for g in ins], [[op.meta for op in g] for g in outs])
         self.fused["multi_tensor"] += 1

@@ -327,7 +327,7 @@ class Attention:
                 q, k, v, m, out, lse_t, o_part, ml_part, arrived, *common,
                 self.Hk, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window, self.chunk,
                 DIRECT=direct, SPLITS=self.splits, BM=self.BM, BN=self.BN, BD=self.BD, num_warps=warps,
-                PDL=self.pdl, **({"launch_pdl": True} if self.pdl else {}), **self.flags)
+                early_launch=self.pdl, **self.flags)
         else:
             grid = (triton.cdiv(self.Sq, self.BM), self.B * self.Hq)
             launch(_attn_fwd, grid, q, k, v, m, out, lse_t, *common,

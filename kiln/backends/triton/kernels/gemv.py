@@ -153,8 +153,8 @@ class Gemv:
                self.M, self.N, self.K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                res.stride(0), res.stride(1), self.N, self.eps,
-               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], PDL=self.pdl,
-               **({"launch_pdl": True} if self.pdl else {}), **self.flags)
+               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], early_launch=self.pdl,
+               **self.flags)
 
 
 def _2d(t: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,13 @@ from contextlib import contextmanager
 _state = threading.local()
 
 
-def launch(fn, grid, *args, **kwargs) -> None:
+def launch(fn, grid, *args, early_launch: bool | None = None, **kwargs) -> None:
+    """early_launch: for kernels with a `PDL` constexpr, launch before the previous kernel ends
+    (programmatic dependent launch); the kernel waits (`gdc_wait`) where it must."""
+    if early_launch is not None:
+        kwargs["PDL"] = early_launch
+        if early_launch:
+            kwargs["launch_pdl"] = True
     if getattr(_state, "compile_only", False):
         fn.warmup(*args, grid=grid, **kwargs)
     else:

@@ -242,4 +242,4 @@ class RopeQKVCache:
                v.stride(0), v.stride(1), v.stride(3), cb, cos.stride(2),
                q_out.stride(0), q_out.stride(1), q_out.stride(3), *k_cache.stride(), *v_cache.stride(),
                INTERLEAVED=self.interleaved, PASS=self.PASS, BH=self.BH, BP=self.BP, BD=self.BD, num_warps=1,
-               PDL=self.pdl, **({"launch_pdl": True} if self.pdl else {}))
+               early_launch=self.pdl)

@@ -329,8 +329,6 @@ def _torch_of(dt: DType) -> torch.dtype:
     from ..device import torch_dtype
     return torch_dtype(dt)
 
-
-
 MULTI_TENSOR_BLOCK = 1024
 
 
