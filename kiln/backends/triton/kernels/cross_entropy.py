@@ -20,15 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tmath as tm
 from .launch import launch
 from .pointwise import collapse
-from .reduction import next_pow2
+from .reduction import acc_type, next_pow2
 
 BLOCK = 4096   # columns per chunk: 16 float32 per thread at 8 warps, per accumulator
-
-
-def _acc_type(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _warps(block: int) -> int:
@@ -69,16 +66,12 @@ def _cross_entropy_fwd_kernel(x, labels, loss, lse, V, INNER, sx_outer, sx_inner
         c = start + cols
         m = c < V
         v = tl.load(xrow + c, mask=m, other=float("-inf")).to(ACC)
-        new = tl.maximum(mx, v)
-        new_safe = tl.where(new == float("-inf"), 0.0, new)
-        s = s * tl.exp(mx - new_safe) + tl.where(m, tl.exp(v - new_safe), 0.0)
-        mx = new
+        mx, s = tm.online_max_sum(mx, s, v, m)
         picked += tl.where(c == label, v, 0.0)
         if SMOOTHING != 0.0:
             total += tl.where(m, v, 0.0)
-    gmax = tl.max(mx, 0)
-    gmax_safe = tl.where(gmax == float("-inf"), 0.0, gmax)
-    row_lse = tl.log(tl.sum(s * tl.exp(mx - gmax_safe), 0)) + gmax_safe
+    gmax_safe, total_exp = tm.lanes_max_sum(mx, s)
+    row_lse = tl.log(total_exp) + gmax_safe
     target = tl.sum(picked, 0)
     if SMOOTHING != 0.0:
         target = (1.0 - SMOOTHING) * target + SMOOTHING * (tl.sum(total, 0) / V)
@@ -133,7 +126,7 @@ class _RowKernel:
         self.inner, self.s_outer, self.s_inner = layout
         self.block = block if block is not None else min(next_pow2(self.V), BLOCK)
         self.ignore_index, self.smoothing = int(ignore_index), float(label_smoothing)
-        self.acc = _acc_type(x.dtype)
+        self.acc = acc_type(x.dtype)
 
 
 class SoftmaxCrossEntropy(_RowKernel):

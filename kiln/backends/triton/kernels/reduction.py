@@ -14,6 +14,7 @@ import triton.language as tl
 
 from ..device import interpreting
 from .launch import launch
+from . import tmath as tm
 
 MAX_SINGLE_BLOCK = 16384
 
@@ -22,7 +23,7 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _acc_type(dtype: torch.dtype):
+def acc_type(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -56,13 +57,8 @@ def _softmax_kernel(x, out, R, LOG: tl.constexpr, SINGLE: tl.constexpr, BLOCK: t
         for start in range(0, R, BLOCK):
             m = start + cols < R
             v = tl.load(x + base + start + cols, mask=m, other=float("-inf")).to(ACC)
-            new = tl.maximum(mx, v)
-            new_safe = tl.where(new == float("-inf"), 0.0, new)
-            s = s * tl.exp(mx - new_safe) + tl.where(m, tl.exp(v - new_safe), 0.0)
-            mx = new
-        gmax = tl.max(mx, 0)
-        gmax_safe = tl.where(gmax == float("-inf"), 0.0, gmax)
-        total = tl.sum(s * tl.exp(mx - gmax_safe), 0)
+            mx, s = tm.online_max_sum(mx, s, v, m)
+        gmax_safe, total = tm.lanes_max_sum(mx, s)
         for start in range(0, R, BLOCK):
             m = start + cols < R
             v = tl.load(x + base + start + cols, mask=m, other=float("-inf")).to(ACC)
@@ -84,7 +80,7 @@ class Softmax:
         self.single = self.R <= MAX_SINGLE_BLOCK
         self.block = next_pow2(self.R) if self.single else 4096
         self.log = log
-        self.acc = _acc_type(x.dtype)
+        self.acc = acc_type(x.dtype)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
         launch(_softmax_kernel, (self.rows,), x, out, self.R, LOG=self.log, SINGLE=self.single, BLOCK=self.block,
@@ -176,7 +172,7 @@ class Norm:
         self.flags = dict(RMS=rms, HAS_RES=has_residual, HAS_W=has_weight, HAS_B=has_bias,
                           UNIT_OFFSET=unit_offset, WRITE_SUM=write_sum)
         self.eps = float(eps)
-        self.acc = _acc_type(x.dtype)
+        self.acc = acc_type(x.dtype)
 
     def __call__(self, x, residual, weight, bias, out, sum_out=None) -> None:
         dummy = out

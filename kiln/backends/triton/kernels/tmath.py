@@ -26,6 +26,24 @@ def enter_after_previous(PDL: tl.constexpr):
 
 
 @triton.jit
+def online_max_sum(mx, s, v, m):
+    """One chunk of a chunked softmax, lane by lane: the running max `mx` and sum `s` of
+    exp(x - max) updated with values `v` (masked lanes, `m` False, hold -inf)."""
+    new = tl.maximum(mx, v)
+    new_safe = tl.where(new == float("-inf"), 0.0, new)
+    s = s * tl.exp(mx - new_safe) + tl.where(m, tl.exp(v - new_safe), 0.0)
+    return new, s
+
+
+@triton.jit
+def lanes_max_sum(mx, s):
+    """The row's max (0 for a row of -inf) and sum of exp(x - max) from `online_max_sum`'s lanes."""
+    gmax = tl.max(mx, 0)
+    gmax_safe = tl.where(gmax == float("-inf"), 0.0, gmax)
+    return gmax_safe, tl.sum(s * tl.exp(mx - gmax_safe), 0)
+
+
+@triton.jit
 def tanh(x):
     ax = tl.abs(x)
     t = tl.exp(-2.0 * ax)
