@@ -21,6 +21,14 @@ ROPE_TYPES = ("default", "linear", "llama3")
 LAYOUTS = ("half", "interleaved")
 
 
+def cos_sin(g: Graph, angles: Value, dtype: str) -> tuple[Value, Value]:
+    """cos and sin of float32 angles, in the model's dtype: the tables every RoPE rotates by."""
+    cos, sin = g.cos(angles), g.sin(angles)
+    if dtype != "float32":
+        cos, sin = g.cast(cos, dtype=dtype), g.cast(sin, dtype=dtype)
+    return cos, sin
+
+
 @dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding settings (HF `rope_parameters`)."""
@@ -99,10 +107,7 @@ class Rope:
         b, s = positions.shape
         freqs = g.reshape(g.cast(positions, dtype="float32"), shape=[b, s, 1]) * g.constant(
             self.inv_freq, name="rope_inv_freq")
-        cos, sin = g.cos(freqs), g.sin(freqs)
-        if self.dtype != "float32":
-            cos, sin = g.cast(cos, dtype=self.dtype), g.cast(sin, dtype=self.dtype)
-        return cos, sin
+        return cos_sin(g, freqs, self.dtype)
 
     def __call__(self, g: Graph, x: Value, tables: tuple[Value, Value]) -> Value:
         """Rotate x [B, H, S, D] by the positions' angles."""

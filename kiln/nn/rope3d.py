@@ -18,6 +18,8 @@ import numpy as np
 
 from kiln.ir import Graph, Value
 
+from .rope import cos_sin
+
 
 class Rope3D:
     """`tables(g, ids, count)` once per graph, then `rope(g, x, tables)` per q/k (an Attention's `rope`)."""
@@ -48,10 +50,7 @@ class Rope3D:
         b, s, _ = pos.shape
         angles = g.reshape(pos, shape=[b, s, 3, 1]) * g.constant(self.omega, name="rope3d_omega")
         angles = g.reshape(angles, shape=[b, 1, s, self.rotated])
-        cos, sin = g.cos(angles), g.sin(angles)
-        if self.dtype != "float32":
-            cos, sin = g.cast(cos, dtype=self.dtype), g.cast(sin, dtype=self.dtype)
-        return cos, sin
+        return cos_sin(g, angles, self.dtype)
 
     def __call__(self, g: Graph, x: Value, tables: tuple[Value, Value]) -> Value:
         """Rotate x [B, H, S, head_dim] by its tokens' grid coordinates."""
