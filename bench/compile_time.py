@@ -233,7 +233,18 @@ def child_main(spec: str) -> int:
     t_import = time.perf_counter() - t0
     fn = child_primitive if o["workload"] == "primitive" else \
         child_sm90 if o["device"] == "sm90" else {"pair": child_pair, "train": child_train}[o["workload"]]
-    res = fn(o)
+    if o.get("cprofile"):
+        import cProfile
+        import io
+        import pstats
+        prof = cProfile.Profile()
+        res = prof.runcall(fn, o)
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(60)
+        with open(o["cprofile"], "w") as f:
+            f.write(text.getvalue())
+    else:
+        res = fn(o)
     res["import_s"] = t_import
     print("RESULT " + json.dumps(res, default=str))
     return 0
@@ -258,16 +269,25 @@ def run_child(o: dict, caches: str | None, threads: int | None) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def scenarios_of(o: dict, names: list[str], threads: int | None) -> dict[str, dict]:
-    """One fresh cache directory; cold, then warm (as cold left it), then plans (Triton's cache emptied)."""
+def scenarios_of(o: dict, names: list[str], threads: int | None, cprofile: str | None = None) -> dict[str, dict]:
+    """One fresh cache directory; cold, then warm (as cold left it), then plans (Triton's cache emptied).
+    With `cprofile` (a folder), each child's compile runs under cProfile and writes its top functions there."""
     root = tempfile.mkdtemp(prefix="kiln-compile-time-")
+
+    def child(scenario):
+        if cprofile is None:
+            return run_child(o, root, threads)
+        os.makedirs(cprofile, exist_ok=True)
+        name = f"{o['workload']}-{o['device']}-{scenario}-threads{threads or 'default'}.txt"
+        return run_child({**o, "cprofile": os.path.join(cprofile, name)}, root, threads)
+
     try:
-        res = {"cold": run_child(o, root, threads)}
+        res = {"cold": child("cold")}
         if "warm" in names:
-            res["warm"] = run_child(o, root, threads)
+            res["warm"] = child("warm")
         if "plans" in names:
             shutil.rmtree(os.path.join(root, "triton"), ignore_errors=True)
-            res["plans"] = run_child(o, root, threads)
+            res["plans"] = child("plans")
         return {k: v for k, v in res.items() if k in names}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -280,7 +300,7 @@ def main_workloads(args) -> int:
     report = []
     for workload in args.workload.split(","):
         for th in threads:
-            reps = [scenarios_of({**o, "workload": workload}, names, th) for _ in range(args.repeat)]
+            reps = [scenarios_of({**o, "workload": workload}, names, th, args.cprofile) for _ in range(args.repeat)]
             report.append({"workload": workload, "threads": th, "runs": reps})
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -344,6 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--seq", type=int, default=16, help="primitive: sequence length of the graph's input")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--cprofile", default=None, help="a folder: each child's compile under cProfile, top functions there")
     args = p.parse_args(argv)
     if args.child:
         return child_main(args.child)
