@@ -16,9 +16,11 @@ are the optimizer's fused ops; grouping only decides what runs in one launch:
   reads any of their results before it (`multi_tensor_groups`);
 - a matmul's cast to float32 (half-precision logits): the launch rounds its result to
   the matmul dtype and stores float32;
-- a decode step's q/k/v epilogue: rope(q), rope(k) written into its cache, and v written
-  into its cache at the same position, when both caches are states updated in place
-  (`decode_qkv_groups`).
+- a decode step's attention with its q/k/v prologue: rope(q), rope(k) written into its
+  cache, v written into its cache at the same position, and the attention reading them, when
+  both caches are states updated in place (`decode_qkv_groups`); a backend launches them as
+  one attention (Triton: for one token per row) or as a rope + cache-write launch and the
+  attention.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ HALF = ("float16", "bfloat16")
 class Kernel:
     archetype: str
     steps: list[int] = field(default_factory=list)
-    pattern: str = "single"   # single | pointwise_chain | matmul_cast | rope_qkv_cache | multi_tensor
+    pattern: str = "single"   # single | pointwise_chain | matmul_cast | rope_qkv_cache_attention | multi_tensor
     parts: list[list[int]] = field(default_factory=list)   # multi_tensor: the chains, in launch order
 
     @property
@@ -85,7 +87,7 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
     groups: dict[int, tuple[str, str, list[int]]] = {}   # last step -> (archetype, pattern, members)
     group_of: dict[int, int] = {}                          # step -> last step of its group
     for members in decode_qkv_groups(steps, producer, readers, keep, in_place_states or {}):
-        groups[members[-1]] = ("layout", "rope_qkv_cache", list(members))
+        groups[members[-1]] = ("attention", "rope_qkv_cache_attention", list(members))
         group_of.update((m, members[-1]) for m in members)
     for i, s in enumerate(steps):
         if s.kind == "view" or i in group_of:
@@ -99,7 +101,7 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
                 del groups[cast_of]
                 arch, pattern, members = "matmul", "matmul_cast", [cast_of, i]
             else:
-                members = _pointwise_chain(steps, i, producer, readers, keep, groups, types)
+                members = _pointwise_chain(steps, i, producer, readers, keep, groups, group_of, types)
                 pattern = "pointwise_chain" if len(members) > 1 else "single"
         groups[i] = (arch, pattern, members)
         group_of.update((m, i) for m in members)
@@ -194,10 +196,12 @@ def _matmul_cast_source(steps, i, producer, readers, keep, types, groups) -> int
     return j
 
 
-def _pointwise_chain(steps, i, producer, readers, keep, groups, types) -> list[int]:
+def _pointwise_chain(steps, i, producer, readers, keep, groups, group_of, types) -> list[int]:
     """Step i and the pointwise groups before it whose results only the chain reads (a DAG is fine:
     a value read by several steps joins once all of its readers are in the chain), or that have
-    the chain's shape and no reader outside the chain before step i (they become outputs too)."""
+    the chain's shape and no reader outside the chain before step i (they become outputs too).
+    A group joins whole, whichever of its steps makes the value read (sin(x) and cos(x) of one x
+    are one chain)."""
     members = {i}
     shape = types[steps[i].outputs[0]].shape
     changed = True
@@ -205,8 +209,9 @@ def _pointwise_chain(steps, i, producer, readers, keep, groups, types) -> list[i
         changed = False
         produced = {o for m in members for o in steps[m].outputs}
         for v in {v for m in members for v in flat_ids(steps[m].inputs)} - produced:
-            p = producer.get(v)
-            if p is None or p not in groups or groups[p][0] != "pointwise":
+            p = group_of.get(producer.get(v))
+            if p is None or p not in groups or groups[p][0] != "pointwise" \
+                    or groups[p][1] not in ("single", "pointwise_chain"):
                 continue
             group = set(groups[p][2])
             if not all(types[o].shape == shape and all(r > i for r in outside)
@@ -219,9 +224,11 @@ def _pointwise_chain(steps, i, producer, readers, keep, groups, types) -> list[i
 
 
 def decode_qkv_groups(steps, producer, readers, keep, in_place_states) -> list[tuple[int, ...]]:
-    """(rope q, rope k, cache_write k, cache_write v) step indices of each decode attention whose
-    q and k rotate with the same tables, whose k and v caches are written at one position and are
-    states updated in place, and whose rotated k is read only by its cache write."""
+    """(rope q, rope k, cache_write k, cache_write v, attention) step indices of each decode
+    attention whose q and k rotate with the same tables, whose k and v caches are written at one
+    position, are states updated in place and are read by the attention alone, and whose rotated
+    q and k are read only by the attention and the cache write. The attention ends the group, so
+    what the prologue reads stays live (and unclobbered) until the attention has run."""
     assigned = set(in_place_states.values())
     found = []
     for t, s in enumerate(steps):
@@ -239,16 +246,17 @@ def decode_qkv_groups(steps, producer, readers, keep, in_place_states) -> list[t
         ok = (qa.inputs[1:] == kb.inputs[1:] and qa.attrs == kb.attrs
               and cw_k.inputs[2] == cw_v.inputs[2] and cw_k.attrs["axis"] == cw_v.attrs["axis"] == 2
               and len(readers[qa.outputs[0]]) == 1 and len(readers[kb.outputs[0]]) == 1
+              and readers[cw_k.outputs[0]] == {t} and readers[cw_v.outputs[0]] == {t}
               and qa.outputs[0] not in keep and kb.outputs[0] not in keep
               and cw_k.outputs[0] in assigned and cw_v.outputs[0] in assigned
               and all(steps[m].kind == "compute" for m in (a, b, c, d)))
         if not ok:
             continue
-        members = tuple(sorted((a, b, c, d)))
-        externals = [v for m in members for v in flat_ids(steps[m].inputs)
-                     if producer.get(v) not in members]
-        if all(_ready(v, steps, producer) < members[0] for v in externals):
-            found.append(members)
+        prologue = tuple(sorted((a, b, c, d)))
+        externals = [v for m in prologue for v in flat_ids(steps[m].inputs)
+                     if producer.get(v) not in prologue]
+        if all(_ready(v, steps, producer) < prologue[0] for v in externals):
+            found.append((*prologue, t))
     return found
 
 

@@ -87,3 +87,49 @@ def test_split_decode_merges_in_one_launch_run_after_run(rng):
         feeds = {"q": randn(rng, (2, 6, 1, 16)), "k": randn(rng, (2, 2, 300, 16)), "v": randn(rng, (2, 2, 300, 16))}
         assert_close(cg.run(**feeds), ref_cg.run(**feeds))
     assert int(kernels[0]._arrived.sum()) == 0
+
+
+def rope_cache_attention_steps(rng, B, Hq, Hk, L, D, R2, layout, dtype, positions):
+    """rope(q), rope(k) into its cache, v into its cache and the attention over both caches, as one
+    decode launch, run at each slot in `positions` and checked (output and both caches) against the
+    reference; returns the attention kernel."""
+    from helpers import TOL, assert_close, compiled_pair
+    g = Graph()
+    kc, vc = g.state("k_cache", (B, Hk, L, D), dtype), g.state("v_cache", (B, Hk, L, D), dtype)
+    xq, xk, xv = (g.input(n, (B, h, 1, D), dtype) for n, h in (("xq", Hq), ("xk", Hk), ("xv", Hk)))
+    cos, sin = g.input("cos", (B, 1, R2), dtype), g.input("sin", (B, 1, R2), dtype)
+    slot = g.input("slot", (1,), "int64")
+    mask = g.input("mask", (B, 1, 1, L), "bool")
+    k_new = g.cache_write(kc, g.rope(xk, cos, sin, layout=layout), slot, axis=2)
+    v_new = g.cache_write(vc, xv, slot, axis=2)
+    g.assign(kc, k_new)
+    g.assign(vc, v_new)
+    g.output("o", g.attention(g.rope(xq, cos, sin, layout=layout), k_new, v_new, mask))
+    ref_cg, cg = compiled_pair(g)
+    launches = cg.executor.program.launches
+    assert [l.archetype for l in launches] == ["attention"]
+    assert cg.executor.stats()["fused"]["rope_qkv_cache_attention"] == 1
+    caches = {n: randn(rng, (B, Hk, L, D), dtype) for n in ("k_cache", "v_cache")}
+    for c in (ref_cg, cg):
+        for n, a in caches.items():
+            c.set_state(n, a)
+    np_dt = caches["k_cache"].dtype
+    for pos in positions:
+        ang = rng.uniform(-3, 3, (B, 1, R2))
+        feeds = {"xq": randn(rng, (B, Hq, 1, D), dtype), "xk": randn(rng, (B, Hk, 1, D), dtype),
+                 "xv": randn(rng, (B, Hk, 1, D), dtype), "cos": np.cos(ang).astype(np_dt),
+                 "sin": np.sin(ang).astype(np_dt), "slot": np.array([pos]),
+                 "mask": np.arange(L)[None, None, None, :].repeat(B, 0) <= pos}
+        feeds["mask"][-1, ..., :3] = False
+        assert_close(cg.run(**feeds), ref_cg.run(**feeds), floor=TOL[dtype])
+        for n in caches:
+            assert_close({n: cg.get_state(n)}, {n: ref_cg.get_state(n)}, floor=TOL[dtype])
+    return launches[0].fn
+
+
+@pytest.mark.parametrize("layout,dtype", [("half", "float32"), ("interleaved", "float32"), ("half", "bfloat16")])
+def test_decode_attention_rotates_and_caches_the_new_token_itself(rng, layout, dtype):
+    """Whichever split holds the slot writes the new row before reading it, the other splits read
+    the cache as it was: slots either side of a split boundary (48 keys a split here)."""
+    kern = rope_cache_attention_steps(rng, 2, 6, 2, 70, 16, 4, layout, dtype, (10, 60, 47, 48))
+    assert kern.splits > 1

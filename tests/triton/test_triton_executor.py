@@ -123,7 +123,9 @@ def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
     for name in dec.state_types:   # bfloat16 caches: two layers of bfloat16 activations, rounded again
         assert_close({name: dec.get_state(name)}, {name: dec_ref.get_state(name)}, floor=2 * floor)
     stats = dec.executor.stats()
-    assert stats["fused"]["rope_qkv_cache"] == 2 and not stats["fallbacks"]   # rope(q, k) + both cache writes
+    # rope(q, k) and both cache writes run inside each layer's decode attention launch
+    assert stats["fused"]["rope_qkv_cache_attention"] == 2 and not stats["fallbacks"]
+    assert not any(l.label.startswith("rope") and l.archetype == "layout" for l in dec.executor.program.launches)
     # per layer: qkv, o, gate_up, down (norms, residual adds and swiglu fused in); + the head
     assert stats["by_archetype"]["matmul"] == 2 * 4 + 1
     assert stats["by_archetype"]["attention"] == 2

@@ -146,3 +146,12 @@ def test_generate_on_cuda_brings_back_only_the_chosen_token_ids(llama):
     # every state is written in place but input_ids: its new value is also the next_token output,
     # so it is copied from that (8 bytes a row)
     assert set(dec.plan.memory.state_in_place) == set(dec.plan.states) - {"input_ids"}, nbytes
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_decode_attention_with_rope_and_cache_writes_on_real_shapes(rng, layout):
+    """SmolLM2-135M's decode attention (9 query, 3 KV heads of 64, bfloat16) over a 1024-slot cache
+    split over many programs, rotating and caching the new token itself, at slots in several splits."""
+    from test_triton_attention import rope_cache_attention_steps
+    kern = rope_cache_attention_steps(rng, 1, 9, 3, 1024, 64, 32, layout, "bfloat16", (0, 127, 128, 700, 1023))
+    assert kern.splits >= 4

@@ -224,7 +224,7 @@ class Lowering:
             if i != k.last:
                 continue            # a kernel launches once, at its last step
             self._steps = tuple(k.steps)
-            if k.pattern == "rope_qkv_cache":
+            if k.pattern == "rope_qkv_cache_attention":
                 self._decode_qkv(k.steps)
             elif k.pattern == "multi_tensor":
                 self._multi_tensor(k.parts)
@@ -361,10 +361,13 @@ class Lowering:
         return e, ext, out_vids
 
     def _decode_qkv(self, members) -> None:
-        """The Plan's rope_qkv_cache kernel: rope(q); rope(k) into its cache; v into its cache, one launch."""
+        """The Plan's rope_qkv_cache_attention kernel: for one token per row, one decode attention
+        launch that rotates q and k and writes k and v into the caches first; otherwise a launch
+        that does rope(q), rope(k) into its cache and v into its cache, then the attention."""
         steps = self.plan.steps
+        *prologue, t = members
         by_op = {}
-        for m in members:
+        for m in prologue:
             by_op.setdefault(steps[m].op, []).append(steps[m])
         cw_k, cw_v = by_op["cache_write"]
         if self.producer.get(cw_k.inputs[1]) is None or steps[self.producer[cw_k.inputs[1]]].op != "rope":
@@ -375,16 +378,26 @@ class Lowering:
         xk, xv = self.vals[rope_k.inputs[0]], self.vals[cw_v.inputs[1]]
         if cos.meta.stride() != sin.meta.stride():
             cos, sin = self._contiguous(cos), self._contiguous(sin)
-        q_out = self._out(rope_q.outputs[0])
         kc, vc = self._out(cw_k.outputs[0]), self._out(cw_v.outputs[0])
         if kc.storage is not self.vals[cw_k.inputs[0]].storage or vc.storage is not self.vals[cw_v.inputs[0]].storage:
             raise AssertionError("rope_qkv_cache kernel: the Plan must update both caches in place")
+        if steps[t].inputs[1:3] != [cw_k.outputs[0], cw_v.outputs[0]]:
+            cw_k, cw_v = cw_v, cw_k   # (never: the attention reads k's cache second)
+        interleaved = rope_q.attrs["layout"] == "interleaved"
+        slot = self.vals[cw_k.inputs[2]]
+        rope = (cos.meta.shape[2], interleaved)
+        try:
+            self._op_attention(t, steps[t], rope=(rope, xq, (xk, xv, cos, sin, slot)))
+            return
+        except NotImplementedError:   # not the one-token decode kernel: rotate and cache first
+            pass
+        q_out = self._out(rope_q.outputs[0])
         bq, hq, _, dd = xq.meta.shape
         _, hk, length, _ = kc.meta.shape
-        k = layout_k.RopeQKVCache(bq, hq, hk, dd, cos.meta.shape[2], length, rope_q.attrs["layout"] == "interleaved")
-        self._emit("layout", "rope(q)+rope(k)+cache_write(k,v)", k,
-                   (xq, xk, xv, cos, sin, q_out, kc, vc, self.vals[cw_k.inputs[2]]))
+        k = layout_k.RopeQKVCache(bq, hq, hk, dd, cos.meta.shape[2], length, interleaved)
+        self._emit("layout", "rope(q)+rope(k)+cache_write(k,v)", k, (xq, xk, xv, cos, sin, q_out, kc, vc, slot))
         self.fused["rope_qkv_cache"] += 1
+        self._single(t, steps[t])
 
     def _op_cache_write(self, i, s):
         """Write the new rows; the cache is copied first unless the Plan computes the result in place."""
@@ -629,16 +642,25 @@ class Lowering:
     def _mask_kind(self, vid: int | None) -> str:
         return "none" if vid is None else ("bool" if self.types[vid].dtype.name == "bool" else "add")
 
-    def _op_attention(self, i, s, lse=False):
-        q, k, v = (self.vals[x] for x in s.inputs[:3])
+    def _op_attention(self, i, s, lse=None, rope=None):
+        """rope: ((rot_half, interleaved), the unrotated q, (k, v, cos, sin, slot)) from _decode_qkv."""
+        lse = s.op == "attention_lse" if lse is None else lse
+        rope, q, rope_args = rope if rope is not None else (None, self.vals[s.inputs[0]], None)
+        k, v = (self.vals[x] for x in s.inputs[1:3])
         mask = self.vals[s.inputs[3]] if s.inputs[3] is not None else None
         a = s.attrs
         att = attn_k.Attention(tuple(q.meta.shape), tuple(k.meta.shape), tuple(v.meta.shape), q.meta.dtype,
                                causal=a["causal"], scale=a["scale"], window=a["window"], softcap=a["softcap"],
-                               mask_kind=self._mask_kind(s.inputs[3]), write_lse=lse, num_sms=self.num_sms)
+                               mask_kind=self._mask_kind(s.inputs[3]), write_lse=lse, num_sms=self.num_sms,
+                               rope=rope)
         out = self._out(s.outputs[0])
         lse_op = self._out(s.outputs[1]) if lse else None
         scratch = self._scratch(att.scratch())
+        if rope is not None:
+            self._emit("attention", "rope(q)+rope(k)+cache_write(k,v)+" + s.op + " [decode]", att,
+                       (q, k, v, mask, out, lse_op, scratch, rope_args))
+            self.fused["rope_qkv_cache_attention"] += 1
+            return
         self._emit("attention", s.op + (" [decode]" if att.decode else ""), att,
                    (q, k, v, mask, out, lse_op, scratch))
 

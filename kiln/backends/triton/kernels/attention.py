@@ -145,12 +145,14 @@ def _attn_fwd(q, k, v, mask, out, lse,
 
 
 @triton.jit
-def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived,
+def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos, sin, slot,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                  smb, smh, smm, smn, sob, soh, som, sod, slb, slh,
-                 Hk, G, Sq, Sk, D, scale, softcap, window, chunk,
+                 sxkb, sxkh, sxkd, sxvb, sxvh, sxvd, scb, scd,
+                 Hk, G, Sq, Sk, D, R2, scale, softcap, window, chunk,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
                  WRITE_LSE: tl.constexpr, DIRECT: tl.constexpr, SPLITS: tl.constexpr,
+                 ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
                  INTERP: tl.constexpr, PDL: tl.constexpr):
     tm.enter_after_previous(PDL)
@@ -164,8 +166,24 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived,
     dmask = rd < D
     h = hk * G + (r // Sq).to(tl.int64)
     qi = r % Sq
-    qt = tl.load(q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm + rd[None, :] * sqd,
-                 mask=mrow[:, None] & dmask[None, :], other=0.0)
+    q_ptrs = q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm
+    qt = tl.load(q_ptrs + rd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
+    if ROPE:
+        # q and the new key arrive unrotated (one token, Sq == 1): rotate q here, and the program
+        # whose split holds the slot rotates k and writes k and v into the caches before reading them
+        pd, sign, c, sn = _rope_lanes(cos + b * scb, sin + b * scb, scd, rd, R2, dmask, INTERLEAVED)
+        qp = tl.load(q_ptrs + pd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
+        qt = (qt.to(tl.float32) * c[None, :] + sign[None, :] * qp.to(tl.float32) * sn[None, :]).to(qt.dtype)
+        pos = tl.load(slot).to(tl.int64)
+        if (pos >= 0) & (pos < Sk) & (pos // chunk == split):
+            kr = xk + b * sxkb + hk * sxkh
+            ka = tl.load(kr + rd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+            kp = tl.load(kr + pd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+            tl.store(k + b * skb + hk * skh + pos * skn + rd * skd,
+                     (ka * c + sign * kp * sn).to(k.dtype.element_ty), mask=dmask)
+            vr = tl.load(xv + b * sxvb + hk * sxvh + rd * sxvd, mask=dmask, other=0.0)
+            tl.store(v + b * svb + hk * svh + pos * svn + rd * svd, vr.to(v.dtype.element_ty), mask=dmask)
+            tl.debug_barrier()   # the block's threads read the rows just written
     qpos = qi + (Sk - Sq)
     m_off = b * smb + h * smh + qi.to(tl.int64) * smm
 
@@ -219,6 +237,27 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived,
 
 
 @triton.jit
+def _rope_lanes(cos, sin, scd, rd, R2, dmask, INTERLEAVED: tl.constexpr):
+    """Rotary embedding as a gather over a row's lanes: out[d] = x[d] * c[d] + sign[d] * x[pd[d]] * s[d]
+    (the half-split layout pairs d with d +- R2, interleaved pairs 2j with 2j + 1; lanes past 2 * R2
+    pass through: c 1, s 0). Returns the partner lane pd, sign, and c, s as float32."""
+    rot = rd < 2 * R2
+    if INTERLEAVED:
+        pd = rd ^ 1
+        sign = tl.where(rd % 2 == 0, -1.0, 1.0)
+        ci = rd // 2
+    else:
+        first = rd < R2
+        pd = tl.where(first, rd + R2, rd - R2)
+        sign = tl.where(first, -1.0, 1.0)
+        ci = tl.where(first, rd, rd - R2)
+    pd = tl.where(rot, pd, rd)
+    c = tl.load(cos + ci * scd, mask=rot & dmask, other=1.0).to(tl.float32)
+    sn = tl.load(sin + ci * scd, mask=rot & dmask, other=0.0).to(tl.float32)
+    return pd, sign, tl.where(rot, c, 1.0), tl.where(rot, sn, 0.0)
+
+
+@triton.jit
 def _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk, Hk, G, Sq, D,
                     WRITE_LSE: tl.constexpr, SPLITS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     b = (bhk // Hk).to(tl.int64)
@@ -263,7 +302,9 @@ class Attention:
 
     def __init__(self, q_shape, k_shape, v_shape, dtype: torch.dtype, *, causal=False, scale=None, window=None,
                  softcap=None, mask_kind: str = "none", write_lse: bool = False, num_sms: int = 132,
-                 force: str | None = None):
+                 force: str | None = None, rope: tuple[int, bool] | None = None):
+        """rope: (rot_half, interleaved) when q and the new key/value arrive unrotated and uncached
+        (the decode step's rope(q), rope(k) and both cache writes fused in, Sq == 1)."""
         B, Hq, Sq, D = q_shape
         _, Hk, Sk, _ = k_shape
         Dv = v_shape[3]
@@ -282,6 +323,9 @@ class Attention:
         self.BD = _pow2(D)
         rows = self.G * Sq
         self.decode = (force == "decode") or (force is None and Sq <= 16 and rows <= 64)
+        self.rope = rope
+        if rope is not None and not (self.decode and Sq == 1 and 2 * rope[0] <= D):
+            raise NotImplementedError("rope fused into attention: a decode step of one token per row")
         if self.decode:
             self.BM = _pow2(rows)
             self.BN = 16 if interpreting() else 64
@@ -308,7 +352,9 @@ class Attention:
         parts = self.B * self.Hk * self.splits
         return [((parts, self.BM, self.BD), torch.float32), ((parts, 2, self.BM), torch.float32)]
 
-    def __call__(self, q, k, v, mask, out, lse=None, scratch=()) -> None:
+    def __call__(self, q, k, v, mask, out, lse=None, scratch=(), rope_args=None) -> None:
+        """rope_args (with `rope`): the new key and value [B, Hk, 1, D], cos and sin [B|1, 1, rot_half]
+        and the cache slot (int [1]); k and v are then the caches, written at the slot."""
         m = mask if mask is not None else q
         ms = _mask_strides(mask, (self.B, self.Hq, self.Sq, self.Sk))
         ls = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
@@ -323,11 +369,22 @@ class Attention:
                 self._arrived = torch.zeros(self.B * self.Hk, dtype=torch.int32, device=q.device)
             arrived = self._arrived if not direct else out
             warps = 4 if self.BM * self.BD <= 128 * 64 else 8
+            if self.rope is not None:
+                xk, xv, cos, sin, slot = rope_args
+                if sin.stride() != cos.stride():
+                    raise ValueError("rope: cos and sin must share one layout")
+                rs = (xk.stride(0), xk.stride(1), xk.stride(3), xv.stride(0), xv.stride(1), xv.stride(3),
+                      cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(2))
+            else:
+                xk = xv = cos = sin = slot = q
+                rs = (0,) * 8
             launch(_attn_decode, (self.B * self.Hk, self.splits),
-                q, k, v, m, out, lse_t, o_part, ml_part, arrived, *common,
-                self.Hk, self.G, self.Sq, self.Sk, self.D, self.scale, self.softcap, self.window, self.chunk,
-                DIRECT=direct, SPLITS=self.splits, BM=self.BM, BN=self.BN, BD=self.BD, num_warps=warps,
-                early_launch=self.pdl, **self.flags)
+                q, k, v, m, out, lse_t, o_part, ml_part, arrived, xk, xv, cos, sin, slot, *common, *rs,
+                self.Hk, self.G, self.Sq, self.Sk, self.D, self.rope[0] if self.rope else 0, self.scale,
+                self.softcap, self.window, self.chunk,
+                DIRECT=direct, SPLITS=self.splits, ROPE=self.rope is not None,
+                INTERLEAVED=bool(self.rope and self.rope[1]), BM=self.BM, BN=self.BN, BD=self.BD,
+                num_warps=warps, early_launch=self.pdl, **self.flags)
         else:
             grid = (triton.cdiv(self.Sq, self.BM), self.B * self.Hq)
             launch(_attn_fwd, grid, q, k, v, m, out, lse_t, *common,
