@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="1b,135m")
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a small grid: BN 2-8, BK 1024/2048, 4/8 warps, early launch")
+    ap.add_argument("--only", default="", help="only the layer shapes whose name contains this (e.g. head)")
+    ap.add_argument("--bn", default="", help="comma list of BN values to sweep (replaces the grid's)")
+    ap.add_argument("--bk", default="", help="comma list of BK values to sweep (replaces the grid's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
     out = {"bandwidth_Bps": bw, "rows": M, "shapes": {}}
     for model in args.models.split(","):
         for name, N, K, kw in layer_shapes(model):
+            if args.only not in name:
+                continue
             width = 2 * N if kw.get("activation") == "swiglu" else N
             nbytes = width * K * 2
             n = max(4, min(64, -(-(256 << 20) // nbytes)))     # > L2 in all: every weight byte from HBM
@@ -100,6 +105,9 @@ def main(argv=None) -> int:
             bm = 1 << max(0, (M - 1).bit_length())
             grid = ((2, 4, 8), (1024, 2048), (4, 8), (pdl,)) if args.quick else \
                 ((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8), (False, True) if pdl else (False,))
+            if args.bn or args.bk:
+                grid = (tuple(int(v) for v in args.bn.split(",")) if args.bn else grid[0],
+                        tuple(int(v) for v in args.bk.split(",")) if args.bk else grid[1], *grid[2:])
             for bn, bk, warps, early in itertools.product(*grid):
                 if bm * bn * bk > 16384 or bk > 2 * triton_pow2(K):
                     continue
