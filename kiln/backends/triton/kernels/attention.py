@@ -24,7 +24,6 @@ import triton.language as tl
 from ..device import interpreting, programmatic_launch
 from .launch import launch
 from . import tmath as tm
-from .tmath import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -122,9 +121,20 @@ def _attn_fwd(q, k, v, mask, out, lse,
     vbase = v + b * svb + hk * svh
     for n0 in range(lo, hi, BN):
         kn = n0 + tl.arange(0, BN)
-        kt, vt = _kv_block(kbase, vbase, kn, Sk, rd, dmask, skn, skd, svn, svd)
-        m_i, l_i, acc = _online_block(qt, kt, vt, kn, Sk, m_i, l_i, acc, qpos, mask, m_off, mrow, scale,
-                                      softcap, window, smn, CAUSAL, HAS_WINDOW, SOFTCAP, MASK, IEEE, INTERP)
+        nmask = kn < Sk
+        kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
+                     mask=dmask[:, None] & nmask[None, :], other=0.0)
+        s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, Sk, scale, softcap, window,
+                    CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                     mask=nmask[:, None] & dmask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
+        m_i = m_new
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out + b * sob + h * soh + rm[:, None].to(tl.int64) * som + rd[None, :] * sod,
@@ -145,6 +155,7 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
                  ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
                  INTERP: tl.constexpr, PDL: tl.constexpr):
+    tm.enter_after_previous(PDL)
     bhk = tl.program_id(0)
     split = tl.program_id(1)
     b = (bhk // Hk).to(tl.int64)
@@ -155,58 +166,53 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
     dmask = rd < D
     h = hk * G + (r // Sq).to(tl.int64)
     qi = r % Sq
-    lo = split * chunk
-    hi = tl.minimum(Sk, lo + chunk)
-    if HAS_WINDOW:
-        lo = tl.maximum(lo, ((Sk - Sq - window + 1) // BN) * BN)
-    kbase = k + b * skb + hk * skh
-    vbase = v + b * svb + hk * svh
-    if PDL:   # the next kernel may start now; it waits for this one before it reads what we write
-        gdc_launch_dependents()
-    if ROPE:
-        # The caches are written by no other kernel of the step (this one writes the new row, and
-        # patches it into its tiles from registers), so the split's first block streams in while
-        # the previous kernel finishes.
-        kn0 = lo + tl.arange(0, BN)
-        kt0, vt0 = _kv_block(kbase, vbase, kn0, hi, rd, dmask, skn, skd, svn, svd)
-    if PDL:
-        gdc_wait()
     q_ptrs = q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm
     qt = tl.load(q_ptrs + rd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
-    qpos = qi + (Sk - Sq)
-    m_off = b * smb + h * smh + qi.to(tl.int64) * smm
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BD], tl.float32)
-    start = lo
     if ROPE:
-        # q and the new key arrive unrotated (one token, Sq == 1): rotate both here; the program
-        # whose split holds the slot writes the new k and v rows into the caches
+        # q and the new key arrive unrotated (one token, Sq == 1): rotate q here, and the program
+        # whose split holds the slot rotates k and writes k and v into the caches before reading them
         pd, sign, c, sn = _rope_lanes(cos + b * scb, sin + b * scb, scd, rd, R2, dmask, INTERLEAVED)
         qp = tl.load(q_ptrs + pd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
         qt = (qt.to(tl.float32) * c[None, :] + sign[None, :] * qp.to(tl.float32) * sn[None, :]).to(qt.dtype)
         pos = tl.load(slot).to(tl.int64)
-        kr = xk + b * sxkb + hk * sxkh
-        ka = tl.load(kr + rd * sxkd, mask=dmask, other=0.0).to(tl.float32)
-        kp = tl.load(kr + pd * sxkd, mask=dmask, other=0.0).to(tl.float32)
-        k_new = (ka * c + sign * kp * sn).to(k.dtype.element_ty)
-        v_new = tl.load(xv + b * sxvb + hk * sxvh + rd * sxvd, mask=dmask, other=0.0).to(v.dtype.element_ty)
-        mine = dmask & (pos >= 0) & (pos < Sk) & (pos // chunk == split)
-        tl.store(kbase + pos * skn + rd * skd, k_new, mask=mine)
-        tl.store(vbase + pos * svn + rd * svd, v_new, mask=mine)
-        kt0 = tl.where(kn0[None, :] == pos, k_new[:, None], kt0)
-        vt0 = tl.where(kn0[:, None] == pos, v_new[None, :], vt0)
-        m_i, l_i, acc = _online_block(qt, kt0, vt0, kn0, hi, m_i, l_i, acc, qpos, mask, m_off, mrow, scale,
-                                      softcap, window, smn, CAUSAL, HAS_WINDOW, SOFTCAP, MASK, IEEE, INTERP)
-        start = lo + BN
-    for n0 in range(start, hi, BN):
+        if (pos >= 0) & (pos < Sk) & (pos // chunk == split):
+            kr = xk + b * sxkb + hk * sxkh
+            ka = tl.load(kr + rd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+            kp = tl.load(kr + pd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+            tl.store(k + b * skb + hk * skh + pos * skn + rd * skd,
+                     (ka * c + sign * kp * sn).to(k.dtype.element_ty), mask=dmask)
+            vr = tl.load(xv + b * sxvb + hk * sxvh + rd * sxvd, mask=dmask, other=0.0)
+            tl.store(v + b * svb + hk * svh + pos * svn + rd * svd, vr.to(v.dtype.element_ty), mask=dmask)
+            tl.debug_barrier()   # the block's threads read the rows just written
+    qpos = qi + (Sk - Sq)
+    m_off = b * smb + h * smh + qi.to(tl.int64) * smm
+
+    lo = split * chunk
+    hi = tl.minimum(Sk, lo + chunk)
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, ((Sk - Sq - window + 1) // BN) * BN)
+
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    kbase = k + b * skb + hk * skh
+    vbase = v + b * svb + hk * svh
+    for n0 in range(lo, hi, BN):
         kn = n0 + tl.arange(0, BN)
-        kt, vt = _kv_block(kbase, vbase, kn, hi, rd, dmask, skn, skd, svn, svd)
-        if ROPE:   # the cache row at the slot may not be written yet: the new row from registers
-            kt = tl.where(kn[None, :] == pos, k_new[:, None], kt)
-            vt = tl.where(kn[:, None] == pos, v_new[None, :], vt)
-        m_i, l_i, acc = _online_block(qt, kt, vt, kn, hi, m_i, l_i, acc, qpos, mask, m_off, mrow, scale,
-                                      softcap, window, smn, CAUSAL, HAS_WINDOW, SOFTCAP, MASK, IEEE, INTERP)
+        nmask = kn < hi
+        kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
+                     mask=dmask[:, None] & nmask[None, :], other=0.0)
+        s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, hi, scale, softcap, window,
+                    CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                     mask=nmask[:, None] & dmask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
+        m_i = m_new
     if DIRECT:
         empty = l_i == 0.0
         o = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -228,33 +234,6 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
             _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk, Hk, G, Sq, D,
                             WRITE_LSE, SPLITS, BM, BD)
             tl.atomic_xchg(arrived + bhk, 0)    # ready for the next run (and CUDA-graph replay)
-
-
-@triton.jit
-def _kv_block(kbase, vbase, kn, hi, rd, dmask, skn, skd, svn, svd):
-    """Keys kn (< hi) of one head: K transposed [D, BN] and V [BN, D]."""
-    nmask = kn < hi
-    kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
-                 mask=dmask[:, None] & nmask[None, :], other=0.0)
-    vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
-                 mask=nmask[:, None] & dmask[None, :], other=0.0)
-    return kt, vt
-
-
-@triton.jit
-def _online_block(qt, kt, vt, kn, hi, m_i, l_i, acc, qpos, mask, m_off, mrow, scale, softcap, window, smn,
-                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASK: tl.constexpr,
-                  IEEE: tl.constexpr, INTERP: tl.constexpr):
-    """One key block of the online softmax: the running max m_i, sum l_i and output acc updated."""
-    s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, hi, scale, softcap, window,
-                CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - m_safe[:, None])
-    alpha = tl.exp(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
-    return m_new, l_i, acc
 
 
 @triton.jit
