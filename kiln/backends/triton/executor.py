@@ -30,7 +30,7 @@ import torch
 
 from kiln.compile.plan import Plan
 
-from .device import copy_into, default_device, interpreting, to_numpy
+from .device import copy_into, default_device, device_properties, interpreting, to_numpy
 from .lowering import ALIGN, Operand, Program, lower
 from .precompile import precompile
 
@@ -46,8 +46,8 @@ class TritonExecutor:
             raise RuntimeError("TRITON_INTERPRET=1 runs kernels on CPU tensors; use device='cpu' with it")
         if self.device.type == "cpu" and not interpreting():
             raise RuntimeError("the Triton backend runs on a CUDA GPU; on a CPU only with TRITON_INTERPRET=1")
-        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
-            if self.device.type == "cuda" else 4
+        num_sms = device_properties(torch.cuda.current_device() if self.device.index is None else
+                                    self.device.index).multi_processor_count if self.device.type == "cuda" else 4
         self.program: Program = lower(plan, num_sms=num_sms, device_type=self.device.type)
         t1 = time.perf_counter()
         self.arenas = {dt: torch.empty(max(n, ALIGN), dtype=torch.uint8, device=self.device)
