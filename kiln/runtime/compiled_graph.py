@@ -4,7 +4,7 @@ States (`Graph.state` / `Graph.assign`) are buffers that persist across runs: a 
 weights being trained, optimizer moments. They start as zeros, live in the backend's
 memory (host arrays for NumPy, device tensors for Triton) and are read or written from
 the host only when asked (`get_state` / `set_state`). Two compiled graphs of one backend
-can share a state buffer (`state_buffer` / `bind_state`), e.g. a prefill and a decode
+can share a state buffer (`state_buffer` / `bind_state`, `bind_states`), e.g. a prefill and a decode
 graph writing one KV cache.
 """
 
@@ -60,18 +60,23 @@ class CompiledGraph:
 
     def bind_state(self, name: str, buffer) -> None:
         """Use another compiled graph's `state_buffer(name)` as this graph's state `name` (shared)."""
-        t = self._state_type(name)
-        if tuple(buffer.shape) != t.shape:
-            raise InputError(f"state {name!r}: buffer has shape {tuple(buffer.shape)}, expected {t.shape}")
-        self.executor.bind_state(name, buffer)
+        self.bind_states({name: buffer})
+
+    def bind_states(self, buffers: Mapping[str, object]) -> None:
+        """`bind_state` for each (name, buffer), rebinding the backend once rather than once per state."""
+        for name, buffer in buffers.items():
+            t = self._state_type(name)
+            if tuple(buffer.shape) != t.shape:
+                raise InputError(f"state {name!r}: buffer has shape {tuple(buffer.shape)}, expected {t.shape}")
+        if buffers:
+            self.executor.bind_states(dict(buffers))
 
     def share_states(self, pool: dict) -> None:
         """Use the buffers in `pool` (state name -> buffer) for the states it has, and add this graph's
         other states to it: every graph sharing one pool reads and writes the same cache."""
+        self.bind_states({name: pool[name] for name in self.state_types if name in pool})
         for name in self.state_types:
-            if name in pool:
-                self.bind_state(name, pool[name])
-            else:
+            if name not in pool:
                 pool[name] = self.state_buffer(name)
 
     def reorder_state(self, name: str, rows) -> None:

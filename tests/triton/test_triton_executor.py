@@ -170,3 +170,37 @@ def test_errors_name_the_problem(rng):
     with pytest.raises(TypeError, match="state 's': expected a contiguous torch.float32 tensor of shape"):
         ex.bind_state("s", torch.zeros(3, device=ex.device))
 
+
+
+def test_bind_states_rebinds_several_states_at_once(rng):
+    """One rebind for many states: a reader given a writer's buffers for `a` and `b` reads and writes
+    them (the writer sees its writes), keeps its own `c`, and its launches (already run once) use the
+    new buffers."""
+    w = Graph()
+    x = w.input("x", (4,))
+    for name in ("a", "b"):
+        s = w.state(name, (4,))
+        w.assign(s, s + x)
+    w.output("x2", x + x)
+    r = Graph()
+    a, b, c = (r.state(n, (4,)) for n in ("a", "b", "c"))
+    r.assign(a, a + c)
+    r.assign(b, b + a)
+    r.assign(c, c + a)
+    r.output("y", (a + b) + c)
+    writer, reader = TritonExecutor(build_plan(w)), TritonExecutor(build_plan(r))
+    for ex in (writer, reader):
+        ex.params_changed({})
+    reader.run({}, {})                      # compiled and resolved over its own buffers
+    reader.bind_states({"a": writer.state["a"], "b": writer.state["b"]})
+    assert reader.state["a"] is writer.state["a"] and reader.state["c"] is not writer.state.get("c")
+    xs = randn(rng, (4,))
+    writer.run({writer.plan.inputs["x"][0]: xs}, {})
+    writer.run({writer.plan.inputs["x"][0]: xs}, {})
+    got = reader.run({}, {})["y"]
+    np.testing.assert_allclose(got, 4 * xs, rtol=1e-6)                 # a = b = 2x, c = 0
+    np.testing.assert_allclose(reader.get_state("c"), 2 * xs, rtol=1e-6)
+    np.testing.assert_allclose(writer.get_state("a"), 2 * xs, rtol=1e-6)
+    np.testing.assert_allclose(writer.get_state("b"), 4 * xs, rtol=1e-6)  # the reader's b += a, shared
+    with pytest.raises(TypeError, match="state 'b'"):
+        reader.bind_states({"a": writer.state["a"], "b": torch.zeros(3, device=reader.device)})

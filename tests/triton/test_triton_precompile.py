@@ -103,3 +103,31 @@ def test_compile_threads_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("KILN_COMPILE_THREADS")
     assert 1 <= pc.compile_threads() <= 16
     assert pc.precompile([_Launch()], [(lambda: None, ())], 1).mode == "off"   # one thread: no pass
+
+
+def test_triton_key_is_remembered_on_disk_until_triton_changes(tmp_path, monkeypatch):
+    """The memo returns Triton's own hash, read from disk in a later process (here: a fresh install),
+    and a changed installation (another signature) computes it again."""
+    import triton.runtime.cache as tc
+
+    from kiln.backends.triton import triton_key as tk
+
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    original, real_signature = tc.triton_key, tk._signature
+    calls = []
+
+    def counted():
+        calls.append(1)
+        return original()
+
+    for signature in ("a", "a", "b"):
+        monkeypatch.setattr(tc, "triton_key", counted)
+        monkeypatch.setattr(tk, "_signature", lambda _: signature)
+        assert tk.install() and tc.triton_key is not counted
+        assert tc.triton_key() == original() and tc.triton_key() == original()
+    assert len(calls) == 2                                     # "a" once (then read back), "b" once
+    assert sorted(p.name for p in (tmp_path / "triton_key").iterdir()) == ["a", "b"]
+    monkeypatch.setenv("KILN_TRITON_KEY_CACHE", "0")
+    monkeypatch.setattr(tc, "triton_key", counted)
+    assert not tk.install() and tc.triton_key is counted
+    assert len(real_signature(tc)) == 32 and real_signature(tc) == real_signature(tc)   # stats of Triton's files

@@ -89,11 +89,16 @@ class NumpyExecutor:
 
     def bind_state(self, name: str, array: np.ndarray) -> None:
         """Use `array` (shared with another compiled graph, say) as state `name`'s buffer from now on."""
-        t = self.plan.states[name][2]
-        if not isinstance(array, np.ndarray) or array.dtype != t.dtype.np_dtype or not array.flags.c_contiguous:
-            raise TypeError(f"state {name!r}: the NumPy backend needs a C-contiguous {t.dtype} array, got "
-                            f"{type(array).__name__} {getattr(array, 'dtype', '')}")
-        self.state[name] = array
+        self.bind_states({name: array})
+
+    def bind_states(self, arrays: dict[str, np.ndarray]) -> None:
+        """`bind_state` for many states at once, the slots rebuilt once."""
+        for name, array in arrays.items():
+            t = self.plan.states[name][2]
+            if not isinstance(array, np.ndarray) or array.dtype != t.dtype.np_dtype or not array.flags.c_contiguous:
+                raise TypeError(f"state {name!r}: the NumPy backend needs a C-contiguous {t.dtype} array, got "
+                                f"{type(array).__name__} {getattr(array, 'dtype', '')}")
+        self.state.update(arrays)
         self._make_slots()
         self._program = None
 

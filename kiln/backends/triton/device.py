@@ -7,6 +7,7 @@ same code paths are exercised without a GPU (that is how the tests run).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -35,7 +36,14 @@ def programmatic_launch() -> bool:
     from .kernels.tmath import HAS_GDC
     if interpreting() or not HAS_GDC or os.environ.get("KILN_PDL", "1") == "0" or not torch.cuda.is_available():
         return False
-    return torch.cuda.get_device_capability()[0] >= 9
+    return device_properties(torch.cuda.current_device()).major >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def device_properties(index: int):
+    """torch.cuda.get_device_properties, asked once per device: lowering asks it for every decode
+    kernel (`programmatic_launch`), a few hundred times a compile."""
+    return torch.cuda.get_device_properties(index)
 
 
 def _patch_interpreter_index() -> None:

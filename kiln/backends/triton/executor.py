@@ -13,7 +13,7 @@ Lifecycle:
    inputs in, replay the graph and copy the outputs out.
 
 `run(inputs, params)` is the backend interface (NumPy in and out, like the NumPy executor).
-States stay on the device between runs (`state`, `get_state`, `set_state`, `bind_state`).
+States stay on the device between runs (`state`, `get_state`, `set_state`, `bind_state(s)`).
 
 With a `tracer` set (kiln.runtime.trace, set by CompiledGraph while a trace is recorded) a run
 launches eagerly instead of replaying its CUDA graph and times each launch with a pair of CUDA
@@ -30,7 +30,7 @@ import torch
 
 from kiln.compile.plan import Plan
 
-from .device import copy_into, default_device, interpreting, to_numpy
+from .device import copy_into, default_device, device_properties, interpreting, to_numpy
 from .lowering import ALIGN, Operand, Program, lower
 from .precompile import precompile
 
@@ -46,8 +46,8 @@ class TritonExecutor:
             raise RuntimeError("TRITON_INTERPRET=1 runs kernels on CPU tensors; use device='cpu' with it")
         if self.device.type == "cpu" and not interpreting():
             raise RuntimeError("the Triton backend runs on a CUDA GPU; on a CPU only with TRITON_INTERPRET=1")
-        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count \
-            if self.device.type == "cuda" else 4
+        num_sms = device_properties(torch.cuda.current_device() if self.device.index is None else
+                                    self.device.index).multi_processor_count if self.device.type == "cuda" else 4
         self.program: Program = lower(plan, num_sms=num_sms, device_type=self.device.type)
         t1 = time.perf_counter()
         self.arenas = {dt: torch.empty(max(n, ALIGN), dtype=torch.uint8, device=self.device)
@@ -102,15 +102,31 @@ class TritonExecutor:
                 for _ in range(2)]
 
     def _bind_tensors(self) -> None:
-        """Resolve every launch's operands to real tensors (again after a state is rebound)."""
+        """Resolve every launch's operands to real tensors."""
         self._real: dict[int, torch.Tensor] = {}
         self.calls = [(l.fn, self._resolve(l.args)) for l in self.program.launches]
+        # which storages each launch reads or writes: a rebound state re-resolves only its launches
+        self._launch_storages = [_storages_of(l.args) for l in self.program.launches]
+        self._bind_io()
+        self._host_outputs, self._flip = self._pinned_outputs(), 0
+
+    def _bind_io(self) -> None:
         self.inputs = {name: self._tensor(op) for name, op in self.program.inputs.items()}
         self.outputs = {name: self._tensor(op) for name, op in self.program.outputs.items()}
         self._input_by_vid = {vid: self.inputs[name] for name, (vid, _) in self.plan.inputs.items()}
         self._input_names = {vid: n for n, (vid, _) in self.plan.inputs.items()}
-        self._host_outputs, self._flip = self._pinned_outputs(), 0
         self._graph = None   # a captured CUDA graph holds the old addresses
+
+    def _rebind(self, names) -> None:
+        """Resolve again what reads or writes the states `names` (their buffers changed), nothing else;
+        the pinned host outputs keep their shapes, so they stay."""
+        changed = {st.index for st in self.program.storages if st.kind == "state" and st.state in names}
+        for index in changed:
+            self._real.pop(index, None)
+        for i, launch in enumerate(self.program.launches):
+            if not changed.isdisjoint(self._launch_storages[i]):
+                self.calls[i] = (launch.fn, self._resolve(launch.args))
+        self._bind_io()
 
     # ---- state -------------------------------------------------------------------------------
     def get_state(self, name: str) -> np.ndarray:
@@ -125,14 +141,20 @@ class TritonExecutor:
 
     def bind_state(self, name: str, buffer: torch.Tensor) -> None:
         """Use `buffer` (another compiled graph's state, say) as state `name` from now on."""
-        cur = self.state[name]
-        if not isinstance(buffer, torch.Tensor) or buffer.dtype != cur.dtype or buffer.device != cur.device \
-                or tuple(buffer.shape) != tuple(cur.shape) or not buffer.is_contiguous():
-            raise TypeError(f"state {name!r}: expected a contiguous {cur.dtype} tensor of shape {tuple(cur.shape)} "
-                            f"on {cur.device}, got {getattr(buffer, 'dtype', type(buffer).__name__)} "
-                            f"{tuple(getattr(buffer, 'shape', ()))} on {getattr(buffer, 'device', '?')}")
-        self.state[name] = buffer
-        self._bind_tensors()
+        self.bind_states({name: buffer})
+
+    def bind_states(self, buffers: dict[str, torch.Tensor]) -> None:
+        """`bind_state` for many states at once, with one rebind (a KV cache is two states per layer)."""
+        for name, buffer in buffers.items():
+            cur = self.state[name]
+            if not isinstance(buffer, torch.Tensor) or buffer.dtype != cur.dtype or buffer.device != cur.device \
+                    or tuple(buffer.shape) != tuple(cur.shape) or not buffer.is_contiguous():
+                raise TypeError(f"state {name!r}: expected a contiguous {cur.dtype} tensor of shape "
+                                f"{tuple(cur.shape)} on {cur.device}, got "
+                                f"{getattr(buffer, 'dtype', type(buffer).__name__)} "
+                                f"{tuple(getattr(buffer, 'shape', ()))} on {getattr(buffer, 'device', '?')}")
+        self.state.update(buffers)
+        self._rebind(set(buffers))
 
     def _tensor(self, op: Operand) -> torch.Tensor:
         base = self._real.get(op.storage.index)
@@ -330,6 +352,15 @@ class TritonExecutor:
     def describe(self) -> str:
         """One line per launch: archetype and the ops it covers."""
         return "\n".join(f"{i:4d} {l.archetype:10s} {l.label}" for i, l in enumerate(self.program.launches))
+
+
+def _storages_of(x) -> set[int]:
+    """The storage indices of the Operands in a launch's arguments (nested lists and tuples)."""
+    if isinstance(x, Operand):
+        return {x.storage.index}
+    if isinstance(x, (list, tuple)):
+        return set().union(*map(_storages_of, x)) if x else set()
+    return set()
 
 
 class PendingRun:

@@ -21,8 +21,9 @@ exercised, with nothing to gain. A failure is never fatal: the first eager run c
 missing. `KILN_COMPILE_THREADS` sets the pool size (0 or 1: no precompile pass).
 
 Triton also hashes its own installation once per process before its first compile or cache
-lookup (`triton_key`: libtriton.so read and hashed, ~0.3 s); `start_triton_key` does that in a
-background thread (hashlib and file reads leave the GIL) while the graph is planned and lowered.
+lookup (`triton_key`: libtriton.so read and hashed, ~0.3 s); `start_triton_key` reads it from disk
+when the installation is unchanged (`triton_key.py`), else computes it in a background thread
+(hashlib and file reads leave the GIL) while the graph is planned and lowered.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def start_triton_key() -> None:
     global _key_thread
     if _key_thread is not None or interpreting():
         return
+    from .triton_key import install
+    install()   # read from disk when Triton's installation is unchanged (kiln/backends/triton/triton_key.py)
     fn = _triton_key_fn()
     if fn is None:
         return
