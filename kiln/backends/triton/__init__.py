@@ -8,8 +8,8 @@ Kernels per archetype (`kernels/`):
 | reduction | softmax, log_softmax (last axis); rms_norm, layer_norm; sum/mean/max/min/argmax over consecutive axes | `reduction.py` (rows split over a second launch when too few programs fill the GPU) |
 | reduction | softmax_cross_entropy and its backward (any leading dims; logits rows read in place through two row strides; a label outside [0, V) other than ignore_index gives NaN for that row) | one program per row over vocabulary chunks (`cross_entropy.py`) |
 | matmul | matmul (one collapsible batch dim), linear, fused_linear; + norm prologue, bias / activation / gated / residual / cast epilogue | Triton GEMM for M < 128, cuBLAS + generated epilogue above (`matmul.py`) |
-| attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask); attention_backward (the same, head dim <= 128, without mask_grad) | flash forward, split-KV decode merged by its last split (`attention.py`); flash backward: delta, dK/dV per key block over the GQA group, dQ per query block (`attention_backward.py`) |
-| layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; cache_write (rows only when the Plan updates the state in place); the Plan's rope_qkv_cache kernel | `layout.py`, pointwise copies |
+| attention | attention, attention_lse (causal, window, GQA, softcap, bool/additive mask); attention_backward (the same, head dim <= 128, without mask_grad) | flash forward, split-KV decode merged by its last split, which takes in the Plan's rope_qkv_cache_attention prologue for one token per row (`attention.py`); flash backward: delta, dK/dV per key block over the GQA group, dQ per query block (`attention_backward.py`) |
+| layout | reshape/transpose/slice/split/broadcast_to as views; concat, repeat_interleave, copies; rope; embedding; cache_write (rows only when the Plan updates the state in place); the prologue of the Plan's rope_qkv_cache_attention kernel beyond one token per row | `layout.py`, pointwise copies |
 
 Fallbacks (never a silent approximation: these compute the reference semantics):
 
