@@ -330,6 +330,7 @@ def main_workloads(args) -> int:
             plans = "/".join(x["plan_cache"] for x in last["graphs"])
             pre = [x.get("precompile") or {} for x in last["graphs"]]
             kern = ", ".join(f"{p.get('mode', '-')} {p.get('launches', 0)} launches {p.get('seconds', 0):.2f}s"
+                             + (f" + {p['loaded']} loaded {p.get('load_seconds', 0):.2f}s" if p.get("loaded") else "")
                              + (f" ERROR {p['error']}" if p.get("error") else "") for p in pre if p)
             th = "default" if r["threads"] is None else str(r["threads"])
             print(f"  {r['workload']:<8} {th:>7} {sc:<8} {med('cuda_init_s'):>9.2f}s {med('plan_bind_s'):>9.2f}s "

@@ -35,7 +35,7 @@ def _run(plan, params, feeds, monkeypatch, threads, mode=None):
     if mode is not None:
         real = pc.precompile
         monkeypatch.setattr("kiln.backends.triton.executor.precompile",
-                            lambda launches, calls: real(launches, calls, threads, mode=mode))
+                            lambda launches, calls, **kw: real(launches, calls, threads, mode=mode, **kw))
     cg = CompiledGraph(plan, TritonExecutor(plan), "cuda")
     cg.load_params(params)
     out = cg.run(**feeds)
@@ -73,6 +73,39 @@ def test_compile_only_launches_write_nothing(prefill):
     assert st.error is None and st.launches > 0
     for a, b in zip(before, buffers):
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="loads binaries onto a GPU")
+@pytest.mark.parametrize("mode", ["async", "threads"])
+def test_precompile_readies_every_distinct_kernel_for_its_first_launch(prefill, monkeypatch, mode):
+    """On a GPU the pass also loads each compiled kernel (and builds its launcher) over the pool, so
+    the eager run that follows finds them ready; results stay those of a run without the pass."""
+    plan, params, feeds = prefill
+    ref, _, _ = _run(plan, params, feeds, monkeypatch, threads=0)
+    out, _, ex = _run(plan, params, feeds, monkeypatch, threads=2, mode=mode)
+    st = ex.precompile_stats
+    assert st.error is None and st.loaded > 0 and st.load_seconds > 0
+    for name in ref:
+        np.testing.assert_array_equal(out[name], ref[name], err_msg=name)
+
+
+def test_compile_only_collects_what_each_launch_compiled(prefill):
+    """compile_only(list) gathers each compile-only launch's result (what `load` readies); in the
+    interpreter Triton compiles nothing, so the pass readies nothing and reports no error."""
+    from kiln.backends.triton.kernels.launch import compile_only
+    plan, params, _ = prefill
+    ex = TritonExecutor(plan)
+    got = []
+    with compile_only(got):
+        for launch, (fn, args) in zip(ex.program.launches, ex.calls):
+            if launch.archetype not in pc.SKIPPED_ARCHETYPES:
+                fn(*args)
+    assert len(got) >= sum(l.archetype not in pc.SKIPPED_ARCHETYPES for l in ex.program.launches) > 0
+    st = pc.precompile(ex.program.launches, ex.calls, 2, mode="serial", load=True)
+    assert st.error is None and st.launches > 0
+    if not torch.cuda.is_available():
+        assert st.loaded == 0
 
 
 class _Launch:

@@ -254,7 +254,7 @@ class TritonExecutor:
         """Compile every distinct kernel concurrently (`precompile.py`), then run once eagerly (which
         compiles whatever the concurrent pass missed and loads each binary)."""
         t0 = time.perf_counter()
-        self.precompile_stats = precompile(self.program.launches, self.calls)
+        self.precompile_stats = precompile(self.program.launches, self.calls, load=self.device.type == "cuda")
         if self.precompile_stats.error:
             self.compile_error = self.precompile_stats.error
         self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0

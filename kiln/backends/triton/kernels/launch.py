@@ -17,20 +17,24 @@ def launch(fn, grid, *args, early_launch: bool | None = None, **kwargs) -> None:
         if early_launch:
             kwargs["launch_pdl"] = True
     if getattr(_state, "compile_only", False):
-        fn.warmup(*args, grid=grid, **kwargs)
+        kernel = fn.warmup(*args, grid=grid, **kwargs)
+        if _state.compiled is not None:
+            _state.compiled.append(kernel)
     else:
         fn[grid](*args, **kwargs)
 
 
 @contextmanager
-def compile_only():
-    """Within this block (in this thread), launches compile their kernel and do not run it."""
-    prev = getattr(_state, "compile_only", False)
-    _state.compile_only = True
+def compile_only(compiled: list | None = None):
+    """Within this block (in this thread), launches compile their kernel and do not run it; with
+    `compiled`, what each compile-only launch returns (Triton's compiled kernel, or its future
+    under the async compile mode) is appended to it."""
+    prev = getattr(_state, "compile_only", False), getattr(_state, "compiled", None)
+    _state.compile_only, _state.compiled = True, compiled
     try:
         yield
     finally:
-        _state.compile_only = prev
+        _state.compile_only, _state.compiled = prev
 
 
 def compiling_only() -> bool:
