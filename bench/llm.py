@@ -61,15 +61,16 @@ def hbm_bandwidth(torch) -> float:
 
 # ---- kiln ---------------------------------------------------------------------------------------
 
-def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, res: dict, profile: bool):
-    """Through the public API only: kiln.load, CausalLM.warmup / generate."""
+def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, res: dict, profile: bool,
+               tokens: dict):
+    """Through the public API only: kiln.load, CausalLM.warmup / generate. `tokens` (batch -> greedy
+    ids) is filled as each batch is measured."""
     import numpy as np
     import kiln
 
     t0 = time.perf_counter()
     model = kiln.load(str(ckpt), device="cuda", dtype="bfloat16")
     res["kiln_load_s"] = time.perf_counter() - t0
-    tokens = {}
 
     def generate(ids, n):
         torch.cuda.synchronize()
@@ -118,15 +119,15 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
         log(f"  kiln b{B}: decode {res[f'kiln_decode_ms_b{B}']:.3f} ms/step (prefill+first token {one:.2f} ms)")
         if profile and B == batches[0]:
             res["kiln_profile_b%d" % B] = replay_profile(torch, dec.executor, reps=20, what="decode step")
-    # prefill latency, 512 tokens (generate of one token: the prefill graph and its argmax)
-    ids = np.random.default_rng(1).integers(0, model.graphs.vocab_size, (1, prefill))
-    t0 = time.perf_counter()
-    model.warmup(1, prefill, 1, select="greedy")
-    generate(ids, 1)
-    res["kiln_prefill_compile_s"] = time.perf_counter() - t0
-    res["kiln_prefill_ms"] = median([generate(ids, 1)[1] for _ in range(10)])
-    log(f"  kiln prefill {prefill}: {res['kiln_prefill_ms']:.2f} ms (compile {res['kiln_prefill_compile_s']:.1f}s)")
-    pre = model = None
+    if prefill > 0:   # prefill latency, 512 tokens (generate of one token: the prefill graph and its argmax)
+        ids = np.random.default_rng(1).integers(0, model.graphs.vocab_size, (1, prefill))
+        t0 = time.perf_counter()
+        model.warmup(1, prefill, 1, select="greedy")
+        generate(ids, 1)
+        res["kiln_prefill_compile_s"] = time.perf_counter() - t0
+        res["kiln_prefill_ms"] = median([generate(ids, 1)[1] for _ in range(10)])
+        log(f"  kiln prefill {prefill}: {res['kiln_prefill_ms']:.2f} ms (compile {res['kiln_prefill_compile_s']:.1f}s)")
+    model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -135,10 +136,9 @@ def bench_kiln(torch, ckpt: Path, batches, prompt: int, new: int, prefill: int, 
 
 # ---- HF peers ------------------------------------------------------------------------------------
 
-def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict, compiled: bool):
+def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict, compiled: bool, tokens: dict):
     from transformers import StaticCache
     tag = "compile" if compiled else "eager"
-    tokens = {}
     vocab = hf.config.vocab_size
     for B in batches:
         L = prompt + new + 8
@@ -191,6 +191,8 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
             torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
+    if prefill <= 0:
+        return tokens
     # prefill 512
     cache = StaticCache(config=hf.config, max_cache_len=prefill)
     import numpy as np
@@ -307,7 +309,7 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default="eager,kiln,compile")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--prefill", type=int, default=512, help="prefill length to time (0: no prefill rows)")
     ap.add_argument("--profile", action="store_true", help="kiln: device time per kernel of one decode step")
     ap.add_argument("--sweep", action="store_true", help="time decode matmul block configurations first")
     ap.add_argument("--json", default=None, help="write all numbers here")
@@ -383,7 +385,6 @@ def worker(args) -> int:
     import transformers
 
     batches = [int(b) for b in args.batches.split(",")]
-    tokens: dict = {}
 
     class Autosave(dict):
         """Every number is on disk as soon as it is measured: a later crash (a segfault) keeps it."""
@@ -395,14 +396,15 @@ def worker(args) -> int:
         Path(out).write_text(json.dumps({"res": res, "tokens": {str(b): np.asarray(t).tolist()
                                                                 for b, t in tokens.items()}}, default=str))
     res: dict = Autosave()
+    tokens: dict = Autosave()   # a crash in the prefill part keeps the decode tokens for the comparison
     try:
         if peer == "kiln":
-            tokens = bench_kiln(torch, Path(ckpt), batches, args.prompt, args.new, args.prefill, res, args.profile)
+            bench_kiln(torch, Path(ckpt), batches, args.prompt, args.new, args.prefill, res, args.profile, tokens)
             x = torch.randn(256, 256, device="cuda")      # the device is still healthy
             torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-3, atol=1e-3)
         else:
             hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).to("cuda").eval()
-            tokens = bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res, compiled=peer == "compile")
+            bench_hf(torch, hf, batches, args.prompt, args.new, args.prefill, res, peer == "compile", tokens)
     except Exception as e:  # report what was measured so far
         import traceback
         traceback.print_exc()
