@@ -210,8 +210,7 @@ def _pointwise_chain(steps, i, producer, readers, keep, groups, group_of, types)
         produced = {o for m in members for o in steps[m].outputs}
         for v in {v for m in members for v in flat_ids(steps[m].inputs)} - produced:
             p = group_of.get(producer.get(v))
-            if p is None or p not in groups or groups[p][0] != "pointwise" \
-                    or groups[p][1] not in ("single", "pointwise_chain"):
+            if p is None or p not in groups or groups[p][0] != "pointwise":
                 continue
             group = set(groups[p][2])
             if not all(types[o].shape == shape and all(r > i for r in outside)

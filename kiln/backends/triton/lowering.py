@@ -381,13 +381,11 @@ class Lowering:
         kc, vc = self._out(cw_k.outputs[0]), self._out(cw_v.outputs[0])
         if kc.storage is not self.vals[cw_k.inputs[0]].storage or vc.storage is not self.vals[cw_v.inputs[0]].storage:
             raise AssertionError("rope_qkv_cache kernel: the Plan must update both caches in place")
-        if steps[t].inputs[1:3] != [cw_k.outputs[0], cw_v.outputs[0]]:
-            cw_k, cw_v = cw_v, cw_k   # (never: the attention reads k's cache second)
         interleaved = rope_q.attrs["layout"] == "interleaved"
         slot = self.vals[cw_k.inputs[2]]
-        rope = (cos.meta.shape[2], interleaved)
         try:
-            self._op_attention(t, steps[t], rope=(rope, xq, (xk, xv, cos, sin, slot)))
+            self._op_attention(t, steps[t], rope=(cos.meta.shape[2], interleaved), q=xq,
+                               rope_args=(xk, xv, cos, sin, slot))
             return
         except NotImplementedError:   # not the one-token decode kernel: rotate and cache first
             pass
@@ -642,10 +640,11 @@ class Lowering:
     def _mask_kind(self, vid: int | None) -> str:
         return "none" if vid is None else ("bool" if self.types[vid].dtype.name == "bool" else "add")
 
-    def _op_attention(self, i, s, lse=None, rope=None):
-        """rope: ((rot_half, interleaved), the unrotated q, (k, v, cos, sin, slot)) from _decode_qkv."""
-        lse = s.op == "attention_lse" if lse is None else lse
-        rope, q, rope_args = rope if rope is not None else (None, self.vals[s.inputs[0]], None)
+    def _op_attention(self, i, s, rope=None, q=None, rope_args=None):
+        """From _decode_qkv: rope (rot_half, interleaved), the unrotated q and the rope launch's
+        other inputs (k, v, cos, sin, slot)."""
+        lse = s.op == "attention_lse"
+        q = self.vals[s.inputs[0]] if q is None else q
         k, v = (self.vals[x] for x in s.inputs[1:3])
         mask = self.vals[s.inputs[3]] if s.inputs[3] is not None else None
         a = s.attrs
@@ -656,16 +655,14 @@ class Lowering:
         out = self._out(s.outputs[0])
         lse_op = self._out(s.outputs[1]) if lse else None
         scratch = self._scratch(att.scratch())
+        prologue = "rope(q)+rope(k)+cache_write(k,v)+" if rope is not None else ""
+        self._emit("attention", prologue + s.op + (" [decode]" if att.decode else ""), att,
+                   (q, k, v, mask, out, lse_op, scratch) + ((rope_args,) if rope is not None else ()))
         if rope is not None:
-            self._emit("attention", "rope(q)+rope(k)+cache_write(k,v)+" + s.op + " [decode]", att,
-                       (q, k, v, mask, out, lse_op, scratch, rope_args))
             self.fused["rope_qkv_cache_attention"] += 1
-            return
-        self._emit("attention", s.op + (" [decode]" if att.decode else ""), att,
-                   (q, k, v, mask, out, lse_op, scratch))
 
     def _op_attention_lse(self, i, s):
-        return self._op_attention(i, s, lse=True)
+        return self._op_attention(i, s)
 
     def _op_attention_backward(self, i, s):
         """The flash backward (dq, dk, dv); the gradient of the scores (mask_grad) stays a fallback, and so
