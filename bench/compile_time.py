@@ -253,6 +253,7 @@ def child_main(spec: str) -> int:
         pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(60)
         with open(o["cprofile"], "w") as f:
             f.write(text.getvalue())
+        prof.dump_stats(o["cprofile"] + ".prof")   # the whole profile, for pstats elsewhere
     else:
         res = fn(o)
     res["import_s"], res["cuda_init_s"] = t_import, t_cuda
@@ -376,7 +377,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--seq", type=int, default=16, help="primitive: sequence length of the graph's input")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--cprofile", default=None, help="a folder: each child's compile under cProfile, top functions there")
+    p.add_argument("--cprofile", default=None,
+                   help="a folder: each child's compile under cProfile, top functions there (.txt) and all (.prof)")
     args = p.parse_args(argv)
     if args.child:
         return child_main(args.child)

@@ -65,18 +65,19 @@ def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
     assert ("+cast" in ex.describe()) == (dtype != "float32")   # float32: the optimizer drops the no-op cast
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
-def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows):
+@pytest.mark.parametrize("rows,k", [(1, 37), (3, 37), (8, 37), (1, 29), (3, 29)])
+def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows, k):
     """A few rows of one product (decode) run the weight-streaming GEMV (kernels/gemv.py) with every
-    fused prologue and epilogue, K not a multiple of its block; 9 rows go back to the GEMM."""
+    fused prologue and epilogue, K not a multiple of its block (37: two 32-wide chunks, the norm
+    statistics read first; 29: one chunk, the statistics from the tile itself); 9 rows go back to the GEMM."""
     g = Graph()
     dtype = "bfloat16"
-    x = g.input("x", (rows, 37), dtype)
-    w = g.parameter("w", (10, 37), dtype)
-    w2 = g.parameter("w2", (20, 37), dtype)
+    x = g.input("x", (rows, k), dtype)
+    w = g.parameter("w", (10, k), dtype)
+    w2 = g.parameter("w2", (20, k), dtype)
     bias = g.parameter("bias", (10,), dtype)
-    nw = g.parameter("nw", (37,), dtype)
-    nb = g.parameter("nb", (37,), dtype)
+    nw = g.parameter("nw", (k,), dtype)
+    nb = g.parameter("nb", (k,), dtype)
     r = g.input("r", (rows, 10), dtype)
     g.output("linear", g.linear(x, w, bias))
     g.output("rms_silu_res", g.fused_linear(x, w, bias, r, nw, None, activation="silu", norm="rms_norm", eps=1e-6))
@@ -85,12 +86,12 @@ def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows):
                                                add_unit_offset=True))
     g.output("geglu", g.fused_linear(x, w2, None, None, None, None, activation="geglu_tanh"))
     g.output("cast", g.cast(g.linear(x, w), dtype="float32"))
-    params = {"w": randn(rng, (10, 37), dtype, 0.3), "w2": randn(rng, (20, 37), dtype, 0.3),
-              "bias": randn(rng, (10,), dtype), "nw": randn(rng, (37,), dtype), "nb": randn(rng, (37,), dtype)}
-    ex = check(g, {"x": randn(rng, (rows, 37), dtype), "r": randn(rng, (rows, 10), dtype)}, params)
+    params = {"w": randn(rng, (10, k), dtype, 0.3), "w2": randn(rng, (20, k), dtype, 0.3),
+              "bias": randn(rng, (10,), dtype), "nw": randn(rng, (k,), dtype), "nb": randn(rng, (k,), dtype)}
+    ex = check(g, {"x": randn(rng, (rows, k), dtype), "r": randn(rng, (rows, 10), dtype)}, params)
     assert ex.describe().count("[gemv]") == 6, ex.describe()
 
     g9 = Graph()
-    g9.output("y", g9.linear(g9.input("x", (9, 37), dtype), g9.parameter("w", (10, 37), dtype)))
-    ex9 = check(g9, {"x": randn(rng, (9, 37), dtype)}, {"w": params["w"]})
+    g9.output("y", g9.linear(g9.input("x", (9, k), dtype), g9.parameter("w", (10, k), dtype)))
+    ex9 = check(g9, {"x": randn(rng, (9, k), dtype)}, {"w": params["w"]})
     assert "[gemv]" not in ex9.describe() and "[triton]" in ex9.describe()

@@ -202,6 +202,9 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
         nmask = kn < hi
         kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
                      mask=dmask[:, None] & nmask[None, :], other=0.0)
+        # v loads with k, not after the softmax: one memory round trip per block instead of two
+        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                     mask=nmask[:, None] & dmask[None, :], other=0.0)
         s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, hi, scale, softcap, window,
                     CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -209,8 +212,6 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
-                     mask=nmask[:, None] & dmask[None, :], other=0.0)
         acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
         m_i = m_new
     if DIRECT:
@@ -267,18 +268,22 @@ def _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk
     mrow = r < G * Sq
     h = hk * G + (r // Sq).to(tl.int64)
     qi = r % Sq
+    # one pass, unrolled: every split's partial loads at once instead of one round trip per split
     m = tl.full([BM], float("-inf"), tl.float32)
-    for s in range(SPLITS):
-        part = (bhk * SPLITS + s).to(tl.int64)
-        m = tl.maximum(m, tl.load(ml_part + part * 2 * BM + r, cache_modifier=".cg"))
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
     l = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BD], tl.float32)
-    for s in range(SPLITS):
+    for s in tl.static_range(SPLITS):
         part = (bhk * SPLITS + s).to(tl.int64)
-        w = tl.exp(tl.load(ml_part + part * 2 * BM + r, cache_modifier=".cg") - m_safe)
-        l += tl.load(ml_part + part * 2 * BM + BM + r, cache_modifier=".cg") * w
-        acc += tl.load(o_part + part * BM * BD + r[:, None] * BD + rd[None, :], cache_modifier=".cg") * w[:, None]
+        ms = tl.load(ml_part + part * 2 * BM + r, cache_modifier=".cg")
+        ls = tl.load(ml_part + part * 2 * BM + BM + r, cache_modifier=".cg")
+        o_s = tl.load(o_part + part * BM * BD + r[:, None] * BD + rd[None, :], cache_modifier=".cg")
+        m_new = tl.maximum(m, ms)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        keep = tl.exp(m - m_safe)
+        w = tl.exp(ms - m_safe)
+        l = l * keep + ls * w
+        acc = acc * keep[:, None] + o_s * w[:, None]
+        m = m_new
     empty = l == 0.0
     o = acc / tl.where(empty, 1.0, l)[:, None]
     tl.store(out + b * sob + h[:, None] * soh + qi[:, None].to(tl.int64) * som + rd[None, :] * sod,
@@ -288,7 +293,7 @@ def _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk
         tl.store(lse + b * slb + h * slh + qi, lv, mask=mrow)
 
 
-DECODE_SPLIT_KEYS = 128
+DECODE_SPLIT_KEYS = 64   # one key block per program (bench/llm.py, 135M decode: 0.506 ms at 128, 0.478 at 64)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -330,7 +335,7 @@ class Attention:
             self.BM = _pow2(rows)
             self.BN = 16 if interpreting() else 64
             want = max(1, (2 * num_sms) // max(1, B * Hk))
-            # the last split to finish merges in the same launch, so splits of 128 keys pay off: one
+            # the last split to finish merges in the same launch, so splits of one key block pay off: one
             # program walking a 264-key cache took 5.8 us of a 135M model's decode step on an H200
             self.splits = max(1, min(want, triton.cdiv(Sk, DECODE_SPLIT_KEYS)))
             if interpreting():   # small test shapes: still exercise the split + combine path

@@ -36,7 +36,7 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
                  NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ACT: tl.constexpr, GATED: tl.constexpr, HAS_RES: tl.constexpr, ROUND: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 PDL: tl.constexpr):
+                 ONE_CHUNK: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     if PDL:   # the next kernel may start now; it waits for this one before it reads what we write
         gdc_launch_dependents()
@@ -57,12 +57,20 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
         u = tl.load(w_rows + up_off * sbn + rk[None, :] * sbk, mask=wmask, other=0.0)
     if PDL:
         gdc_wait()
+    # the epilogue's operands load now, in the shadow of the weight stream, not after the reduction
+    cmask = mmask[:, None] & nmask[None, :]
+    if HAS_RES:
+        r = tl.load(res + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)
+    if HAS_BIAS:
+        bv = tl.load(bias + rn, mask=nmask, other=0.0)
 
-    if NORM != "none":  # row statistics over all of K first
+    if NORM != "none" and not ONE_CHUNK:  # row statistics over all of K first
         mean, rstd = tm.row_norm_stats(a_rows, sak, mmask, K, eps, NORM, BM, BK)
 
     x = tl.load(a_rows + rk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
     if NORM != "none":
+        if ONE_CHUNK:   # the row is all in this tile: its statistics without a second read
+            mean, rstd = tm.tile_norm_stats(x, K, eps, NORM)
         x = tm.norm_tile(x, mean, rstd, nw, nb, rk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
     x = x.to(tl.float32)[:, None, :]                                 # [BM, 1, BK]
     acc = x * w.to(tl.float32)[None, :, :]
@@ -84,14 +92,12 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
 
     y = tl.sum(acc, 2)                                               # [BM, BN]
     if HAS_BIAS:
-        y += tl.load(bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        y += bv.to(tl.float32)[None, :]
     if GATED:
         y = tm.epilogue_activation(y, tl.sum(acc_up, 2), ACT, GATED)
     else:
         y = tm.epilogue_activation(y, y, ACT, GATED)
-    cmask = mmask[:, None] & nmask[None, :]
     if HAS_RES:
-        r = tl.load(res + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0)
         y += r.to(tl.float32)
     if ROUND:
         y = y.to(DOT_DTYPE).to(tl.float32)
@@ -157,7 +163,8 @@ class Gemv:
                self.M, self.N, self.K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                res.stride(0), res.stride(1), self.N, self.eps,
-               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], early_launch=self.pdl,
+               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], ONE_CHUNK=self.K <= cfg["BK"], num_warps=cfg["num_warps"],
+               early_launch=self.pdl,
                **self.flags)
 
 

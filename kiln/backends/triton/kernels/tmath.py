@@ -118,8 +118,21 @@ def row_norm_stats(a_rows, sak, mmask, K, eps, NORM: tl.constexpr, BM: tl.conste
         t = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
         s1 += tl.sum(t, 1)
         s2 += tl.sum(t * t, 1)
+    return norm_from_sums(s1, s2, K, eps, NORM)
+
+
+@triton.jit
+def tile_norm_stats(x, K, eps, NORM: tl.constexpr):
+    """`row_norm_stats` of a [BM, BK] tile that already holds all K columns of its rows (zeros past
+    K): one read of A instead of two."""
+    t = x.to(tl.float32)
+    return norm_from_sums(tl.sum(t, 1), tl.sum(t * t, 1), K, eps, NORM)
+
+
+@triton.jit
+def norm_from_sums(s1, s2, K, eps, NORM: tl.constexpr):
     if NORM == "rms_norm":
-        mean = tl.zeros([BM], tl.float32)
+        mean = tl.zeros_like(s1)
         rstd = 1.0 / tl.sqrt(s2 / K + eps)
     else:
         mean = s1 / K
