@@ -293,7 +293,11 @@ def _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk
         tl.store(lse + b * slb + h * slh + qi, lv, mask=mrow)
 
 
-DECODE_SPLIT_KEYS = 64   # one key block per program (bench/llm.py, 135M decode: 0.506 ms at 128, 0.478 at 64)
+# Decode key splits: at least one 64-key block per program, at most 16 programs per KV head.
+# bench/attention_decode.py on an H200 (135M shape, rope + mask, us a launch): a 256-key cache 5.77
+# in one program, 5.46 in 2 splits, 4.68 in 4; a 2048-key cache 7.15 in 16 splits, 7.86 in 32.
+DECODE_SPLIT_KEYS = 64
+DECODE_MAX_SPLITS = 16
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -307,9 +311,10 @@ class Attention:
 
     def __init__(self, q_shape, k_shape, v_shape, dtype: torch.dtype, *, causal=False, scale=None, window=None,
                  softcap=None, mask_kind: str = "none", write_lse: bool = False, num_sms: int = 132,
-                 force: str | None = None, rope: tuple[int, bool] | None = None):
+                 force: str | None = None, rope: tuple[int, bool] | None = None, splits: int | None = None):
         """rope: (rot_half, interleaved) when q and the new key/value arrive unrotated and uncached
-        (the decode step's rope(q), rope(k) and both cache writes fused in, Sq == 1)."""
+        (the decode step's rope(q), rope(k) and both cache writes fused in, Sq == 1). splits: how
+        many programs share a decode's keys (None: from the shape; bench/attention_decode.py sweeps it)."""
         B, Hq, Sq, D = q_shape
         _, Hk, Sk, _ = k_shape
         Dv = v_shape[3]
@@ -335,11 +340,12 @@ class Attention:
             self.BM = _pow2(rows)
             self.BN = 16 if interpreting() else 64
             want = max(1, (2 * num_sms) // max(1, B * Hk))
-            # the last split to finish merges in the same launch, so splits of one key block pay off: one
-            # program walking a 264-key cache took 5.8 us of a 135M model's decode step on an H200
-            self.splits = max(1, min(want, triton.cdiv(Sk, DECODE_SPLIT_KEYS)))
+            # the last split to finish merges in the same launch (no second kernel), so small splits pay
+            self.splits = max(1, min(want, DECODE_MAX_SPLITS, triton.cdiv(Sk, DECODE_SPLIT_KEYS)))
             if interpreting():   # small test shapes: still exercise the split + combine path
                 self.splits = 2 if Sk >= 2 * self.BN else 1
+            if splits is not None:
+                self.splits = max(1, min(int(splits), triton.cdiv(Sk, self.BN)))
             chunk = triton.cdiv(triton.cdiv(Sk, self.splits), self.BN) * self.BN
             self.splits = triton.cdiv(Sk, chunk)
             self.chunk = chunk
