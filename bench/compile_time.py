@@ -86,6 +86,7 @@ def _graph_rows(items) -> list[dict]:
             st = stats()
             row["executor_stages"] = st["stage_seconds"]
             row["precompile"] = st.get("precompile")
+            row["compile_workers"] = st.get("compile_workers")
             row["launches"] = st["launches"]
         rows.append(row)
     return rows
@@ -151,7 +152,8 @@ def child_sm90(o: dict) -> dict:
     import compile_only_target as C
 
     from kiln.api import reference_evaluate
-    from kiln.backends.triton.precompile import compile_threads, precompile, start_triton_key
+    from kiln.backends.triton import compile_workers
+    from kiln.backends.triton.precompile import PrecompileStats, compile_threads, precompile, start_triton_key
     from kiln.compile import compile_graph
     from kiln.models.llama import LlamaGraphs
     from kiln.runtime.language_model import _feed_itself, _select_greedy
@@ -181,17 +183,25 @@ def child_sm90(o: dict) -> dict:
         todo = [step]
     start_triton_key()
     out = {"plan_bind_s": 0.0, "first_run_s": 0.0, "graphs": []}
-    for g in todo:
+    bound = []
+    for g in todo:   # as on the GPU: each executor's compile workers start at bind, the next graph plans
         t = time.perf_counter()
         plan, report = compile_graph(g, device="cuda", evaluate=reference_evaluate)
         ex = C.executor(plan)
+        workers = compile_workers.start(ex.program.launches, ex.calls)   # None with KILN_COMPILE_WORKERS=0
         out["plan_bind_s"] += time.perf_counter() - t
+        bound.append((g, report, ex, workers))
+    for g, report, ex, workers in bound:   # the first runs
         t = time.perf_counter()   # wall time: precompile's own seconds leave out waiting for Triton's hash
-        st = precompile(ex.program.launches, ex.calls, mode="serial" if compile_threads() <= 1 else None)
+        ws = workers.wait() if workers is not None else None
+        st = PrecompileStats(launches=ws.distinct, threads=ws.workers, mode="workers", seconds=ws.seconds) \
+            if ws is not None and ws.complete else \
+            precompile(ex.program.launches, ex.calls, mode="serial" if compile_threads() <= 1 else None)
         out["first_run_s"] += time.perf_counter() - t
         out["graphs"].append({"graph": g.name, "plan_cache": report.cache, "plan_s": report.total_seconds,
                               "cold_plan_s": sum(report.cold_stage_seconds.values()),
                               "executor_stages": ex.stage_seconds, "precompile": vars(st),
+                              "compile_workers": vars(ws) if ws is not None else None,
                               "launches": len(ex.program.launches)})
     out["compile_s"] = out["plan_bind_s"] + out["first_run_s"]
     triton_dir = os.environ.get("TRITON_CACHE_DIR", "")
@@ -270,6 +280,8 @@ def run_child(o: dict, caches: str | None, threads: int | None) -> dict:
         env["TRITON_CACHE_DIR"] = os.path.join(caches, "triton")
     if threads is not None:
         env["KILN_COMPILE_THREADS"] = str(threads)
+    if not o.get("workers", True):
+        env["KILN_COMPILE_WORKERS"] = "0"
     if o["device"] == "sm90":
         env.pop("TRITON_INTERPRET", None)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(o)], env=env,
@@ -305,7 +317,7 @@ def scenarios_of(o: dict, names: list[str], threads: int | None, cprofile: str |
 
 
 def main_workloads(args) -> int:
-    o = dict(device=args.device, tiny=args.tiny, prompt=args.prompt, new=args.new)
+    o = dict(device=args.device, tiny=args.tiny, prompt=args.prompt, new=args.new, workers=not args.no_workers)
     names = args.scenarios.split(",")
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [None]
     report = []
@@ -329,15 +341,25 @@ def main_workloads(args) -> int:
             g = goal.get(r["workload"], (None, None))[0 if sc == "cold" else 1] if sc != "plans" else None
             last = runs[-1]
             plans = "/".join(x["plan_cache"] for x in last["graphs"])
-            pre = [x.get("precompile") or {} for x in last["graphs"]]
-            kern = ", ".join(f"{p.get('mode', '-')} {p.get('launches', 0)} launches {p.get('seconds', 0):.2f}s"
-                             + (f" + {p['loaded']} loaded {p.get('load_seconds', 0):.2f}s" if p.get("loaded") else "")
-                             + (f" ERROR {p['error']}" if p.get("error") else "") for p in pre if p)
+            kern = ", ".join(_kernels_line(x) for x in last["graphs"] if x.get("precompile"))
             th = "default" if r["threads"] is None else str(r["threads"])
             print(f"  {r['workload']:<8} {th:>7} {sc:<8} {med('cuda_init_s'):>9.2f}s {med('plan_bind_s'):>9.2f}s "
                   f"{med('first_run_s'):>9.2f}s "
                   f"{med('compile_s'):>8.2f}s {'' if g is None else f'<={g:g}s':>6}  {plans}; {kern}")
     return 0
+
+
+def _kernels_line(graph: dict) -> str:
+    """How one graph's kernels compiled: in-process precompile, or background workers (and waiting)."""
+    p, w = graph["precompile"], graph.get("compile_workers")
+    line = f"{p.get('mode', '-')} {p.get('launches', 0)} launches {p.get('seconds', 0):.2f}s"
+    if w:
+        line += (f" [{w['workers']} workers, {w['distinct']} kernels, fork {w['fork_seconds']:.2f}s, "
+                 f"waited {w['waited_seconds']:.2f}s" + (f", {w['failed']} failed" if w["failed"] else "") + (f", {w['errors'][:1]}" if w.get("errors") else "")
+                 + (f", {w['killed']} killed" if w["killed"] else "") + "]")
+    if p.get("loaded"):
+        line += f" + {p['loaded']} loaded {p.get('load_seconds', 0):.2f}s"
+    return line + (f" ERROR {p['error']}" if p.get("error") else "")
 
 
 def main_primitive(args) -> int:
@@ -371,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "sm90"))
     p.add_argument("--scenarios", default="cold,warm", help="comma list of cold, warm, plans")
     p.add_argument("--threads", default="", help="comma list of KILN_COMPILE_THREADS values to compare")
+    p.add_argument("--no-workers", action="store_true",
+                   help="compile in-process only (KILN_COMPILE_WORKERS=0: no background compile processes)")
     p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide Llama (smoke runs on the CPU)")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=32)

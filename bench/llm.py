@@ -184,7 +184,7 @@ def bench_hf(torch, hf, batches, prompt: int, new: int, prefill: int, res: dict,
             reps = 3 if compiled else 1
             total = median(cuda_ms(torch, lambda: decode(new), reps))
             res[f"{tag}_decode_ms_b{B}"] = (total - pre_ms) / new
-            tokens[B] = torch.cat(decode(new), 1).cpu().numpy()
+            tokens[B] = torch.cat(decode(new), 1)[:, :new].cpu().numpy()   # the prefill's token + new - 1, as kiln's
         log(f"  {tag} b{B}: warm-up {res[f'{tag}_warmup_s_b{B}']:.1f}s, decode {res[f'{tag}_decode_ms_b{B}']:.3f} ms/step")
         cache = fn = None
         if compiled:

@@ -8,7 +8,9 @@ Lifecycle:
 2. `params_changed(params)` uploads weights once (into fixed addresses, so a captured graph
    stays valid) and evaluates the load steps.
 3. the first run compiles every kernel, the distinct ones concurrently (`precompile.py`; Triton
-   caches the binaries on disk), and runs eagerly;
+   caches the binaries on disk), and runs eagerly; on a GPU the distinct kernels started
+   compiling at construction, in worker processes (`compile_workers.py`), so the first run
+   mostly loads binaries;
    on a GPU the launch sequence is then captured as a CUDA graph, and later runs copy the
    inputs in, replay the graph and copy the outputs out.
 
@@ -32,7 +34,8 @@ from kiln.compile.plan import Plan
 
 from .device import copy_into, default_device, device_properties, interpreting, to_numpy
 from .lowering import ALIGN, Operand, Program, lower
-from .precompile import precompile
+from . import compile_workers
+from .precompile import PrecompileStats, precompile
 
 
 class TritonExecutor:
@@ -69,6 +72,9 @@ class TritonExecutor:
         self._compiled = False
         self.precompile_stats = None
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
+        # the kernels compile in worker processes from now on, while the caller goes on (plans the next graph)
+        self._workers = compile_workers.start(self.program.launches, self.calls) if self.device.type == "cuda" else None
+        self.worker_stats = None
 
     # ---- memory ------------------------------------------------------------------------------
     def _allocate(self, kind: str) -> torch.Tensor:
@@ -254,7 +260,14 @@ class TritonExecutor:
         """Compile every distinct kernel concurrently (`precompile.py`), then run once eagerly (which
         compiles whatever the concurrent pass missed and loads each binary)."""
         t0 = time.perf_counter()
-        self.precompile_stats = precompile(self.program.launches, self.calls, load=self.device.type == "cuda")
+        if self._workers is not None:
+            self.worker_stats, self._workers = self._workers.wait(), None
+        ws = self.worker_stats
+        if ws is not None and ws.complete:   # every binary is on disk: the eager pass loads them
+            self.precompile_stats = PrecompileStats(launches=ws.distinct, threads=ws.workers, mode="workers",
+                                                    seconds=ws.seconds)
+        else:
+            self.precompile_stats = precompile(self.program.launches, self.calls, load=self.device.type == "cuda")
         if self.precompile_stats.error:
             self.compile_error = self.precompile_stats.error
         self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0
@@ -347,6 +360,7 @@ class TritonExecutor:
             "cuda_graph": self._graph is not None,
             "stage_seconds": dict(self.stage_seconds),
             "precompile": vars(self.precompile_stats).copy() if self.precompile_stats else None,
+            "compile_workers": vars(self.worker_stats).copy() if self.worker_stats else None,
         }
 
     def describe(self) -> str:

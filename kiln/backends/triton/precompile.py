@@ -215,16 +215,24 @@ def _precompile_threads(todo, threads: int, compiled: list) -> None:
 
 
 def _launch_key(fn, args) -> tuple:
-    """What makes two launches the same compiled kernel, approximately: the launcher's settings and
-    the dtypes of its tensors (a false match only leaves a kernel to the eager pass)."""
+    """What makes two launches the same compiled kernel, approximately: the launcher's settings,
+    and what Triton specializes its arguments on -- a tensor's dtype and 16-byte alignment, an
+    integer being 1 or a multiple of 16 (a launcher passes a tensor's sizes and strides as
+    integers). A false match only leaves a kernel to the eager pass."""
     attrs = tuple(sorted((k, repr(v)) for k, v in vars(fn).items()
                          if isinstance(v, (int, float, str, bool, tuple, dict, type(None)))))
 
-    def dtypes(x):
+    def integer(v: int) -> int:
+        return 1 if v == 1 else 16 if v % 16 == 0 else 0
+
+    def specialized(x):
         if isinstance(x, torch.Tensor):
-            return (str(x.dtype),)
+            return ((str(x.dtype), x.data_ptr() % 16 == 0, tuple(map(integer, x.shape)),
+                     tuple(map(integer, x.stride()))),)
         if isinstance(x, (list, tuple)):
-            return tuple(d for y in x for d in dtypes(y))
+            return tuple(d for y in x for d in specialized(y))
+        if isinstance(x, int) and not isinstance(x, bool):
+            return (integer(x),)
         return ("-",)
 
-    return (type(fn).__name__, attrs, dtypes(args))
+    return (type(fn).__name__, attrs, specialized(args))
