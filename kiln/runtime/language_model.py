@@ -39,10 +39,12 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from kiln.compile.plan_ahead import PlanAhead
 from kiln.errors import InputError
 from kiln.ir import Graph
 
 from .buckets import GraphCache, ShapeBuckets, StatePool
+from .compiler import reference_evaluate
 from .generation import GenerationConfig, TextStreamer, generate
 from .kv_cache import StaticKVCache
 
@@ -87,38 +89,47 @@ class CausalLM:
         return getattr(self.config, "max_position_embeddings", None)
 
     # ---- compiled graphs ------------------------------------------------------
+    @staticmethod
+    def _select(kind: str, select):
+        return ("greedy", (), None) if select == "greedy" and kind == "decode" else select   # self-feeding, no EOS
+
+    def _graph(self, kind: str, shape: tuple, last_only: bool, select, features: bool):
+        """The graph `compiled` compiles, selection and self-feeding applied (`select` as `_select` left it)."""
+        extra = {"features": True} if features else {}
+        if kind == "forward":
+            g = self.graphs.prefill_graph(*shape, last_only=last_only, **extra)
+        elif kind == "prefill":
+            batch, seq, cache_len = shape
+            g = self.graphs.prefill_graph(batch, seq, last_only=last_only, cache_len=cache_len, **extra)
+        elif kind == "decode":
+            g = self.graphs.decode_graph(*shape)
+        else:
+            raise ValueError(f"unknown graph kind {kind!r}; expected 'forward', 'prefill' or 'decode'")
+        if select != "logits":
+            _select_greedy(g)
+            if kind == "decode":
+                _feed_itself(g, *select[1:])
+        return g
+
     def compiled(self, kind: str, *shape: int, last_only: bool = False, select: str = "logits",
-                 features: bool = False):
+                 features: bool = False, graph=None):
         """The compiled graph of `kind` and shape, built on first use.
 
         "forward" (batch, seq): logits, no cache. "prefill" (batch, seq, cache_len) and "decode"
         (batch, cache_len) read and write the KV-cache states; all graphs of one (batch,
         cache_len) share one set of cache buffers. select="greedy" returns `next_token` ids.
         `features`: a forward or prefill that also takes `inputs_embeds` / `embeds_mask`
-        (kiln.nn.features: an encoder's features at their placeholder tokens).
+        (kiln.nn.features: an encoder's features at their placeholder tokens). `graph`: that
+        graph, already built (`_graph`), as `_warmup` passes it.
         """
-        if select == "greedy" and kind == "decode":
-            select = ("greedy", (), None)   # self-feeding, no EOS ids
+        select = self._select(kind, select)
         key = (kind, *shape, last_only, select) + (("features",) if features else ())
         cg = self._compiled.get(key)
         if cg is None:
             from .compiler import compile as compile_graph
 
             t0 = time.perf_counter()
-            extra = {"features": True} if features else {}
-            if kind == "forward":
-                g = self.graphs.prefill_graph(*shape, last_only=last_only, **extra)
-            elif kind == "prefill":
-                batch, seq, cache_len = shape
-                g = self.graphs.prefill_graph(batch, seq, last_only=last_only, cache_len=cache_len, **extra)
-            elif kind == "decode":
-                g = self.graphs.decode_graph(*shape)
-            else:
-                raise ValueError(f"unknown graph kind {kind!r}; expected 'forward', 'prefill' or 'decode'")
-            if select != "logits":
-                _select_greedy(g)
-                if kind == "decode":
-                    _feed_itself(g, *select[1:])
+            g = graph if graph is not None else self._graph(kind, shape, last_only, select, features)
             cg = compile_graph(g, device=self.device, optimize=self.optimize)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
             pool = self._state_pool(shape[0], shape[-1]) if kind != "forward" else None
@@ -167,20 +178,39 @@ class CausalLM:
             b, s = self.padded_shape(batch, prompt_len)
             cache_len = self.cache_length(s + max_new_tokens)
             todo += [("prefill", (b, s, cache_len)), ("decode", (b, cache_len))]
-        if progress:
-            from tqdm import tqdm
-
-            todo = tqdm(todo, desc="compiling", unit="graph", leave=False)
         decode_select = select
         if select == "greedy":   # the self-feeding decode graph `generate` runs: the checkpoint's EOS ids and pad
             eos = tuple(self.generation_config.eos_token_ids)
             pad = self.generation_config.pad_token_id
             pad = eos[0] if pad is None and eos else pad
             decode_select = ("greedy", eos, pad if eos else None)
-        for kind, shape in todo:
-            if progress:
-                todo.set_postfix_str(f"{kind} batch {shape[0]} cache {shape[-1]}")
-            self.compiled(kind, *shape, last_only=kind == "prefill", select=decode_select if kind == "decode" else select)
+        specs = [(kind, shape, kind == "prefill", self._select(kind, decode_select if kind == "decode" else select))
+                 for kind, shape in todo]
+        # the graphs still to compile, built now: each after the first plans in a process of its own
+        graphs = {spec: self._graph(*spec, False) for spec in dict.fromkeys(specs)
+                  if self._compiled.get((spec[0], *spec[1], *spec[2:])) is None}
+        ahead = PlanAhead(list(graphs.values())[1:], device=self.device, optimize=self.optimize,
+                          evaluate=reference_evaluate) if len(graphs) > 1 else None
+        if progress:
+            from tqdm import tqdm
+
+            specs = tqdm(specs, desc="compiling", unit="graph", leave=False)
+        own = None   # seconds this process took for its own first graph
+        try:
+            for (kind, shape, last_only, sel) in specs:
+                if progress:
+                    specs.set_postfix_str(f"{kind} batch {shape[0]} cache {shape[-1]}")
+                g = graphs.get((kind, shape, last_only, sel))
+                planned = ahead is not None and g is not None and g in ahead and ahead.wait(g, own or 0.0)
+                t0 = time.perf_counter()
+                cg = self.compiled(kind, *shape, last_only=last_only, select=sel, graph=g)
+                if own is None:
+                    own = time.perf_counter() - t0
+                if planned and cg.report is not None and cg.report.cache == "hit":
+                    cg.report.cache = "ahead"   # planned by the child, read from the compile cache
+        finally:
+            if ahead is not None:
+                ahead.close()
 
     def cache_length(self, needed: int) -> int:
         return -(-needed // self.CACHE_BLOCK) * self.CACHE_BLOCK
