@@ -103,3 +103,17 @@ def test_an_executor_on_the_gpu_compiles_in_workers_and_runs_the_same(tmp_path):
     r = _child(_CHILD_GPU, [], tmp_path)
     assert r["workers"] and r["workers"]["failed"] == r["workers"]["killed"] == 0, r
     assert r["mode"] == "workers" and r["same"] and r["ref_workers"] is None, r
+
+
+def test_host_stand_ins_keep_what_triton_specializes_on():
+    """A worker compiles over CPU stand-ins of the launch's GPU tensors (meta tensors here): same
+    dtype, sizes and strides, 16-byte aligned like the original; CPU tensors and other values pass."""
+    from kiln.backends.triton.compile_workers import _on_host
+    base = torch.empty(4, 8, 6, dtype=torch.bfloat16, device="meta")
+    view = base.transpose(1, 2)[:, 1:]
+    cpu = torch.zeros(3)
+    out = _on_host([(view, 3), cpu, "x"])
+    got = out[0][0]
+    assert got.device.type == "cpu" and got.dtype == view.dtype
+    assert tuple(got.shape) == tuple(view.shape) and got.stride() == view.stride()
+    assert got.data_ptr() % 16 == view.data_ptr() % 16 and out[0][1] == 3 and out[1] is cpu and out[2] == "x"

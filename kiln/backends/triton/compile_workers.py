@@ -10,8 +10,9 @@ How: `start(launches, calls)` (TritonExecutor's constructor, on a GPU) forks up 
 `compile_threads()` workers, one core fewer than the machine has (none on a machine of two: the
 planner would lose its core). They take the distinct launches (`precompile._launch_key`) off a
 pipe one at a time and run each in compile-only mode (`kernels/launch.py`) under a driver that only
-names the GPU's target (`compile_only_driver.py`: a forked child must not touch the CUDA context it
-inherited), which files each binary in Triton's cache. Where Triton builds a C launcher per kernel
+names the GPU's target, over CPU stand-ins of the launch's tensors (`compile_only_driver.py`,
+`_on_host`: a forked child must not touch the CUDA context it inherited), which files each binary
+in Triton's cache. Where Triton builds a C launcher per kernel
 signature, and its own CUDA utilities module, with gcc (3.6 and older, ~0.3 s each), a worker
 builds them too, into the same cache. The parent goes on at once; `Workers.wait()` at the first
 run reaps the workers, and the eager pass then finds every binary and launcher on disk.
@@ -32,6 +33,8 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass, field
+
+import torch
 
 from .device import interpreting
 from .kernels.launch import compile_only
@@ -193,7 +196,7 @@ def _work(todo, jobs_fd: int, results_fd: int, target: tuple[int, int], build_ut
             compiled: list = []
             try:
                 with compile_only(compiled):
-                    fn(*args)
+                    fn(*_on_host(args))
             except Exception as e:
                 failure(type(fn).__name__, e)
                 continue
@@ -209,6 +212,25 @@ def _work(todo, jobs_fd: int, results_fd: int, target: tuple[int, int], build_ut
             os.write(results_fd, (json.dumps({"failed": failed, "errors": errors}) + "\n").encode())
         finally:
             os._exit(0)
+
+
+def _on_host(x):
+    """A CPU stand-in for each GPU tensor in `x`, with its dtype, sizes, strides and 16-byte
+    alignment (what Triton specializes a kernel on): a forked child cannot touch the CUDA tensors it
+    inherited (even indexing one calls the CUDA runtime, which fails after a fork). Nothing is
+    written to a stand-in's bytes, and untouched pages of an empty tensor cost no memory."""
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        item = x.element_size()
+        extent = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) if x.numel() else 1
+        shift = (x.data_ptr() % 16) // item
+        base = torch.empty(extent + shift + 16 // item, dtype=x.dtype)
+        offset = ((-base.data_ptr()) % 16) // item + shift
+        return base.as_strided(tuple(x.shape), tuple(x.stride()), offset)
+    if isinstance(x, list):
+        return [_on_host(y) for y in x]
+    if isinstance(x, tuple):
+        return tuple(_on_host(y) for y in x)
+    return x
 
 
 def _c_built(name: str):

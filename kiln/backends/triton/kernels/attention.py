@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..device import interpreting, programmatic_launch
-from .launch import compiling_only, launch
+from .launch import launch
 from . import tmath as tm
 
 
@@ -363,16 +363,6 @@ class Attention:
         parts = self.B * self.Hk * self.splits
         return [((parts, self.BM, self.BD), torch.float32), ((parts, 2, self.BM), torch.float32)]
 
-    def _arrival_counters(self, device) -> torch.Tensor:
-        """The split-KV decode's arrival counters: zero between runs (the merging program resets
-        them), so they live with the launch, not in the arena whose bytes other launches reuse. A
-        compile-only launch gets a host stand-in (a compile worker must not allocate on the GPU)."""
-        if compiling_only():
-            return torch.zeros(self.B * self.Hk, dtype=torch.int32)
-        if self._arrived is None or self._arrived.device != device:
-            self._arrived = torch.zeros(self.B * self.Hk, dtype=torch.int32, device=device)
-        return self._arrived
-
     def __call__(self, q, k, v, mask, out, lse=None, scratch=(), rope_args=None) -> None:
         """rope_args (with `rope`): the new key and value [B, Hk, 1, D], cos and sin [B|1, 1, rot_half]
         and the cache slot (int [1]); k and v are then the caches, written at the slot."""
@@ -384,7 +374,11 @@ class Attention:
         if self.decode:
             direct = self.splits == 1
             o_part, ml_part = scratch if not direct else (out, out)
-            arrived = self._arrival_counters(q.device) if not direct else out
+            if not direct and (self._arrived is None or self._arrived.device != q.device):
+                # split arrival counters: zero between runs (the merging program resets them), so
+                # they live with the launch, not in the arena whose bytes other launches reuse
+                self._arrived = torch.zeros(self.B * self.Hk, dtype=torch.int32, device=q.device)
+            arrived = self._arrived if not direct else out
             warps = 4 if self.BM * self.BD <= 128 * 64 else 8
             if self.rope is not None:
                 xk, xv, cos, sin, slot = rope_args

@@ -24,7 +24,7 @@ from kiln.ir import DType, as_dtype
 
 from ..cache import KernelCache, default_cache
 from ..device import interpreting
-from .launch import compiling_only, launch
+from .launch import launch
 
 # kiln dtype -> the Triton dtype values are computed in
 _COMPUTE = {"float16": "tl.float32", "bfloat16": "tl.float32", "float32": "tl.float32",
@@ -368,19 +368,13 @@ class MultiTensorPointwise:
         self._tables = None
 
     def _tables_for(self, ins, outs) -> tuple:
-        """The per-operand pointer tables and block tables, rebuilt when an address changes; a
-        compile-only launch gets them on the host, uncached (a compile worker must not allocate on
-        the GPU)."""
         ptrs = tuple(t.data_ptr() for group in ins + outs for t in group)
-        host = compiling_only()
-        if host or self._tables is None or self._tables[0] != ptrs:
-            dev = "cpu" if host else outs[0][0].device
+        if self._tables is None or self._tables[0] != ptrs:
+            dev = outs[0][0].device
             per_operand = [[group[j].data_ptr() for group in ins] for j in range(len(ins[0]))] + \
                           [[group[j].data_ptr() for group in outs] for j in range(len(outs[0]))]
             tables = [torch.tensor(col, dtype=torch.int64, device=dev) for col in per_operand]
             blocks = [torch.from_numpy(b).to(dev) for b in self._blocks]
-            if host:
-                return tables, blocks
             self._tables = (ptrs, tables, blocks)
         return self._tables[1], self._tables[2]
 
