@@ -156,6 +156,11 @@ def _path(key: str) -> Path:
     return cache_dir() / f"{key}.pkl"
 
 
+def has(key: str) -> bool:
+    """Whether an entry is stored under `key` (readable or not)."""
+    return _path(key).is_file()
+
+
 def load(key: str):
     """(plan, report) stored under `key`, or None (a missing entry; an unreadable one also warns)."""
     path = _path(key)

@@ -38,9 +38,10 @@ class PlanAhead:
         if not possible() or not optimize:
             return
         n = max(1, (os.cpu_count() or 1) - 1)   # the parent keeps a core for its own graph
+        todo = [g for g in graphs if not _stored(g, device, optimize, evaluate)][:n]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)   # "multi-threaded, fork() may deadlock"
-            for g in list(graphs)[:n]:
+            for g in todo:
                 pid = os.fork()
                 if pid == 0:
                     _plan_and_exit(g, device, optimize, evaluate)
@@ -70,6 +71,16 @@ class PlanAhead:
         for pid in self.children.values():
             _kill(pid)
         self.children.clear()
+
+
+def _stored(graph, device: str, optimize: bool, evaluate) -> bool:
+    """Whether the compile cache has this graph's plan already (nothing to plan ahead)."""
+    try:
+        key = plan_cache.compile_key(graph, device=device, optimize=optimize, evaluate=evaluate, rules=None,
+                                     exclude_rules=(), limits=None)
+    except plan_cache.Uncacheable:
+        return True
+    return plan_cache.has(key)
 
 
 def _plan_and_exit(graph, device: str, optimize: bool, evaluate) -> None:

@@ -13,12 +13,20 @@ def reference_evaluate(op: str, inputs: list, attrs: dict):
     return KERNELS[op](*inputs, **attrs)
 
 
-def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: bool | None = None):
+def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: bool | None = None,
+            planned_ahead: bool = False):
     """Optimize (unless optimize=False, for debugging), plan and bind a backend for `graph`.
 
     The returned CompiledGraph carries `.report` (a CompileReport: fusions, kernels,
     memory, time per stage, whether the plan came from the persistent compile cache).
-    `cache=False` (or KILN_COMPILE_CACHE=0) compiles without the cache.
+    `cache=False` (or KILN_COMPILE_CACHE=0) compiles without the cache. `planned_ahead`: the plan
+    was stored just now by a planning process (kiln.compile.plan_ahead), so its cache hit is new
+    (`report.cache == "ahead"`).
+
+    On cuda the kernels of a graph planned now start compiling in worker processes at once
+    (kiln/backends/triton/compile_workers.py); a graph whose plan came from the cache ran before,
+    so its kernels are most likely in Triton's disk cache, which the first run's in-process pass
+    reads faster than workers could be forked.
     """
     from kiln.compile import compile_graph
 
@@ -31,8 +39,10 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
         start_triton_key()
     plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
                                  cache=cache)
+    if planned_ahead and report.cache == "hit":
+        report.cache = "ahead"
     if device == "cuda":
         from kiln.backends.triton import TritonExecutor
-        return CompiledGraph(plan, TritonExecutor(plan), device, report=report)
+        return CompiledGraph(plan, TritonExecutor(plan, compile_workers=report.cache != "hit"), device, report=report)
     from kiln.backends.numpy.executor import NumpyExecutor
     return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)

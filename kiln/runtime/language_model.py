@@ -112,7 +112,7 @@ class CausalLM:
         return g
 
     def compiled(self, kind: str, *shape: int, last_only: bool = False, select: str = "logits",
-                 features: bool = False, graph=None):
+                 features: bool = False, graph=None, planned_ahead: bool = False):
         """The compiled graph of `kind` and shape, built on first use.
 
         "forward" (batch, seq): logits, no cache. "prefill" (batch, seq, cache_len) and "decode"
@@ -120,7 +120,8 @@ class CausalLM:
         cache_len) share one set of cache buffers. select="greedy" returns `next_token` ids.
         `features`: a forward or prefill that also takes `inputs_embeds` / `embeds_mask`
         (kiln.nn.features: an encoder's features at their placeholder tokens). `graph`: that
-        graph, already built (`_graph`), as `_warmup` passes it.
+        graph, already built (`_graph`), and `planned_ahead` whether a planning process just stored
+        its plan, as `_warmup` passes them.
         """
         select = self._select(kind, select)
         key = (kind, *shape, last_only, select) + (("features",) if features else ())
@@ -130,7 +131,7 @@ class CausalLM:
 
             t0 = time.perf_counter()
             g = graph if graph is not None else self._graph(kind, shape, last_only, select, features)
-            cg = compile_graph(g, device=self.device, optimize=self.optimize)
+            cg = compile_graph(g, device=self.device, optimize=self.optimize, planned_ahead=planned_ahead)
             cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
             pool = self._state_pool(shape[0], shape[-1]) if kind != "forward" else None
             if pool is not None:
@@ -203,11 +204,9 @@ class CausalLM:
                 g = graphs.get((kind, shape, last_only, sel))
                 planned = ahead is not None and g is not None and g in ahead and ahead.wait(g, own or 0.0)
                 t0 = time.perf_counter()
-                cg = self.compiled(kind, *shape, last_only=last_only, select=sel, graph=g)
+                self.compiled(kind, *shape, last_only=last_only, select=sel, graph=g, planned_ahead=planned)
                 if own is None:
                     own = time.perf_counter() - t0
-                if planned and cg.report is not None and cg.report.cache == "hit":
-                    cg.report.cache = "ahead"   # planned by the child, read from the compile cache
         finally:
             if ahead is not None:
                 ahead.close()

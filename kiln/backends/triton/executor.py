@@ -34,14 +34,15 @@ from kiln.compile.plan import Plan
 
 from .device import copy_into, default_device, device_properties, interpreting, to_numpy
 from .lowering import ALIGN, Operand, Program, lower
-from . import compile_workers
+from . import compile_workers as workers
 from .precompile import PrecompileStats, precompile
 
 
 class TritonExecutor:
     tracer = None   # a kiln.runtime.trace.Trace while one is recorded
 
-    def __init__(self, plan: Plan, device: str | torch.device | None = None, *, cuda_graph: bool = True):
+    def __init__(self, plan: Plan, device: str | torch.device | None = None, *, cuda_graph: bool = True,
+                 compile_workers: bool = True):
         t0 = time.perf_counter()
         self.plan = plan
         self.device = torch.device(device) if device is not None else default_device()
@@ -73,7 +74,8 @@ class TritonExecutor:
         self.precompile_stats = None
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
         # the kernels compile in worker processes from now on, while the caller goes on (plans the next graph)
-        self._workers = compile_workers.start(self.program.launches, self.calls) if self.device.type == "cuda" else None
+        self._workers = workers.start(self.program.launches, self.calls) \
+            if compile_workers and self.device.type == "cuda" else None
         self.worker_stats = None
 
     # ---- memory ------------------------------------------------------------------------------
