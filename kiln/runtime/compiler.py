@@ -23,10 +23,9 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
     was stored just now by a planning process (kiln.compile.plan_ahead), so its cache hit is new
     (`report.cache == "ahead"`).
 
-    On cuda the kernels of a graph planned now start compiling in worker processes at once
-    (kiln/backends/triton/compile_workers.py); a graph whose plan came from the cache ran before,
-    so its kernels are most likely in Triton's disk cache, which the first run's in-process pass
-    reads faster than workers could be forked.
+    On cuda the kernels start compiling in worker processes at once (kiln/backends/triton/
+    compile_workers.py), unless an earlier process ran this plan and its binaries are still in
+    Triton's disk cache (kiln/backends/triton/kernels_on_disk.py): the first run then only loads them.
     """
     from kiln.compile import compile_graph
 
@@ -43,6 +42,7 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
         report.cache = "ahead"
     if device == "cuda":
         from kiln.backends.triton import TritonExecutor
-        return CompiledGraph(plan, TritonExecutor(plan, compile_workers=report.cache != "hit"), device, report=report)
+        ex = TritonExecutor(plan, kernels_key=report.cache_key)
+        return CompiledGraph(plan, ex, device, report=report)
     from kiln.backends.numpy.executor import NumpyExecutor
     return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)

@@ -35,6 +35,7 @@ from kiln.compile.plan import Plan
 from .device import copy_into, default_device, device_properties, interpreting, to_numpy
 from .lowering import ALIGN, Operand, Program, lower
 from . import compile_workers as workers
+from . import kernels_on_disk
 from .precompile import PrecompileStats, precompile
 
 
@@ -42,7 +43,10 @@ class TritonExecutor:
     tracer = None   # a kiln.runtime.trace.Trace while one is recorded
 
     def __init__(self, plan: Plan, device: str | torch.device | None = None, *, cuda_graph: bool = True,
-                 compile_workers: bool = True):
+                 kernels_key: str | None = None):
+        """`kernels_key`: the plan's compile-cache key, under which the first run remembers which
+        Triton binaries its kernels are (`kernels_on_disk.py`), so a later process's first run only
+        loads them (and starts no compile workers)."""
         t0 = time.perf_counter()
         self.plan = plan
         self.device = torch.device(device) if device is not None else default_device()
@@ -74,8 +78,10 @@ class TritonExecutor:
         self.precompile_stats = None
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
         # the kernels compile in worker processes from now on, while the caller goes on (plans the next graph)
+        self.kernels_key = kernels_key if self.device.type == "cuda" else None
+        known = self.kernels_key is not None and kernels_on_disk.on_disk(self.kernels_key)
         self._workers = workers.start(self.program.launches, self.calls) \
-            if compile_workers and self.device.type == "cuda" else None
+            if self.device.type == "cuda" and not known else None
         self.worker_stats = None
 
     # ---- memory ------------------------------------------------------------------------------
@@ -265,17 +271,23 @@ class TritonExecutor:
         if self._workers is not None:
             self.worker_stats, self._workers = self._workers.wait(), None
         ws = self.worker_stats
-        if ws is not None and ws.complete:   # every binary is on disk: the eager pass loads them
-            self.precompile_stats = PrecompileStats(launches=ws.distinct, threads=ws.workers, mode="workers",
-                                                    seconds=ws.seconds)
-        else:
-            self.precompile_stats = precompile(self.program.launches, self.calls, load=self.device.type == "cuda")
-        if self.precompile_stats.error:
-            self.compile_error = self.precompile_stats.error
-        self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0
-        self._launch_all()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        known = self.kernels_key is not None and kernels_on_disk.on_disk(self.kernels_key)
+        with kernels_on_disk.Recorder() as recorder:
+            if known:    # an earlier process ran this plan: its binaries are on disk, the eager pass loads them
+                self.precompile_stats = PrecompileStats(mode="on disk")
+            elif ws is not None and ws.complete:   # the workers filed every binary: likewise
+                self.precompile_stats = PrecompileStats(launches=ws.distinct, threads=ws.workers, mode="workers",
+                                                        seconds=ws.seconds)
+            else:
+                self.precompile_stats = precompile(self.program.launches, self.calls, load=self.device.type == "cuda")
+            if self.precompile_stats.error:
+                self.compile_error = self.precompile_stats.error
+            self.stage_seconds["kernel_compile_parallel"] = time.perf_counter() - t0
+            self._launch_all()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        if self.kernels_key is not None and not known and not self.precompile_stats.error:
+            kernels_on_disk.store(self.kernels_key, recorder.seen)
         self.stage_seconds["kernel_compile"] = time.perf_counter() - t0
         self._compiled = True
 

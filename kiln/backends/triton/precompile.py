@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .device import interpreting
@@ -219,20 +220,37 @@ def _launch_key(fn, args) -> tuple:
     and what Triton specializes its arguments on -- a tensor's dtype and 16-byte alignment, an
     integer being 1 or a multiple of 16 (a launcher passes a tensor's sizes and strides as
     integers). A false match only leaves a kernel to the eager pass."""
-    attrs = tuple(sorted((k, repr(v)) for k, v in vars(fn).items()
+    attrs = tuple(sorted((k, _setting(v)) for k, v in vars(fn).items()
                          if isinstance(v, (int, float, str, bool, tuple, dict, type(None)))))
+    return (type(fn).__name__, attrs, tuple(_specialized(args, [])))
 
-    def integer(v: int) -> int:
-        return 1 if v == 1 else 16 if v % 16 == 0 else 0
 
-    def specialized(x):
-        if isinstance(x, torch.Tensor):
-            return ((str(x.dtype), x.data_ptr() % 16 == 0, tuple(map(integer, x.shape)),
-                     tuple(map(integer, x.stride()))),)
-        if isinstance(x, (list, tuple)):
-            return tuple(d for y in x for d in specialized(y))
-        if isinstance(x, int) and not isinstance(x, bool):
-            return (integer(x),)
-        return ("-",)
+def _setting(v):
+    """A launcher attribute as a hashable key: an array by shape and dtype (its values reach the
+    kernel as a tensor argument, not as code), containers by their items."""
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return v
+    if isinstance(v, np.ndarray):
+        return ("array", v.shape, v.dtype.str)
+    if isinstance(v, (tuple, list)):
+        return tuple(_setting(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted(((repr(k), _setting(x)) for k, x in v.items()), key=lambda kv: kv[0]))
+    return type(v).__name__
 
-    return (type(fn).__name__, attrs, specialized(args))
+
+def _integer(v: int) -> int:
+    return 1 if v == 1 else 16 if v % 16 == 0 else 0
+
+
+def _specialized(x, out: list) -> list:
+    if isinstance(x, torch.Tensor):
+        out.append((x.dtype, x.data_ptr() % 16 == 0, tuple(map(_integer, x.shape)), tuple(map(_integer, x.stride()))))
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            _specialized(y, out)
+    elif isinstance(x, int) and not isinstance(x, bool):
+        out.append(_integer(x))
+    else:
+        out.append("-")
+    return out
