@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
+
+from kiln import children
 
 from . import cache as plan_cache
 
@@ -33,44 +34,39 @@ class PlanAhead:
     """Children planning `graphs` (by id) into the compile cache; an empty set when not `possible()`."""
 
     def __init__(self, graphs, *, device: str, optimize: bool = True, evaluate=None, patience: float = 3.0):
-        self.children: dict[int, int] = {}   # id(graph) -> pid
+        self.pids: dict[int, int] = {}   # id(graph) -> pid
         self.patience, self._t0 = patience, time.perf_counter()
         if not possible() or not optimize:
             return
         n = max(1, (os.cpu_count() or 1) - 1)   # the parent keeps a core for its own graph
         todo = [g for g in graphs if not _stored(g, device, optimize, evaluate)][:n]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)   # "multi-threaded, fork() may deadlock"
-            for g in todo:
-                pid = os.fork()
-                if pid == 0:
-                    _plan_and_exit(g, device, optimize, evaluate)
-                self.children[id(g)] = pid
+        for g in todo:
+            self.pids[id(g)] = children.fork(lambda g=g: _plan_and_exit(g, device, optimize, evaluate))
 
     def __contains__(self, graph) -> bool:
-        return id(graph) in self.children
+        return id(graph) in self.pids
 
     def wait(self, graph, own_seconds: float) -> bool:
         """Let the child planning `graph` finish (True when it exited cleanly); the parent's own
         first graph took `own_seconds`, and a child gets `patience` times that (at least 10 s) more."""
-        pid = self.children.pop(id(graph), None)
+        pid = self.pids.pop(id(graph), None)
         if pid is None:
             return False
         deadline = time.perf_counter() + max(10.0, self.patience * own_seconds)
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            code = children.exit_status(pid)
+            if code is not None:
+                return code == 0
             if time.perf_counter() > deadline:
-                _kill(pid)
+                children.kill(pid)
                 return False
             time.sleep(0.002)
 
     def close(self) -> None:
         """Kill and reap children never waited for."""
-        for pid in self.children.values():
-            _kill(pid)
-        self.children.clear()
+        for pid in self.pids.values():
+            children.kill(pid)
+        self.pids.clear()
 
 
 def _stored(graph, device: str, optimize: bool, evaluate) -> bool:
@@ -93,11 +89,3 @@ def _plan_and_exit(graph, device: str, optimize: bool, evaluate) -> None:
         pass
     finally:
         os._exit(code)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass

@@ -60,4 +60,4 @@ def test_plan_ahead_is_off_once_egglog_is_loaded(monkeypatch):
     from kiln.compile import plan_ahead
     import egglog  # noqa: F401
     assert not plan_ahead.possible()
-    assert not plan_ahead.PlanAhead([object()], device="cpu").children
+    assert not plan_ahead.PlanAhead([object()], device="cpu").pids

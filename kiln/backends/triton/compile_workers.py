@@ -31,10 +31,11 @@ import json
 import os
 import struct
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from kiln import children
 
 from .device import interpreting
 from .kernels.launch import compile_only
@@ -92,11 +93,11 @@ class Workers:
         running = set(self.pids)
         while running:
             for pid in list(running):
-                if _reaped(pid):
+                if children.exit_status(pid) is not None:
                     running.discard(pid)
             if running and time.perf_counter() > deadline:
                 for pid in running:
-                    _kill(pid)
+                    children.kill(pid)
                 self.stats.killed = len(running)
                 break
             if running:
@@ -145,14 +146,8 @@ def start(launches, calls, workers: int | None = None) -> Workers | None:
     results_r, results_w = os.pipe()
     os.write(jobs_w, b"".join(_JOB.pack(i) for i in range(len(todo))))   # well under a pipe's buffer
     os.close(jobs_w)               # the workers see the end of the jobs once the pipe is empty
-    pids = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)   # "multi-threaded, fork() may deadlock": see TIMEOUT_S
-        for w in range(n):
-            pid = os.fork()
-            if pid == 0:
-                _work(todo, jobs_r, results_w, target, build_utils and w == 0)   # never returns
-            pids.append(pid)
+    pids = [children.fork(lambda w=w: _work(todo, jobs_r, results_w, target, build_utils and w == 0))
+            for w in range(n)]
     os.close(results_w)
     fcntl.fcntl(jobs_r, fcntl.F_SETFL, fcntl.fcntl(jobs_r, fcntl.F_GETFL) | os.O_NONBLOCK)
     fcntl.fcntl(results_r, fcntl.F_SETFL, fcntl.fcntl(results_r, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -274,21 +269,5 @@ def _read_all(fd: int) -> bytes:
         out += chunk
 
 
-def _reaped(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done != 0
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 def _reap_abandoned() -> None:
-    _unreaped[:] = [pid for pid in _unreaped if not _reaped(pid)]
+    _unreaped[:] = [pid for pid in _unreaped if children.exit_status(pid) is None]
