@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from kiln.ir import Graph
 
 from . import cache as plan_cache
+from .gc_pause import gc_paused
 from .kernels import kernel_counts
 from .plan import Plan, build_plan
 
@@ -54,6 +55,11 @@ def compile_graph(graph: Graph, *, device: str = "cpu", optimize: bool = True, e
     """Optimize (unless optimize=False) and plan `graph`; `evaluate` enables constant folding.
 
     `cache`: use the persistent compile cache (default: on unless KILN_COMPILE_CACHE=0)."""
+    with gc_paused():
+        return _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache)
+
+
+def _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache):
     if not plan_cache.enabled(cache):
         plan, report = _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits)
         report.cold_stage_seconds = dict(report.stage_seconds)

@@ -28,6 +28,7 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
     Triton's disk cache (kiln/backends/triton/kernels_on_disk.py): the first run then only loads them.
     """
     from kiln.compile import compile_graph
+    from kiln.compile.gc_pause import gc_paused
 
     from .compiled_graph import CompiledGraph
 
@@ -36,13 +37,14 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
     if device == "cuda":   # hash Triton's installation while the graph is planned (0.3 s per process)
         from kiln.backends.triton.precompile import start_triton_key
         start_triton_key()
-    plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
-                                 cache=cache)
-    if planned_ahead and report.cache == "hit":
-        report.cache = "ahead"
-    if device == "cuda":
-        from kiln.backends.triton import TritonExecutor
-        ex = TritonExecutor(plan, kernels_key=report.cache_key)
-        return CompiledGraph(plan, ex, device, report=report)
-    from kiln.backends.numpy.executor import NumpyExecutor
-    return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)
+    with gc_paused():   # planning and lowering allocate objects by the million (kiln/compile/gc_pause.py)
+        plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
+                                     cache=cache)
+        if planned_ahead and report.cache == "hit":
+            report.cache = "ahead"
+        if device == "cuda":
+            from kiln.backends.triton import TritonExecutor
+            ex = TritonExecutor(plan, kernels_key=report.cache_key)
+            return CompiledGraph(plan, ex, device, report=report)
+        from kiln.backends.numpy.executor import NumpyExecutor
+        return CompiledGraph(plan, NumpyExecutor(plan), device, report=report)

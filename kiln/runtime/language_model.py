@@ -39,6 +39,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from kiln.compile.gc_pause import gc_paused
 from kiln.compile.plan_ahead import PlanAhead
 from kiln.errors import InputError
 from kiln.ir import Graph
@@ -188,8 +189,9 @@ class CausalLM:
         specs = [(kind, shape, kind == "prefill", self._select(kind, decode_select if kind == "decode" else select))
                  for kind, shape in todo]
         # the graphs still to compile, built now: each after the first plans in a process of its own
-        graphs = {spec: self._graph(*spec, False) for spec in dict.fromkeys(specs)
-                  if self._compiled.get((spec[0], *spec[1], *spec[2:])) is None}
+        with gc_paused():   # building graphs allocates objects by the million (kiln/compile/gc_pause.py)
+            graphs = {spec: self._graph(*spec, False) for spec in dict.fromkeys(specs)
+                      if self._compiled.get((spec[0], *spec[1], *spec[2:])) is None}
         ahead = PlanAhead(list(graphs.values())[1:], device=self.device, optimize=self.optimize,
                           evaluate=reference_evaluate) if len(graphs) > 1 else None
         if progress:

@@ -18,6 +18,7 @@ import numpy as np
 
 from kiln.runtime.compiler import compile as compile_graph
 from kiln.autodiff import grad, grad_name
+from kiln.compile.gc_pause import gc_paused
 from kiln.ir import Graph, GraphError, TensorType, Value
 
 from .data_parallel import average_gradients, mean_over_ranks
@@ -140,9 +141,10 @@ class TrainStep:
         self.param_types = {n: v.type for n, v in graph.parameters.items()}
         self.state_names = [state_name(s, n) for n in self.trainable for s in optimizer.slots]
         if accumulation == 1:
-            g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
-                                 metrics=metrics, world=world)
-            _updates_as_states(g, self.trainable + self.state_names)
+            with gc_paused():   # differentiating allocates objects by the million (kiln/compile/gc_pause.py)
+                g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
+                                     metrics=metrics, world=world)
+                _updates_as_states(g, self.trainable + self.state_names)
             self._fused = compile_graph(g, device=device)
         else:
             g = grad(graph, self.trainable, loss)
