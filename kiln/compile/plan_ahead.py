@@ -35,7 +35,7 @@ class PlanAhead:
 
     def __init__(self, graphs, *, device: str, optimize: bool = True, evaluate=None, patience: float = 3.0):
         self.pids: dict[int, int] = {}   # id(graph) -> pid
-        self.patience, self._t0 = patience, time.perf_counter()
+        self.patience = patience
         if not possible() or not optimize:
             return
         n = max(1, (os.cpu_count() or 1) - 1)   # the parent keeps a core for its own graph

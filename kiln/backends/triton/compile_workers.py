@@ -43,6 +43,7 @@ from .precompile import SKIPPED_ARCHETYPES, _launch_key, compile_threads, wait_t
 
 TIMEOUT_S = 120.0
 MAX_ERRORS = 4
+MAX_JOBS = 16000   # the job list is written to the pipe before any worker reads it: it must fit its 64 KiB
 _JOB = struct.Struct("<i")
 _unreaped: list[int] = []   # workers of executors that never ran: reaped by the next start
 
@@ -136,7 +137,7 @@ def start(launches, calls, workers: int | None = None) -> Workers | None:
     if workers is None:   # one core stays with the parent, which goes on planning
         workers = min(compile_threads(), (os.cpu_count() or 1) - 1)
     n = min(workers, len(todo))
-    if n <= 1:
+    if n <= 1 or len(todo) > MAX_JOBS:
         return None
     t0 = time.perf_counter()
     wait_triton_key()              # else every worker would hash Triton's installation again
@@ -144,7 +145,7 @@ def start(launches, calls, workers: int | None = None) -> Workers | None:
     build_utils = _parent_has_no_driver()
     jobs_r, jobs_w = os.pipe()
     results_r, results_w = os.pipe()
-    os.write(jobs_w, b"".join(_JOB.pack(i) for i in range(len(todo))))   # well under a pipe's buffer
+    os.write(jobs_w, b"".join(_JOB.pack(i) for i in range(len(todo))))   # at most MAX_JOBS: fits the pipe
     os.close(jobs_w)               # the workers see the end of the jobs once the pipe is empty
     pids = [children.fork(lambda w=w: _work(todo, jobs_r, results_w, target, build_utils and w == 0))
             for w in range(n)]
