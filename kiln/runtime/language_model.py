@@ -94,6 +94,11 @@ class CausalLM:
     def _select(kind: str, select):
         return ("greedy", (), None) if select == "greedy" and kind == "decode" else select   # self-feeding, no EOS
 
+    @staticmethod
+    def _key(kind: str, shape: tuple, last_only: bool, select, features: bool = False) -> tuple:
+        """The compiled-graph cache key (`select` as `_select` left it)."""
+        return (kind, *shape, last_only, select) + (("features",) if features else ())
+
     def _graph(self, kind: str, shape: tuple, last_only: bool, select, features: bool):
         """The graph `compiled` compiles, selection and self-feeding applied (`select` as `_select` left it)."""
         extra = {"features": True} if features else {}
@@ -125,7 +130,7 @@ class CausalLM:
         its plan, as `_warmup` passes them.
         """
         select = self._select(kind, select)
-        key = (kind, *shape, last_only, select) + (("features",) if features else ())
+        key = self._key(kind, shape, last_only, select, features)
         cg = self._compiled.get(key)
         if cg is None:
             from .compiler import compile as compile_graph
@@ -191,7 +196,7 @@ class CausalLM:
         # the graphs still to compile, built now: each after the first plans in a process of its own
         with gc_paused():   # building graphs allocates objects by the million (kiln/compile/gc_pause.py)
             graphs = {spec: self._graph(*spec, False) for spec in dict.fromkeys(specs)
-                      if self._compiled.get((spec[0], *spec[1], *spec[2:])) is None}
+                      if self._compiled.get(self._key(*spec)) is None}
         ahead = PlanAhead(list(graphs.values())[1:], device=self.device, optimize=self.optimize,
                           evaluate=reference_evaluate) if len(graphs) > 1 else None
         if progress:

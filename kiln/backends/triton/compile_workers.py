@@ -8,7 +8,7 @@ its kernels can compile while the next graph is optimized.
 
 How: `start(launches, calls)` (TritonExecutor's constructor, on a GPU) forks up to
 `compile_threads()` workers, one core fewer than the machine has (none on a machine of two: the
-planner would lose its core). They take the distinct launches (`precompile._launch_key`) off a
+planner would lose its core). They take the distinct launches (`precompile.distinct`) off a
 pipe one at a time and run each in compile-only mode (`kernels/launch.py`) under a driver that only
 names the GPU's target, over CPU stand-ins of the launch's tensors (`compile_only_driver.py`,
 `_on_host`: a forked child must not touch the CUDA context it inherited), which files each binary
@@ -39,7 +39,7 @@ from kiln import children
 
 from .device import interpreting
 from .kernels.launch import compile_only
-from .precompile import SKIPPED_ARCHETYPES, _launch_key, compile_threads, wait_triton_key
+from .precompile import compilable, compile_threads, distinct, wait_triton_key
 
 TIMEOUT_S = 120.0
 MAX_ERRORS = 4
@@ -126,14 +126,7 @@ def start(launches, calls, workers: int | None = None) -> Workers | None:
     if not enabled():
         return None
     _reap_abandoned()
-    seen, todo = set(), []
-    for launch, (fn, args) in zip(launches, calls):
-        if launch.archetype in SKIPPED_ARCHETYPES:
-            continue
-        key = _launch_key(fn, args)
-        if key not in seen:
-            seen.add(key)
-            todo.append((fn, args))
+    todo = distinct(compilable(launches, calls))
     if workers is None:   # one core stays with the parent, which goes on planning
         workers = min(compile_threads(), (os.cpu_count() or 1) - 1)
     n = min(workers, len(todo))
@@ -177,10 +170,10 @@ def _work(todo, jobs_fd: int, results_fd: int, target: tuple[int, int], build_ut
             _async_compile.active_mode.set(None)
         except ImportError:
             pass
-        launcher = _c_built("CudaLauncher")
-        if build_utils and _c_built("CudaUtils") is not None:
+        launcher, utils = _c_built("CudaLauncher"), _c_built("CudaUtils") if build_utils else None
+        if utils is not None:
             try:
-                _c_built("CudaUtils")()
+                utils()
             except Exception:
                 pass
         driver.set_active(CompileOnlyDriver(*target))

@@ -79,9 +79,9 @@ class TritonExecutor:
         self.stage_seconds = {"lower": t1 - t0, "arena": time.perf_counter() - t1}
         # the kernels compile in worker processes from now on, while the caller goes on (plans the next graph)
         self.kernels_key = kernels_key if self.device.type == "cuda" else None
-        known = self.kernels_key is not None and kernels_on_disk.on_disk(self.kernels_key)
+        self._kernels_known = self.kernels_key is not None and kernels_on_disk.on_disk(self.kernels_key)
         self._workers = workers.start(self.program.launches, self.calls) \
-            if self.device.type == "cuda" and not known else None
+            if self.device.type == "cuda" and not self._kernels_known else None
         self.worker_stats = None
 
     # ---- memory ------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class TritonExecutor:
         if self._workers is not None:
             self.worker_stats, self._workers = self._workers.wait(), None
         ws = self.worker_stats
-        known = self.kernels_key is not None and kernels_on_disk.on_disk(self.kernels_key)
+        known = self._kernels_known
         with kernels_on_disk.Recorder() as recorder:
             if known:    # an earlier process ran this plan: its binaries are on disk, the eager pass loads them
                 self.precompile_stats = PrecompileStats(mode="on disk")

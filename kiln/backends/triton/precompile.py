@@ -128,8 +128,7 @@ def precompile(launches, calls, threads: int | None = None, *, mode: str | None 
     `load` readies the compiled kernels for launch on the current GPU too."""
     threads = compile_threads() if threads is None else threads
     stats = PrecompileStats(threads=threads)
-    todo = [(fn, args) for launch, (fn, args) in zip(launches, calls)
-            if launch.archetype not in SKIPPED_ARCHETYPES]
+    todo = compilable(launches, calls)
     if not todo or (threads <= 1 and mode is None):
         return stats
     stats.mode = mode or ("async" if _has_async_mode() else "threads")
@@ -197,13 +196,24 @@ def _precompile_async(todo, threads: int, compiled: list) -> None:
             _async_compile.active_mode.set(None)
 
 
-def _precompile_threads(todo, threads: int, compiled: list) -> None:
-    seen, distinct = set(), []
+def compilable(launches, calls) -> list:
+    """The (fn, args) of the launches that compile a Triton kernel (not torch or host fallbacks)."""
+    return [(fn, args) for launch, (fn, args) in zip(launches, calls) if launch.archetype not in SKIPPED_ARCHETYPES]
+
+
+def distinct(todo) -> list:
+    """One (fn, args) per kernel of `todo` that compiles differently (`_launch_key`), in order."""
+    seen, out = set(), []
     for fn, args in todo:
         key = _launch_key(fn, args)
         if key not in seen:
             seen.add(key)
-            distinct.append((fn, args))
+            out.append((fn, args))
+    return out
+
+
+def _precompile_threads(todo, threads: int, compiled: list) -> None:
+    distinct_launches = distinct(todo)
 
     def one(item):
         fn, args = item
@@ -211,7 +221,7 @@ def _precompile_threads(todo, threads: int, compiled: list) -> None:
             fn(*args)
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kiln-compile") as pool:
-        for f in [pool.submit(one, item) for item in distinct]:
+        for f in [pool.submit(one, item) for item in distinct_launches]:
             f.result()
 
 
