@@ -129,8 +129,8 @@ def rope_cache_attention_steps(rng, B, Hq, Hk, L, D, R2, layout, dtype, position
 
 @pytest.mark.parametrize("layout,dtype", [("half", "float32"), ("interleaved", "float32"), ("half", "bfloat16")])
 def test_decode_attention_rotates_and_caches_the_new_token_itself(rng, layout, dtype):
-    """Whichever split holds the slot writes the new row before reading it, the other splits read
-    the cache as it was: slots either side of a split boundary (48 keys a split here)."""
+    """Whichever split holds the slot writes the new row, every split uses it from registers, the
+    other rows come from the cache as it was: slots either side of a split boundary (48 keys a split here)."""
     from kiln.backends.triton.device import interpreting
     kern = rope_cache_attention_steps(rng, 2, 6, 2, 70, 16, 4, layout, dtype, (10, 60, 47, 48))
     assert kern.splits > 1 or not interpreting()   # (a GPU splits by 128 keys: one split here)

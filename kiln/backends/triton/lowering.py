@@ -14,6 +14,7 @@ each meta view onto real memory with the same strides.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -154,7 +155,7 @@ class Lowering:
     def _fresh(self, kind: str, shape, dtype, vid: int | None = None) -> Operand:
         """A storage of its own (inputs, states, parameters, constants, scratch)."""
         tdt = torch_dtype(dtype) if not isinstance(dtype, torch.dtype) else dtype
-        numel = int(np.prod(shape)) if len(shape) else 1
+        numel = math.prod(int(d) for d in shape)
         st = self._storage(kind, tdt, max(numel, 1), vid)
         base = torch.empty(max(numel, 1), dtype=tdt, device="meta")
         return Operand(st, base[:numel].view(tuple(shape)))

@@ -155,7 +155,6 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
                  ROPE: tl.constexpr, INTERLEAVED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
                  INTERP: tl.constexpr, PDL: tl.constexpr):
-    tm.enter_after_previous(PDL)
     bhk = tl.program_id(0)
     split = tl.program_id(1)
     b = (bhk // Hk).to(tl.int64)
@@ -164,47 +163,57 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
     rd = tl.arange(0, BD)
     mrow = r < G * Sq
     dmask = rd < D
-    h = hk * G + (r // Sq).to(tl.int64)
-    qi = r % Sq
-    q_ptrs = q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm
-    qt = tl.load(q_ptrs + rd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
-    if ROPE:
-        # q and the new key arrive unrotated (one token, Sq == 1): rotate q here, and the program
-        # whose split holds the slot rotates k and writes k and v into the caches before reading them
-        pd, sign, c, sn = _rope_lanes(cos + b * scb, sin + b * scb, scd, rd, R2, dmask, INTERLEAVED)
-        qp = tl.load(q_ptrs + pd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
-        qt = (qt.to(tl.float32) * c[None, :] + sign[None, :] * qp.to(tl.float32) * sn[None, :]).to(qt.dtype)
-        pos = tl.load(slot).to(tl.int64)
-        if (pos >= 0) & (pos < Sk) & (pos // chunk == split):
-            kr = xk + b * sxkb + hk * sxkh
-            ka = tl.load(kr + rd * sxkd, mask=dmask, other=0.0).to(tl.float32)
-            kp = tl.load(kr + pd * sxkd, mask=dmask, other=0.0).to(tl.float32)
-            tl.store(k + b * skb + hk * skh + pos * skn + rd * skd,
-                     (ka * c + sign * kp * sn).to(k.dtype.element_ty), mask=dmask)
-            vr = tl.load(xv + b * sxvb + hk * sxvh + rd * sxvd, mask=dmask, other=0.0)
-            tl.store(v + b * svb + hk * svh + pos * svn + rd * svd, vr.to(v.dtype.element_ty), mask=dmask)
-            tl.debug_barrier()   # the block's threads read the rows just written
-    qpos = qi + (Sk - Sq)
-    m_off = b * smb + h * smh + qi.to(tl.int64) * smm
-
     lo = split * chunk
     hi = tl.minimum(Sk, lo + chunk)
     if HAS_WINDOW:
         lo = tl.maximum(lo, ((Sk - Sq - window + 1) // BN) * BN)
+    kbase = k + b * skb + hk * skh
+    vbase = v + b * svb + hk * svh
+    if ROPE:
+        # With the cache write fused in, no earlier kernel of the run writes these caches: the
+        # first key block loads while the previous kernel drains (the slot's row, written by this
+        # launch, is patched in registers below)
+        kt, vt = _kv_block(kbase, vbase, lo, hi, skn, skd, svn, svd, rd, dmask, BN)
+        tm.enter_after_previous(PDL)
+    else:
+        tm.enter_after_previous(PDL)
+        kt, vt = _kv_block(kbase, vbase, lo, hi, skn, skd, svn, svd, rd, dmask, BN)
+    h = hk * G + (r // Sq).to(tl.int64)
+    qi = r % Sq
+    q_ptrs = q + b * sqb + h[:, None] * sqh + qi[:, None].to(tl.int64) * sqm
+    qt = tl.load(q_ptrs + rd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
+    pos = -1
+    k_new = tl.zeros([BD], k.dtype.element_ty)
+    v_new = tl.zeros([BD], v.dtype.element_ty)
+    if ROPE:
+        # q and the new key arrive unrotated (one token, Sq == 1): rotate both here; the program
+        # whose split holds the slot writes k and v into the caches, and every program uses the
+        # new rows from registers (no write-then-read round trip)
+        pd, sign, c, sn = _rope_lanes(cos + b * scb, sin + b * scb, scd, rd, R2, dmask, INTERLEAVED)
+        qp = tl.load(q_ptrs + pd[None, :] * sqd, mask=mrow[:, None] & dmask[None, :], other=0.0)
+        qt = (qt.to(tl.float32) * c[None, :] + sign[None, :] * qp.to(tl.float32) * sn[None, :]).to(qt.dtype)
+        pos = tl.load(slot).to(tl.int64)
+        kr = xk + b * sxkb + hk * sxkh
+        ka = tl.load(kr + rd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+        kp = tl.load(kr + pd * sxkd, mask=dmask, other=0.0).to(tl.float32)
+        k_new = (ka * c + sign * kp * sn).to(k.dtype.element_ty)
+        v_new = tl.load(xv + b * sxvb + hk * sxvh + rd * sxvd, mask=dmask, other=0.0).to(v.dtype.element_ty)
+        if (pos >= 0) & (pos < Sk) & (pos // chunk == split):
+            tl.store(k + b * skb + hk * skh + pos * skn + rd * skd, k_new, mask=dmask)
+            tl.store(v + b * svb + hk * svh + pos * svn + rd * svd, v_new, mask=dmask)
+    qpos = qi + (Sk - Sq)
+    m_off = b * smb + h * smh + qi.to(tl.int64) * smm
 
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BD], tl.float32)
-    kbase = k + b * skb + hk * skh
-    vbase = v + b * svb + hk * svh
     for n0 in range(lo, hi, BN):
         kn = n0 + tl.arange(0, BN)
-        nmask = kn < hi
-        kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
-                     mask=dmask[:, None] & nmask[None, :], other=0.0)
-        # v loads with k, not after the softmax: one memory round trip per block instead of two
-        vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
-                     mask=nmask[:, None] & dmask[None, :], other=0.0)
+        # the next block's loads go out before this block's math
+        k_next, v_next = _kv_block(kbase, vbase, n0 + BN, hi, skn, skd, svn, svd, rd, dmask, BN)
+        if ROPE:
+            kt = tl.where(kn[None, :] == pos, k_new[:, None], kt)
+            vt = tl.where(kn[:, None] == pos, v_new[None, :], vt)
         s = _scores(qt, kt, qpos, kn, mask, m_off, mrow, hi, scale, softcap, window,
                     CAUSAL, HAS_WINDOW, SOFTCAP, MASK, smn, IEEE, INTERP)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -214,6 +223,7 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tm.mma(p.to(vt.dtype), vt, IEEE, INTERP)
         m_i = m_new
+        kt, vt = k_next, v_next
     if DIRECT:
         empty = l_i == 0.0
         o = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -235,6 +245,18 @@ def _attn_decode(q, k, v, mask, out, lse, o_part, ml_part, arrived, xk, xv, cos,
             _combine_splits(out, lse, o_part, ml_part, sob, soh, som, sod, slb, slh, bhk, Hk, G, Sq, D,
                             WRITE_LSE, SPLITS, BM, BD)
             tl.atomic_xchg(arrived + bhk, 0)    # ready for the next run (and CUDA-graph replay)
+
+
+@triton.jit
+def _kv_block(kbase, vbase, n0, hi, skn, skd, svn, svd, rd, dmask, BN: tl.constexpr):
+    """Keys n0 .. n0 + BN - 1 below hi: k transposed [BD, BN] and v [BN, BD] (0 past hi)."""
+    kn = n0 + tl.arange(0, BN)
+    nmask = kn < hi
+    kt = tl.load(kbase + kn[None, :].to(tl.int64) * skn + rd[:, None] * skd,
+                 mask=dmask[:, None] & nmask[None, :], other=0.0)
+    vt = tl.load(vbase + kn[:, None].to(tl.int64) * svn + rd[None, :] * svd,
+                 mask=nmask[:, None] & dmask[None, :], other=0.0)
+    return kt, vt
 
 
 @triton.jit
