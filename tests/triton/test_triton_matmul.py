@@ -65,11 +65,12 @@ def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
     assert ("+cast" in ex.describe()) == (dtype != "float32")   # float32: the optimizer drops the no-op cast
 
 
-@pytest.mark.parametrize("rows,k", [(1, 37), (3, 37), (8, 37), (1, 29), (3, 29)])
+@pytest.mark.parametrize("rows,k", [(1, 37), (3, 37), (8, 37), (1, 29), (3, 29), (2, 100)])
 def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows, k):
     """A few rows of one product (decode) run the weight-streaming GEMV (kernels/gemv.py) with every
     fused prologue and epilogue, K not a multiple of its block (37: two 32-wide chunks, the norm
-    statistics read first; 29: one chunk, the statistics from the tile itself); 9 rows go back to the GEMM."""
+    statistics read first; 100: four, each loaded a chunk ahead; 29: one chunk, the statistics from
+    the tile itself); 9 rows go back to the GEMM."""
     g = Graph()
     dtype = "bfloat16"
     x = g.input("x", (rows, k), dtype)

@@ -48,13 +48,18 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     a_rows = a + rm[:, None].to(tl.int64) * sam                      # [BM, 1]
     w_rows = b + rn[:, None].to(tl.int64) * sbn                      # [BN, 1]: weight rows, K contiguous
 
-    # The first weight chunk: no kernel of the run writes the weight, so with PDL it streams in
-    # while the previous kernel finishes; everything after gdc_wait may read its results.
+    # The first two weight chunks: no kernel of the run writes the weight, so with PDL they stream
+    # in while the previous kernel finishes; everything after gdc_wait may read its results. The
+    # loop then keeps one chunk in flight ahead of the one it multiplies: a 2-chunk row (K 2048)
+    # costs one weight round trip, not two.
     kmask = rk < K
     wmask = nmask[:, None] & kmask[None, :]
     w = tl.load(w_rows + rk[None, :] * sbk, mask=wmask, other=0.0)
+    u = w
     if GATED:
         u = tl.load(w_rows + up_off * sbn + rk[None, :] * sbk, mask=wmask, other=0.0)
+    if not ONE_CHUNK:
+        w_next, u_next = _weight_chunk(w_rows, BK, K, rk, nmask, sbk, sbn, up_off, GATED)
     if PDL:
         gdc_wait()
     # the epilogue's operands load now, in the shadow of the weight stream, not after the reduction
@@ -76,19 +81,19 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     acc = x * w.to(tl.float32)[None, :, :]
     if GATED:
         acc_up = x * u.to(tl.float32)[None, :, :]
-    for k0 in range(BK, K, BK):
-        kk = k0 + rk
-        kmask = kk < K
-        x = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
-        if NORM != "none":
-            x = tm.norm_tile(x, mean, rstd, nw, nb, kk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
-        x = x.to(tl.float32)[:, None, :]                             # [BM, 1, BK]
-        wmask = nmask[:, None] & kmask[None, :]
-        w = tl.load(w_rows + kk[None, :] * sbk, mask=wmask, other=0.0)
-        acc += x * w.to(tl.float32)[None, :, :]
-        if GATED:
-            u = tl.load(w_rows + up_off * sbn + kk[None, :] * sbk, mask=wmask, other=0.0)
-            acc_up += x * u.to(tl.float32)[None, :, :]
+    if not ONE_CHUNK:
+        for k0 in range(BK, K, BK):
+            w, u = w_next, u_next
+            w_next, u_next = _weight_chunk(w_rows, k0 + BK, K, rk, nmask, sbk, sbn, up_off, GATED)
+            kk = k0 + rk
+            kmask = kk < K
+            x = tl.load(a_rows + kk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
+            if NORM != "none":
+                x = tm.norm_tile(x, mean, rstd, nw, nb, kk, kmask, UNIT_OFFSET, HAS_NORM_BIAS).to(DOT_DTYPE)
+            x = x.to(tl.float32)[:, None, :]                         # [BM, 1, BK]
+            acc += x * w.to(tl.float32)[None, :, :]
+            if GATED:
+                acc_up += x * u.to(tl.float32)[None, :, :]
 
     y = tl.sum(acc, 2)                                               # [BM, BN]
     if HAS_BIAS:
@@ -102,6 +107,18 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
     if ROUND:
         y = y.to(DOT_DTYPE).to(tl.float32)
     tl.store(c + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, y.to(c.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _weight_chunk(w_rows, k0, K, rk, nmask, sbk, sbn, up_off, GATED: tl.constexpr):
+    """The weight rows' columns k0 .. k0 + BK - 1 (0 past K), and the up half's when GATED."""
+    kk = k0 + rk
+    wmask = nmask[:, None] & (kk < K)[None, :]
+    w = tl.load(w_rows + kk[None, :] * sbk, mask=wmask, other=0.0)
+    u = w
+    if GATED:
+        u = tl.load(w_rows + up_off * sbn + kk[None, :] * sbk, mask=wmask, other=0.0)
+    return w, u
 
 
 def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> dict:
