@@ -106,12 +106,10 @@ def _gemv_kernel(a, b, c, bias, res, nw, nb,
 
 def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> dict:
     """Block shape from H200 sweeps (bench/gemv_sweep.py: back-to-back launches in a CUDA graph, 1B
-    decode shapes at M = 1): a K <= 2048 row in one chunk (BK = 2048), so every weight byte a
-    program needs is requested before the previous kernel ends (early launch) and the norm's
-    statistics come from the tile itself; wider rows in 2048-wide chunks. BN 4 (2 below 2048
-    columns). 1B layers: gate/up + norm 26.1 -> 19.6 us against 1024-wide chunks, the vocabulary
-    head 160 -> 118 us (BN 4 instead of 8), qkv + norm 6.7 -> 5.4 us; down 10.8 us. BM*BN*BK float32
-    accumulators stay within 8192 per program (BN to 4 first, then BK halves for more rows)."""
+    decode shapes at M = 1): BK = 1024 (2048 without a norm prologue) so each of 128 threads loads
+    16 or 32 contiguous bytes of a weight row; BN 4 from 2048 columns (2 below, 8 for a vocabulary
+    head). The 1B layers: qkv 7.1 -> 5.4 us, down 11.5 -> 10.8 us. BM*BN*BK float32 accumulators
+    stay within 8192 per program (BK halves for more rows)."""
     bm = triton.next_power_of_2(max(M, 1))
     if interpreting():
         return dict(BM=bm, BN=4, BK=32, num_warps=4)
@@ -120,9 +118,8 @@ def config(M: int, N: int, K: int, dtype: torch.dtype, gated: bool = False, norm
         # chunk idle): 64 rows in 64-wide steps, 27.8 -> 22.6 us (bench/gemv_sweep.py --only head)
         return dict(BM=bm, BN=64, BK=64, num_warps=4)
     bn = 8 if N >= 16384 else (4 if gated or N >= 2048 else 2)
-    bk = min(2048, triton.next_power_of_2(K))
-    while bm * bn * bk > 8192 and bn > 4:
-        bn //= 2
+    # without a norm prologue a layer of K >= 2048 streams best in 2048-wide chunks (bench/gemv_sweep.py)
+    bk = min(1024 if norm or gated else 2048, triton.next_power_of_2(K))
     while bm * bn * bk > 8192 and bk > 128:
         bk //= 2
     while bm * bn * bk > 8192 and bn > 1:
