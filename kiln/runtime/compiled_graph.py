@@ -26,6 +26,7 @@ class CompiledGraph:
         self.plan, self.executor, self.device = plan, executor, device
         self.report = report  # kiln.compile.CompileReport, when compiled through kiln.compile
         self._params: dict[int, np.ndarray] = {}
+        self._pool: dict = {}   # the weight pool of `share_params`
 
     @property
     def graph(self):
@@ -102,6 +103,32 @@ class CompiledGraph:
             self._params[vid] = _checked("parameter", name, arr, t)
         if hasattr(self.executor, "params_changed"):
             self.executor.params_changed(self._params)
+        for name, arr in params.items():   # a pooled buffer of this graph's now holds `arr`
+            if name in self._pool:
+                mine = self.executor.param_buffer(self.plan.params[name][0])
+                if mine is not None and mine.data_ptr() == self._pool[name][1].data_ptr():
+                    self._pool[name] = (arr, self._pool[name][1])
+
+    def share_params(self, pool: dict, params: Mapping[str, np.ndarray]) -> None:
+        """`load_params(params)` (every parameter), except that a parameter whose very array `pool`
+        (name -> (host array, device buffer), from other graphs of the same weights) holds is bound to
+        that buffer, not uploaded again; this graph's other parameters are added to it. The graphs of
+        one pool hold one copy of the weights."""
+        bind = getattr(self.executor, "bind_params", None)
+        if bind is None:   # the NumPy backend reads the host arrays themselves: nothing to share
+            return self.load_params(params)
+        _check_names("parameter", params, self.plan.params, require_all=True)
+        for name, arr in params.items():
+            vid, t = self.plan.params[name]
+            self._params[vid] = _checked("parameter", name, arr, t)
+        shared = {vid: pool[name][1] for name, (vid, _) in self.plan.params.items()
+                  if name in pool and pool[name][0] is params[name]}
+        bind(shared)
+        self._pool = pool
+        self.executor.params_changed(self._params, on_device=set(shared))
+        for name, (vid, _) in self.plan.params.items():
+            if vid not in shared and (buf := self.executor.param_buffer(vid)) is not None:
+                pool[name] = (params[name], buf)
 
     def run(self, **inputs) -> dict[str, np.ndarray]:
         return self.executor.run(self._bound(inputs), self._params)

@@ -79,6 +79,7 @@ class CausalLM:
         self.buckets = buckets     # None: every shape exactly as given (one graph per shape)
         # compiled graphs, LRU-bounded; graphs of one (batch, cache_len) share one pool of KV-cache buffers
         self._compiled = GraphCache(max_graphs)
+        self._weights: dict = {}   # parameter name -> (array, device buffer): one copy for all compiled graphs
         self.compile_seconds = 0.0
 
     @property
@@ -138,7 +139,7 @@ class CausalLM:
             t0 = time.perf_counter()
             g = graph if graph is not None else self._graph(kind, shape, last_only, select, features)
             cg = compile_graph(g, device=self.device, optimize=self.optimize, planned_ahead=planned_ahead)
-            cg.load_params({k: v for k, v in self.params.items() if k in cg.param_types})
+            cg.share_params(self._weights, {k: v for k, v in self.params.items() if k in cg.param_types})
             pool = self._state_pool(shape[0], shape[-1]) if kind != "forward" else None
             if pool is not None:
                 cg.share_states(pool)

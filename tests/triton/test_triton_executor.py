@@ -100,8 +100,15 @@ def test_llama_prefill_then_decode_steps_with_the_cache_on_device(rng, dtype):
     pre_ref, pre = _optimized_pair(graphs.prefill_graph(B, S, last_only=True, cache_len=L))
     dec_ref, dec = _optimized_pair(graphs.decode_graph(B, L))
     params = _llama_params(pre.plan, rng, np_dt)
-    for cg in (pre_ref, pre, dec_ref, dec):
+    for cg in (pre_ref, dec_ref):
         cg.load_params({k: v for k, v in params.items() if k in cg.param_types})
+    weights = {}   # one device copy of the weights for both graphs, as CausalLM holds them
+    for cg in (pre, dec):
+        cg.share_params(weights, {k: v for k, v in params.items() if k in cg.param_types})
+    assert dec.executor._persistent["param"].numel() == 0   # every weight bound to the prefill's buffers
+    name = "model.layers.0.mlp.down_proj.weight"
+    vid = dec.plan.params[name][0]
+    assert dec.executor.param_buffer(vid).data_ptr() == pre.executor.param_buffer(pre.plan.params[name][0]).data_ptr()
     for a, b in ((pre_ref, dec_ref), (pre, dec)):
         for name in a.state_types:
             b.bind_state(name, a.state_buffer(name))
@@ -170,6 +177,36 @@ def test_errors_name_the_problem(rng):
     with pytest.raises(TypeError, match="state 's': expected a contiguous torch.float32 tensor of shape"):
         ex.bind_state("s", torch.zeros(3, device=ex.device))
 
+
+
+def test_shared_params_are_one_copy_and_a_new_array_is_uploaded(rng):
+    """Graphs sharing a weight pool read one buffer: weights loaded through one are what the other
+    computes with; a parameter given as a different array than the pool's is uploaded, not bound; a
+    buffer of the wrong size is refused."""
+    from kiln.runtime.compiled_graph import CompiledGraph
+
+    def graph(k):
+        g = Graph()
+        x, w, b = g.input("x", (3,)), g.parameter("w", (3,)), g.parameter("b", (3,))
+        g.output("y", x * w + b * g.scalar(float(k)))
+        return CompiledGraph(build_plan(g), TritonExecutor(build_plan(g)), "cuda")
+
+    one, two, three = graph(1), graph(2), graph(3)
+    w, b, x = randn(rng, (3,)), randn(rng, (3,)), randn(rng, (3,))
+    pool = {}
+    one.share_params(pool, {"w": w, "b": b})
+    two.share_params(pool, {"w": w, "b": b})
+    np.testing.assert_allclose(two.run(x=x)["y"], x * w + 2 * b, rtol=1e-6)
+    w2 = randn(rng, (3,))
+    one.load_params({"w": w2, "b": b})               # into the shared buffer: `two` sees it
+    np.testing.assert_allclose(two.run(x=x)["y"], x * w2 + 2 * b, rtol=1e-6)
+    b3 = b + 1            # not the pool's arrays (w is not what its buffer holds now): three's own upload
+    three.share_params(pool, {"w": w, "b": b3})
+    np.testing.assert_allclose(three.run(x=x)["y"], x * w + 3 * b3, rtol=1e-6)
+    np.testing.assert_allclose(two.run(x=x)["y"], x * w2 + 2 * b, rtol=1e-6)
+    assert three.executor._persistent["param"].numel() > 0
+    with pytest.raises(TypeError, match="parameter .*expected a flat torch.float32 tensor of 3 elements"):
+        three.executor.bind_params({three.plan.params["w"][0]: torch.zeros(4, device=three.executor.device)})
 
 
 def test_bind_states_rebinds_several_states_at_once(rng):

@@ -6,7 +6,9 @@ Lifecycle:
    parameters, values computed from parameters only (the Plan's load steps), constants
    and contiguous copies get buffers of their own; launch workspaces share one buffer.
 2. `params_changed(params)` uploads weights once (into fixed addresses, so a captured graph
-   stays valid) and evaluates the load steps.
+   stays valid) and evaluates the load steps. `bind_params` makes parameters use another
+   executor's buffers instead (`param_buffer`: a model's prefill and decode graphs hold one copy of
+   the weights); once every parameter is bound, this executor's own parameter buffer is freed.
 3. the first run compiles every kernel, the distinct ones concurrently (`precompile.py`; Triton
    caches the binaries on disk), and runs eagerly; on a GPU the distinct kernels started
    compiling at construction, in worker processes (`compile_workers.py`), so the first run
@@ -64,6 +66,7 @@ class TritonExecutor:
         self._persistent = {kind: self._allocate(kind) for kind in ("input", "param", "static", "const", "temp")}
         self._persistent["scratch"] = self._allocate_scratch()
         self.state: dict[str, torch.Tensor] = {}
+        self._bound_params: dict[int, torch.Tensor] = {}   # param storage index -> another executor's buffer
         for name, op in self.program.states.items():
             st = op.storage
             self.state[name] = torch.zeros(tuple(plan.states[name][2].shape), dtype=st.dtype, device=self.device)
@@ -71,7 +74,6 @@ class TritonExecutor:
         for vid, op in self.program.consts.items():
             copy_into(self._tensor(op), np.asarray(plan.constants[vid]))
         self._params_ready = False
-        self._param_ids: dict[int, int] = {}
         self.cuda_graph = cuda_graph and self.device.type == "cuda" and \
             all(l.graph_safe for l in self.program.launches)
         self._compiled = False
@@ -105,6 +107,8 @@ class TritonExecutor:
     def _base(self, st) -> torch.Tensor:
         if st.kind == "state":
             return self.state[st.state].view(-1)
+        if st.kind == "param" and st.index in self._bound_params:
+            return self._bound_params[st.index]
         buf = self.arenas[st.arena] if st.kind == "arena" else self._persistent[st.kind]
         return buf[st.offset: st.offset + st.nbytes].view(st.dtype)
 
@@ -134,7 +138,10 @@ class TritonExecutor:
     def _rebind(self, names) -> None:
         """Resolve again what reads or writes the states `names` (their buffers changed), nothing else;
         the pinned host outputs keep their shapes, so they stay."""
-        changed = {st.index for st in self.program.storages if st.kind == "state" and st.state in names}
+        self._rebind_storages({st.index for st in self.program.storages if st.kind == "state" and st.state in names})
+
+    def _rebind_storages(self, changed: set[int]) -> None:
+        """Resolve again the launches that read or write the storages `changed` (by index)."""
         for index in changed:
             self._real.pop(index, None)
         for i, launch in enumerate(self.program.launches):
@@ -187,14 +194,39 @@ class TritonExecutor:
         return x
 
     # ---- parameters --------------------------------------------------------------------------
-    def params_changed(self, params: dict[int, np.ndarray]) -> None:
-        """Upload the bound weights into their fixed buffers and evaluate the Plan's load steps."""
+    def param_buffer(self, vid: int) -> torch.Tensor | None:
+        """The flat device buffer parameter `vid` lives in (None: no launch reads it), for `bind_params`."""
+        op = self.program.params.get(vid)
+        return None if op is None else self._base(op.storage)
+
+    def bind_params(self, buffers: dict[int, torch.Tensor]) -> None:
+        """Use `buffers` (parameter value id -> another executor's `param_buffer`) as these parameters'
+        storage from now on: shared, so loading weights through either executor updates both."""
+        changed = set()
+        for vid, buf in buffers.items():
+            op = self.program.params.get(vid)
+            if op is None or buf is None:
+                continue
+            st = op.storage
+            if not isinstance(buf, torch.Tensor) or buf.dtype != st.dtype or buf.device != self.device \
+                    or buf.dim() != 1 or buf.numel() != st.numel:
+                raise TypeError(f"parameter {st.vid}: expected a flat {st.dtype} tensor of {st.numel} elements on "
+                                f"{self.device}, got {getattr(buf, 'dtype', type(buf).__name__)} "
+                                f"{tuple(getattr(buf, 'shape', ()))} on {getattr(buf, 'device', '?')}")
+            self._bound_params[st.index] = buf
+            changed.add(st.index)
+        if changed:
+            self._rebind_storages(changed)
+        if all(op.storage.index in self._bound_params for op in self.program.params.values()):
+            self._persistent["param"] = torch.empty(0, dtype=torch.uint8, device=self.device)   # nothing reads it
+
+    def params_changed(self, params: dict[int, np.ndarray], on_device: set[int] = frozenset()) -> None:
+        """Upload the weights into their fixed buffers (except those in `on_device`: bound buffers that
+        already hold them) and evaluate the Plan's load steps."""
         t0 = time.perf_counter()
         for vid, op in self.program.params.items():
-            if vid not in params:
-                continue
-            copy_into(self._tensor(op), np.asarray(params[vid]))
-            self._param_ids[vid] = id(params[vid])
+            if vid in params and vid not in on_device:
+                copy_into(self._tensor(op), np.asarray(params[vid]))
         if self.plan.load_steps:
             from kiln.backends.numpy.kernels import KERNELS
             env = {**self.plan.constants, **params}
@@ -369,7 +401,7 @@ class TritonExecutor:
             "fallbacks": {f"{op} [{kind}]": n for (op, kind), n in self.program.fallbacks.items()},
             "fused": dict(self.program.fused),
             "arena_bytes": self.arena_bytes,
-            "param_bytes": int(self._persistent["param"].numel()),
+            "param_bytes": sum(s.nbytes for s in self.program.storages if s.kind == "param"),
             "states": sorted(self.state),
             "cuda_graph": self._graph is not None,
             "stage_seconds": dict(self.stage_seconds),
