@@ -13,6 +13,12 @@ Key (`compile_key`): a hash of everything the result depends on --
   kiln/compile and the NumPy reference kernels (folding runs them), plus the versions of egglog,
   NumPy and Python. Editing any of them invalidates every entry.
 
+Recipes (`recipe_key`): a caller that builds its graph from a description -- a model's graph
+builder (config, dtype, modules) and the graph's kind and shape -- can name the plan by that
+description instead, hashed with the source of all of kiln (the builders live outside the
+compiler). A recipe entry (`plans/recipes/<key>`) holds the compile key of the graph the recipe
+built, so a second process finds its plan without building the graph or hashing it.
+
 Value: a pickle of (format, key, Plan, CompileReport) written atomically to
 `$KILN_CACHE_DIR/plans/<key>.pkl` (default `~/.cache/kiln/plans`). An entry that cannot be read
 is a miss with a `CompileCacheWarning`, never an error. Results of an optimizer that fell back
@@ -22,12 +28,14 @@ turns the cache off.
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import os
 import pickle
 import sys
 import tempfile
+import types
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -67,6 +75,17 @@ def compiler_version() -> str:
             h.update(path.read_bytes())
     for dist in ("egglog", "numpy", "ml_dtypes"):
         h.update(f"{dist} {_dist_version(dist)}".encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def source_version() -> str:
+    """`compiler_version` and a hash of every kiln source file: what a recipe's graph depends on."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(compiler_version().encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -136,8 +155,75 @@ def _stable(value):
     return (type(value).__qualname__, text)
 
 
-def compile_key(graph, *, device: str, optimize: bool, evaluate, rules, exclude_rules, limits) -> str:
-    """The cache key of compiling `graph` with these options (Uncacheable if it has none)."""
+def describe(obj, _path: frozenset = frozenset()):
+    """A repr-able description of a graph recipe that is the same in every process: plain values as
+    `_stable` has them, enums, functions and classes by name, kiln's own objects and dataclasses by
+    class and attributes (recursively). Raises Uncacheable for anything else (its state may live
+    outside its attributes) and on a cycle."""
+    if isinstance(obj, dict):
+        return ("dict", tuple((repr(k), describe(obj[k], _path)) for k in sorted(obj, key=repr)))
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(describe(x, _path) for x in obj))
+    if isinstance(obj, (set, frozenset)):
+        return ("set", tuple(sorted(repr(describe(x, _path)) for x in obj)))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, np.ndarray, np.generic)):
+        return _stable(obj)
+    if isinstance(obj, enum.Enum):
+        return ("enum", type(obj).__qualname__, obj.name)
+    if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+        name = f"{obj.__module__}.{obj.__qualname__}"
+        if "<" in name:
+            raise Uncacheable(f"{obj!r} has no stable name")
+        return ("named", name)
+    cls = type(obj)
+    if not (is_dataclass(obj) or cls.__module__.split(".")[0] == "kiln") or not hasattr(obj, "__dict__"):
+        raise Uncacheable(f"a {cls.__module__}.{cls.__qualname__} object has no stable description")
+    if id(obj) in _path:
+        raise Uncacheable(f"a {cls.__qualname__} object refers to itself")
+    inner = _path | {id(obj)}
+    return (f"{cls.__module__}.{cls.__qualname__}", tuple((k, describe(v, inner)) for k, v in sorted(vars(obj).items())))
+
+
+def digest(obj) -> str:
+    """A hash of `describe(obj)`: a recipe part described once and reused."""
+    return hashlib.sha256(repr(describe(obj)).encode()).hexdigest()
+
+
+def recipe_key(recipe, *, device: str, optimize: bool, evaluate, rules, exclude_rules, limits) -> str:
+    """The key of the plan the graph built from `recipe` compiles to with these options (Uncacheable
+    if the recipe has no stable description)."""
+    h = hashlib.sha256(f"recipe|{source_version()}|{_options(device, optimize, evaluate, rules, exclude_rules, limits)}"
+                       f"|{describe(recipe)!r}".encode())
+    return h.hexdigest()[:32]
+
+
+def _recipe_path(rkey: str) -> Path:
+    return cache_dir() / "recipes" / rkey
+
+
+def recipe_target(rkey: str) -> str | None:
+    """The compile key a recipe entry names, when that plan is stored; else None."""
+    try:
+        key = _recipe_path(rkey).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return key if len(key) == 32 and has(key) else None
+
+
+def store_recipe(rkey: str, key: str) -> None:
+    """Record that recipe `rkey` builds the graph whose plan is stored under `key` (atomically)."""
+    path = _recipe_path(rkey)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{rkey}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"kiln compile cache: cannot write {path} ({e}); continuing", CompileCacheWarning, stacklevel=3)
+
+
+def _options(device, optimize, evaluate, rules, exclude_rules, limits) -> str:
     if evaluate is None:
         folding = None
     else:
@@ -146,8 +232,13 @@ def compile_key(graph, *, device: str, optimize: bool, evaluate, rules, exclude_
             raise Uncacheable(f"constant-folding evaluator {evaluate!r} has no stable name")
     if limits is not None:
         limits = asdict(limits) if is_dataclass(limits) else limits
-    options = repr((device, bool(optimize), folding, None if rules is None else tuple(rules),
-                    tuple(sorted(exclude_rules)), _stable(limits)))
+    return repr((device, bool(optimize), folding, None if rules is None else tuple(rules),
+                 tuple(sorted(exclude_rules)), _stable(limits)))
+
+
+def compile_key(graph, *, device: str, optimize: bool, evaluate, rules, exclude_rules, limits) -> str:
+    """The cache key of compiling `graph` with these options (Uncacheable if it has none)."""
+    options = _options(device, optimize, evaluate, rules, exclude_rules, limits)
     h = hashlib.sha256(f"{compiler_version()}|{options}|{graph_key(graph)}".encode())
     return h.hexdigest()[:32]
 

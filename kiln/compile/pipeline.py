@@ -49,27 +49,53 @@ class CompileReport:
         return sum(self.stage_seconds.values())
 
 
-def compile_graph(graph: Graph, *, device: str = "cpu", optimize: bool = True, evaluate=None,
+def compile_graph(graph, *, device: str = "cpu", optimize: bool = True, evaluate=None,
                   rules: Sequence[str] | None = None, exclude_rules: Sequence[str] = (),
-                  limits=None, cache: bool | None = None) -> tuple[Plan, CompileReport]:
+                  limits=None, cache: bool | None = None, recipe=None) -> tuple[Plan, CompileReport]:
     """Optimize (unless optimize=False) and plan `graph`; `evaluate` enables constant folding.
 
-    `cache`: use the persistent compile cache (default: on unless KILN_COMPILE_CACHE=0)."""
+    `cache`: use the persistent compile cache (default: on unless KILN_COMPILE_CACHE=0).
+    `recipe`: a description of what builds `graph` (`cache.recipe_key`); `graph` may then be a
+    function that builds it, called only when no plan is stored under the recipe."""
     with gc_paused():
-        return _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache)
+        return _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache, recipe)
 
 
-def _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache):
+def recipe_stored(recipe, *, device: str, optimize: bool = True, evaluate=None) -> bool:
+    """Whether the compile cache holds the plan of the graph `recipe` builds (default options)."""
+    if recipe is None or not plan_cache.enabled():
+        return False
+    try:
+        rkey = plan_cache.recipe_key(recipe, device=device, optimize=optimize, evaluate=evaluate, rules=None,
+                                     exclude_rules=(), limits=None)
+    except plan_cache.Uncacheable:
+        return False
+    return plan_cache.recipe_target(rkey) is not None
+
+
+def _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, limits, cache, recipe):
     if not plan_cache.enabled(cache):
-        plan, report = _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits)
+        plan, report = _compile(_built(graph), device, optimize, evaluate, rules, exclude_rules, limits)
         report.cold_stage_seconds = dict(report.stage_seconds)
         return plan, report
     t = time.perf_counter()
-    try:
-        key = plan_cache.compile_key(graph, device=device, optimize=optimize, evaluate=evaluate, rules=rules,
-                                     exclude_rules=exclude_rules, limits=limits)
-    except plan_cache.Uncacheable:
-        key = None
+    rkey = key = None   # rkey: the recipe's key when it names no stored plan yet (recorded below)
+    if recipe is not None:
+        try:
+            rkey = plan_cache.recipe_key(recipe, device=device, optimize=optimize, evaluate=evaluate, rules=rules,
+                                         exclude_rules=exclude_rules, limits=limits)
+            key = plan_cache.recipe_target(rkey)
+        except plan_cache.Uncacheable:
+            pass
+        if key is not None:
+            rkey = None
+    if key is None:
+        graph = _built(graph)
+        try:
+            key = plan_cache.compile_key(graph, device=device, optimize=optimize, evaluate=evaluate, rules=rules,
+                                         exclude_rules=exclude_rules, limits=limits)
+        except plan_cache.Uncacheable:
+            key = None
     t_key = time.perf_counter() - t
     if key is not None:
         t = time.perf_counter()
@@ -78,16 +104,24 @@ def _cached_compile(graph, device, optimize, evaluate, rules, exclude_rules, lim
             plan, report = hit
             report.cache = "hit"
             report.stage_seconds = {"cache_key": t_key, "cache_load": time.perf_counter() - t}
+            if rkey is not None:
+                plan_cache.store_recipe(rkey, key)
             return plan, report
+    graph = _built(graph)
     plan, report = _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits)
     report.stage_seconds["cache_key"] = t_key
     report.cache, report.cache_key = ("miss", key) if key is not None else ("uncacheable", None)
     report.cold_stage_seconds = dict(report.stage_seconds)
     if key is not None and not report.optimizer_fell_back:   # a fallback may be a time limit: not stored
         t = time.perf_counter()
-        plan_cache.store(key, plan, report)
+        if plan_cache.store(key, plan, report) and rkey is not None:
+            plan_cache.store_recipe(rkey, key)
         report.stage_seconds["cache_store"] = time.perf_counter() - t
     return plan, report
+
+
+def _built(graph) -> Graph:
+    return graph if isinstance(graph, Graph) else graph()
 
 
 def _compile(graph, device, optimize, evaluate, rules, exclude_rules, limits) -> tuple[Plan, CompileReport]:

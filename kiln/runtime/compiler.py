@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from kiln.ir import Graph
-
 DEVICES = ("cpu", "cuda")
 
 
@@ -13,15 +11,16 @@ def reference_evaluate(op: str, inputs: list, attrs: dict):
     return KERNELS[op](*inputs, **attrs)
 
 
-def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: bool | None = None,
-            planned_ahead: bool = False):
+def compile(graph, device: str = "cpu", optimize: bool = True, cache: bool | None = None,
+            planned_ahead: bool = False, recipe=None):
     """Optimize (unless optimize=False, for debugging), plan and bind a backend for `graph`.
 
     The returned CompiledGraph carries `.report` (a CompileReport: fusions, kernels,
     memory, time per stage, whether the plan came from the persistent compile cache).
     `cache=False` (or KILN_COMPILE_CACHE=0) compiles without the cache. `planned_ahead`: the plan
     was stored just now by a planning process (kiln.compile.plan_ahead), so its cache hit is new
-    (`report.cache == "ahead"`).
+    (`report.cache == "ahead"`). `recipe`: what builds the graph (kiln/compile/cache.py), so a
+    stored plan is found without building it; `graph` may then be a function that builds it.
 
     On cuda the kernels start compiling in worker processes at once (kiln/backends/triton/
     compile_workers.py), unless an earlier process ran this plan and its binaries are still in
@@ -39,7 +38,7 @@ def compile(graph: Graph, device: str = "cpu", optimize: bool = True, cache: boo
         start_triton_key()
     with gc_paused():   # planning and lowering allocate objects by the million (kiln/compile/gc_pause.py)
         plan, report = compile_graph(graph, device=device, optimize=optimize, evaluate=reference_evaluate,
-                                     cache=cache)
+                                     cache=cache, recipe=recipe)
         if planned_ahead and report.cache == "hit":
             report.cache = "ahead"
         if device == "cuda":

@@ -39,7 +39,9 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from kiln.compile import cache as plan_cache
 from kiln.compile.gc_pause import gc_paused
+from kiln.compile.pipeline import recipe_stored
 from kiln.compile.plan_ahead import PlanAhead
 from kiln.errors import InputError
 from kiln.ir import Graph
@@ -79,6 +81,7 @@ class CausalLM:
         self.buckets = buckets     # None: every shape exactly as given (one graph per shape)
         # compiled graphs, LRU-bounded; graphs of one (batch, cache_len) share one pool of KV-cache buffers
         self._compiled = GraphCache(max_graphs)
+        self._builder = None       # the graph builder's description, once needed (`_recipe`)
         self._weights: dict = {}   # parameter name -> (array, device buffer): one copy for all compiled graphs
         self.compile_seconds = 0.0
 
@@ -99,6 +102,16 @@ class CausalLM:
     def _key(kind: str, shape: tuple, last_only: bool, select, features: bool = False) -> tuple:
         """The compiled-graph cache key (`select` as `_select` left it)."""
         return (kind, *shape, last_only, select) + (("features",) if features else ())
+
+    def _recipe(self, key: tuple) -> tuple | None:
+        """What builds the graph of compiled-graph key `key` (`_key`): the compile cache finds its plan
+        by this, without building it (kiln/compile/cache.py). None: the builder has no stable description."""
+        if self._builder is None:
+            try:
+                self._builder = plan_cache.digest(self.graphs)
+            except plan_cache.Uncacheable:
+                self._builder = False
+        return ("CausalLM", self._builder, key) if self._builder is not False else None
 
     def _graph(self, kind: str, shape: tuple, last_only: bool, select, features: bool):
         """The graph `compiled` compiles, selection and self-feeding applied (`select` as `_select` left it)."""
@@ -137,8 +150,9 @@ class CausalLM:
             from .compiler import compile as compile_graph
 
             t0 = time.perf_counter()
-            g = graph if graph is not None else self._graph(kind, shape, last_only, select, features)
-            cg = compile_graph(g, device=self.device, optimize=self.optimize, planned_ahead=planned_ahead)
+            g = graph if graph is not None else (lambda: self._graph(kind, shape, last_only, select, features))
+            cg = compile_graph(g, device=self.device, optimize=self.optimize, planned_ahead=planned_ahead,
+                               recipe=self._recipe(key))
             cg.share_params(self._weights, {k: v for k, v in self.params.items() if k in cg.param_types})
             pool = self._state_pool(shape[0], shape[-1]) if kind != "forward" else None
             if pool is not None:
@@ -194,10 +208,12 @@ class CausalLM:
             decode_select = ("greedy", eos, pad if eos else None)
         specs = [(kind, shape, kind == "prefill", self._select(kind, decode_select if kind == "decode" else select))
                  for kind, shape in todo]
-        # the graphs still to compile, built now: each after the first plans in a process of its own
+        # the graphs still to plan, built now: each after the first plans in a process of its own
         with gc_paused():   # building graphs allocates objects by the million (kiln/compile/gc_pause.py)
             graphs = {spec: self._graph(*spec, False) for spec in dict.fromkeys(specs)
-                      if self._compiled.get(self._key(*spec)) is None}
+                      if self._compiled.get(self._key(*spec)) is None and not recipe_stored(
+                          self._recipe(self._key(*spec)), device=self.device, optimize=self.optimize,
+                          evaluate=reference_evaluate)}
         ahead = PlanAhead(list(graphs.values())[1:], device=self.device, optimize=self.optimize,
                           evaluate=reference_evaluate) if len(graphs) > 1 else None
         if progress:

@@ -211,3 +211,80 @@ def test_a_graph_reading_a_foreign_value_gets_verify_s_error(cache_dir):
     with pytest.raises(GraphError, match="not defined before this node"):
         compile_graph(g)
     assert not cache_dir.exists()
+
+
+def test_a_recipe_finds_its_plan_without_building_the_graph(cache_dir, rng):
+    """A plan compiled under a recipe is found by it in a later compile, which builds nothing; another
+    recipe (a different attribute of the builder) builds and compiles its own graph."""
+    from kiln.models.llama import LlamaGraphs
+
+    built = []
+
+    def build(scale):
+        def f():
+            built.append(scale)
+            return small(scale=scale)
+        return f
+
+    recipe = ("test", plan_cache.digest(LlamaGraphs(_tiny_llama(), "float32")), "small")
+    first, report = compile_graph(build(0.5), evaluate=reference_evaluate, recipe=recipe)
+    assert report.cache == "miss" and built == [0.5]
+    again, report = compile_graph(build(0.5), evaluate=reference_evaluate, recipe=recipe)
+    assert report.cache == "hit" and built == [0.5]            # the builder was not called
+    assert report.cache_key == key(small(scale=0.5))
+    other = ("test", plan_cache.digest(LlamaGraphs(_tiny_llama(rms_norm_eps=1e-5), "float32")), "small")
+    _, report = compile_graph(build(0.25), evaluate=reference_evaluate, recipe=other)
+    assert report.cache == "miss" and built == [0.5, 0.25]
+    w, x = rng.standard_normal((8, 8)).astype(np.float32), rng.standard_normal((2, 8)).astype(np.float32)
+    from kiln.runtime.compiled_graph import CompiledGraph
+    from kiln.backends.numpy.executor import NumpyExecutor
+    outs = []
+    for plan in (first, again):
+        cg = CompiledGraph(plan, NumpyExecutor(plan), "cpu")
+        cg.load_params({"w": w})
+        outs.append(cg.run(x=x)["y"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _tiny_llama(**kw):
+    from kiln.models.llama import LlamaConfig
+    from kiln.nn.rope import RopeConfig
+    dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, vocab_size=64, rms_norm_eps=1e-6)
+    return LlamaConfig(model_type="llama", tie_word_embeddings=True, rope=RopeConfig(theta=10000.0),
+                       max_position_embeddings=128, **{**dims, **kw})
+
+
+def test_describe_follows_kiln_objects_and_refuses_foreign_ones():
+    """A builder is described by its attributes, recursively (so any config field changes it); an
+    object whose state may live outside its attributes, or a lambda, makes the recipe uncacheable."""
+    import threading
+
+    from kiln.models.llama import LlamaGraphs
+
+    assert plan_cache.digest(LlamaGraphs(_tiny_llama(), "float32")) == \
+        plan_cache.digest(LlamaGraphs(_tiny_llama(), "float32"))
+    changed = [LlamaGraphs(_tiny_llama(**kw), dt) for kw, dt in
+               (({}, "bfloat16"), ({"rms_norm_eps": 1e-5}, "float32"), ({"head_dim": 16}, "float32"))]
+    digests = {plan_cache.digest(g) for g in [LlamaGraphs(_tiny_llama(), "float32"), *changed]}
+    assert len(digests) == 4
+    for bad in (threading.Lock(), lambda: 0, {"f": (lambda: 0)}):
+        with pytest.raises(plan_cache.Uncacheable):
+            plan_cache.describe(bad)
+
+
+def test_a_second_causal_lm_plans_from_its_recipes_alone(cache_dir, monkeypatch):
+    """The second model of one config finds both plans of a warm-up by recipe: it builds no graph."""
+    from kiln.models.llama import LlamaGraphs
+    from kiln.runtime.language_model import CausalLM
+
+    monkeypatch.setenv("KILN_PLAN_AHEAD", "0")
+    graphs = LlamaGraphs(_tiny_llama(), "float32")
+    params = {n: np.zeros(v.type.shape, np.float32) for n, v in graphs.prefill_graph(1, 4).parameters.items()}
+    CausalLM(graphs, params).warmup(1, 4, 4)
+    fresh = LlamaGraphs(_tiny_llama(), "float32")
+    monkeypatch.setattr(LlamaGraphs, "prefill_graph", lambda *a, **k: pytest.fail("built a prefill graph"))
+    monkeypatch.setattr(LlamaGraphs, "decode_graph", lambda *a, **k: pytest.fail("built a decode graph"))
+    model = CausalLM(fresh, params)
+    model.warmup(1, 4, 4)
+    assert [cg.report.cache for _, cg in model._compiled.items()] == ["hit", "hit"]
