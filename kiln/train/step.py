@@ -18,6 +18,7 @@ import numpy as np
 
 from kiln.runtime.compiler import compile as compile_graph
 from kiln.autodiff import grad, grad_name
+from kiln.compile import cache as plan_cache
 from kiln.compile.gc_pause import gc_paused
 from kiln.ir import Graph, GraphError, TensorType, Value
 
@@ -112,6 +113,15 @@ def _updates_as_states(g: Graph, names: list[str]) -> None:
         g.outputs[name] = g.outputs.pop(new_name(name))
 
 
+def _recipe(graph: Graph, optimizer: Optimizer, *options) -> tuple | None:
+    """The step's graphs as a compile-cache recipe: the loss graph's key, the optimizer's
+    description and the options; None when one has no stable description."""
+    try:
+        return ("TrainStep", plan_cache.graph_key(graph), plan_cache.digest(optimizer), options)
+    except plan_cache.Uncacheable:
+        return None
+
+
 class TrainStep:
     """A compiled training step and the state it advances.
 
@@ -140,17 +150,24 @@ class TrainStep:
         self.trainable = _trainable(graph, trainable)
         self.param_types = {n: v.type for n, v in graph.parameters.items()}
         self.state_names = [state_name(s, n) for n in self.trainable for s in optimizer.slots]
+        # what builds the step's graphs, for the compile cache: a warm process neither differentiates
+        # nor hashes the step graph (kiln/compile/cache.py, recipes)
+        recipe = _recipe(graph, optimizer, loss, self.trainable, clip_norm, self.metrics, world)
         if accumulation == 1:
-            with gc_paused():   # differentiating allocates objects by the million (kiln/compile/gc_pause.py)
-                g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
-                                     metrics=metrics, world=world)
-                _updates_as_states(g, self.trainable + self.state_names)
-            self._fused = compile_graph(g, device=device)
+            def build() -> Graph:
+                with gc_paused():   # differentiating allocates objects by the million (kiln/compile/gc_pause.py)
+                    g = build_step_graph(graph, optimizer, loss=loss, trainable=self.trainable, clip_norm=clip_norm,
+                                         metrics=metrics, world=world)
+                    _updates_as_states(g, self.trainable + self.state_names)
+                return g
+            self._fused = compile_graph(build, device=device, recipe=recipe and ("step", *recipe))
         else:
-            g = grad(graph, self.trainable, loss)
-            g.outputs = {k: v for k, v in g.outputs.items()
-                         if k == loss or k in metrics or k.startswith("grad/")}
-            self._grads = compile_graph(g, device=device)
+            def build() -> Graph:
+                g = grad(graph, self.trainable, loss)
+                g.outputs = {k: v for k, v in g.outputs.items()
+                             if k == loss or k in metrics or k.startswith("grad/")}
+                return g
+            self._grads = compile_graph(build, device=device, recipe=recipe and ("gradients", *recipe))
             self._apply = compile_graph(build_apply_graph({n: self.param_types[n] for n in self.trainable},
                                                          optimizer, clip_norm), device=device)
         self._params: dict[str, np.ndarray] = {}     # the host copy (accumulation) or the frozen parameters

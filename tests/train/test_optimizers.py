@@ -151,3 +151,24 @@ def test_step_errors_name_the_problem(rng):
     step.init(params)
     with pytest.raises(ValueError, match=r"expected 1 micro-batch\(es\), got 2"):
         step(batches, 0.1)
+
+
+def test_a_second_step_of_the_same_recipe_neither_differentiates_nor_differs(rng, monkeypatch):
+    """The second TrainStep of one loss graph and optimizer finds its plan by recipe (no gradient
+    graph is built) and steps exactly as the first; another weight decay is another plan."""
+    import kiln.train.step as S
+
+    params, batches = _data(rng, "float32", 2)
+    first = TrainStep(mlp(), AdamW(lr=0.01, weight_decay=0.25), clip_norm=0.5)
+    with monkeypatch.context() as m:
+        m.setattr(S, "build_step_graph", lambda *a, **k: pytest.fail("differentiated again"))
+        second = TrainStep(mlp(), AdamW(lr=0.01, weight_decay=0.25), clip_norm=0.5)
+        with pytest.raises(pytest.fail.Exception, match="differentiated again"):
+            TrainStep(mlp(), AdamW(lr=0.01, weight_decay=0.5), clip_norm=0.5)
+    assert second._fused.report.cache == "hit"
+    for step in (first, second):
+        step.init(params)
+        for b in batches:
+            step(b, 0.01)
+    for k in SHAPES:
+        np.testing.assert_array_equal(first.params[k], second.params[k])
