@@ -202,16 +202,16 @@ class TritonExecutor:
     def bind_params(self, buffers: dict[int, torch.Tensor]) -> None:
         """Use `buffers` (parameter value id -> another executor's `param_buffer`) as these parameters'
         storage from now on: shared, so loading weights through either executor updates both."""
-        changed = set()
+        changed, home = set(), self._persistent["scratch"].device   # "cuda:0" where self.device may say "cuda"
         for vid, buf in buffers.items():
             op = self.program.params.get(vid)
             if op is None or buf is None:
                 continue
             st = op.storage
-            if not isinstance(buf, torch.Tensor) or buf.dtype != st.dtype or buf.device != self.device \
+            if not isinstance(buf, torch.Tensor) or buf.dtype != st.dtype or buf.device != home \
                     or buf.dim() != 1 or buf.numel() != st.numel:
                 raise TypeError(f"parameter {st.vid}: expected a flat {st.dtype} tensor of {st.numel} elements on "
-                                f"{self.device}, got {getattr(buf, 'dtype', type(buf).__name__)} "
+                                f"{home}, got {getattr(buf, 'dtype', type(buf).__name__)} "
                                 f"{tuple(getattr(buf, 'shape', ()))} on {getattr(buf, 'device', '?')}")
             self._bound_params[st.index] = buf
             changed.add(st.index)
