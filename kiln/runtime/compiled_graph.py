@@ -54,6 +54,13 @@ class CompiledGraph:
         """Copy `value` (shape and dtype of the state, nothing cast) into state `name`."""
         self.executor.set_state(name, _checked("state", name, value, self._state_type(name)))
 
+    def zero_states(self, names) -> None:
+        """Set states `names` to zeros where they live (no host array, no copy)."""
+        for name in names:
+            self._state_type(name)
+        for name in names:
+            self.executor.zero_state(name)
+
     def state_buffer(self, name: str):
         """The backend's own buffer of state `name` (a NumPy array or a device tensor), not a copy."""
         self._state_type(name)

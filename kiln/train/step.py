@@ -122,6 +122,14 @@ def _recipe(graph: Graph, optimizer: Optimizer, *options) -> tuple | None:
         return None
 
 
+def _param_array(value, t: TensorType, copy: bool) -> np.ndarray:
+    """`value` as an array of parameter type `t`'s dtype: a copy when asked or when converted."""
+    a = np.asarray(value)
+    if a.dtype != t.dtype.np_dtype:
+        return a.astype(t.dtype.np_dtype)
+    return a.copy() if copy else a
+
+
 class TrainStep:
     """A compiled training step and the state it advances.
 
@@ -182,23 +190,30 @@ class TrainStep:
         extra = sorted(set(params) - set(self.param_types))
         if missing or extra:
             raise ValueError(f"init: parameters missing {missing}, unexpected {extra}")
-        arrays = {n: np.array(params[n], dtype=self.param_types[n].dtype.np_dtype, copy=True)
-                  for n in self.param_types}
+        # a copy of what this step keeps on the host; a trained parameter of a fused step is copied
+        # into its state by `_set` (no host copy first)
+        on_host = self.accumulation != 1
+        arrays = {n: _param_array(params[n], t, copy=on_host or n not in self.trainable)
+                  for n, t in self.param_types.items()}
         for n, t in self.param_types.items():
             if arrays[n].shape != t.shape:
                 raise ValueError(f"init: parameter {n!r} has shape {arrays[n].shape}, expected {t.shape}")
-        zeros = {s: np.zeros(self.param_types[n].shape, self.param_types[n].dtype.np_dtype)
-                 for n in self.trainable for s in (state_name(x, n) for x in self.optimizer.slots)}
-        self._set(arrays, zeros)
+        self._set(arrays, None)
         self.step_count = 0
 
-    def _set(self, params: Mapping[str, np.ndarray], opt_state: Mapping[str, np.ndarray]) -> None:
+    def _set(self, params: Mapping[str, np.ndarray], opt_state: Mapping[str, np.ndarray] | None) -> None:
+        """Bind parameters and optimizer state (None: zeros)."""
         if self.accumulation == 1:
             self._params = {n: a for n, a in params.items() if n not in self.trainable}
             self._fused.load_params(self._params)
-            for name, a in {**{n: params[n] for n in self.trainable}, **opt_state}.items():
+            for name, a in {**{n: params[n] for n in self.trainable}, **(opt_state or {})}.items():
                 self._fused.set_state(name, a)
+            if opt_state is None:   # zeros where the state lives, not uploaded from the host
+                self._fused.zero_states(self.state_names)
         else:
+            if opt_state is None:
+                opt_state = {s: np.zeros(self.param_types[n].shape, self.param_types[n].dtype.np_dtype)
+                             for n in self.trainable for s in (state_name(x, n) for x in self.optimizer.slots)}
             self._params, self._opt_state = dict(params), dict(opt_state)
         self._ready = True
 

@@ -83,6 +83,9 @@ class NumpyExecutor:
     def set_state(self, name: str, value: np.ndarray) -> None:
         np.copyto(self.state[name], value)
 
+    def zero_state(self, name: str) -> None:
+        self.state[name].fill(0)
+
     def reorder_state(self, name: str, rows: np.ndarray) -> None:
         buf = self.state[name]
         buf[...] = buf[rows]

@@ -156,6 +156,9 @@ class TritonExecutor:
     def set_state(self, name: str, value: np.ndarray) -> None:
         copy_into(self.state[name], value)
 
+    def zero_state(self, name: str) -> None:
+        self.state[name].zero_()
+
     def reorder_state(self, name: str, rows: np.ndarray) -> None:
         buf = self.state[name]
         buf.copy_(buf.index_select(0, torch.as_tensor(rows, device=buf.device)))
