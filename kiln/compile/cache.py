@@ -15,8 +15,8 @@ Key (`compile_key`): a hash of everything the result depends on --
 
 Recipes (`recipe_key`): a caller that builds its graph from a description -- a model's graph
 builder (config, dtype, modules) and the graph's kind and shape -- can name the plan by that
-description instead, hashed with the source of all of kiln (the builders live outside the
-compiler). A recipe entry (`plans/recipes/<key>`) holds the compile key of the graph the recipe
+description instead, hashed with every kiln source file's path, size and modification time (the
+builders live outside the compiler). A recipe entry (`plans/recipes/<key>`) holds the compile key of the graph the recipe
 built, so a second process finds its plan without building the graph or hashing it.
 
 Value: a pickle of (format, key, Plan, CompileReport) written atomically to
@@ -215,11 +215,7 @@ def store_recipe(rkey: str, key: str) -> None:
     """Record that recipe `rkey` builds the graph whose plan is stored under `key` (atomically)."""
     path = _recipe_path(rkey)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{rkey}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        os.replace(tmp, path)
+        _write_atomically(path, key.encode())
     except OSError as e:
         warnings.warn(f"kiln compile cache: cannot write {path} ({e}); continuing", CompileCacheWarning, stacklevel=3)
 
@@ -279,18 +275,22 @@ def store(key: str, plan, report) -> bool:
     """Write the entry atomically (a reader never sees half a file); False (and a warning) on failure."""
     path = _path(key)
     try:
-        blob = pickle.dumps((FORMAT, key, plan, report), protocol=pickle.HIGHEST_PROTOCOL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _write_atomically(path, pickle.dumps((FORMAT, key, plan, report), protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as e:
         warnings.warn(f"kiln compile cache: cannot write {path} ({type(e).__name__}: {e}); continuing uncached",
                       CompileCacheWarning, stacklevel=3)
         return False
     return True
+
+
+def _write_atomically(path: Path, blob: bytes) -> None:
+    """Write `blob` to `path` through a temporary file beside it: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

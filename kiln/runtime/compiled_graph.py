@@ -104,10 +104,7 @@ class CompiledGraph:
 
     def load_params(self, params: Mapping[str, np.ndarray], strict: bool = True) -> None:
         """Bind parameter arrays by name; with strict, every parameter must be given and no other."""
-        _check_names("parameter", params, self.plan.params, require_all=strict)
-        for name, arr in params.items():
-            vid, t = self.plan.params[name]
-            self._params[vid] = _checked("parameter", name, arr, t)
+        self._take_params(params, strict)
         if hasattr(self.executor, "params_changed"):
             self.executor.params_changed(self._params)
         for name, arr in params.items():   # a pooled buffer of this graph's now holds `arr`
@@ -115,6 +112,13 @@ class CompiledGraph:
                 mine = self.executor.param_buffer(self.plan.params[name][0])
                 if mine is not None and mine.data_ptr() == self._pool[name][1].data_ptr():
                     self._pool[name] = (arr, self._pool[name][1])
+
+    def _take_params(self, params: Mapping[str, np.ndarray], require_all: bool) -> None:
+        """Check `params` by name and type and keep them as this graph's host parameters."""
+        _check_names("parameter", params, self.plan.params, require_all=require_all)
+        for name, arr in params.items():
+            vid, t = self.plan.params[name]
+            self._params[vid] = _checked("parameter", name, arr, t)
 
     def share_params(self, pool: dict, params: Mapping[str, np.ndarray]) -> None:
         """`load_params(params)` (every parameter), except that a parameter whose very array `pool`
@@ -124,10 +128,7 @@ class CompiledGraph:
         bind = getattr(self.executor, "bind_params", None)
         if bind is None:   # the NumPy backend reads the host arrays themselves: nothing to share
             return self.load_params(params)
-        _check_names("parameter", params, self.plan.params, require_all=True)
-        for name, arr in params.items():
-            vid, t = self.plan.params[name]
-            self._params[vid] = _checked("parameter", name, arr, t)
+        self._take_params(params, require_all=True)
         shared = {vid: pool[name][1] for name, (vid, _) in self.plan.params.items()
                   if name in pool and pool[name][0] is params[name]}
         bind(shared)
