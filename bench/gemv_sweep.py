@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="only the layer shapes whose name contains this (e.g. head)")
     ap.add_argument("--bn", default="", help="comma list of BN values to sweep (replaces the grid's)")
     ap.add_argument("--bk", default="", help="comma list of BK values to sweep (replaces the grid's)")
+    ap.add_argument("--stream", default="", help="comma list of programs per SM to sweep the persistent "
+                    "(streaming) GEMV with, for layers whose K fits one chunk")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -116,17 +118,29 @@ def main(argv=None) -> int:
                     times[(bn, bk, warps, early)] = graph_us(torch, calls(k))
                 except Exception as e:   # a configuration that does not compile (registers) is skipped
                     log(f"    {name} {(bn, bk, warps, early)}: {type(e).__name__}")
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            for per_sm, bn, warps in itertools.product([int(v) for v in args.stream.split(",") if v], (2, 4, 8),
+                                                       (4, 8)):
+                bk = triton_pow2(K)   # all of K in one chunk
+                if bk > 4096 or bm * bn * bk > 16384:
+                    continue
+                cfg = dict(BM=bm, BN=bn, BK=bk, num_warps=warps, STREAM=per_sm * sms)
+                k = Gemv(M, N, K, bf, cfg=cfg, early_launch=pdl, **kw)
+                try:
+                    times[("stream", per_sm, bn, warps)] = graph_us(torch, calls(k))
+                except Exception as e:
+                    log(f"    {name} stream {(per_sm, bn, warps)}: {type(e).__name__}")
             default = Gemv(M, N, K, bf, early_launch=pdl, **kw)
             t_default = graph_us(torch, calls(default))
             cout = torch.empty(M, width, device="cuda", dtype=bf)
             cub = graph_us(torch, [lambda w=w: torch.matmul(a[0], w.t(), out=cout) for w in ws])
             ideal = nbytes / bw * 1e6
-            best = sorted(times, key=times.get)[:3]
+            best = sorted(times, key=times.get)[:6]
             log(f"  {model} {name:22s} N={width:6d} K={K:5d} weight {nbytes / 2**20:6.1f} MiB, at copy bandwidth "
                 f"{ideal:6.1f} us | default {default.cfg['BN'], default.cfg['BK'], default.cfg['num_warps']} "
                 f"{t_default:6.1f} us ({ideal / t_default:4.0%}) | cuBLAS {cub:6.1f} us")
             for b in best:
-                log(f"      (BN, BK, warps, early) {b}: {times[b]:6.1f} us ({ideal / times[b]:4.0%})")
+                log(f"      config {b}: {times[b]:6.1f} us ({ideal / times[b]:4.0%})")
             out["shapes"][f"{model}:{name}"] = dict(N=width, K=K, ideal_us=ideal, default_us=t_default, cublas_us=cub,
                                                     all={str(k): v for k, v in times.items()})
             ws = None

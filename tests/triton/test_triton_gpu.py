@@ -63,6 +63,27 @@ def test_early_launched_gemvs_wait_for_the_kernel_before(rng):
     assert all(launch.fn.pdl == programmatic_launch() for launch in gemvs)
 
 
+def test_large_decode_gemvs_run_the_persistent_kernel_at_real_shapes(rng):
+    """The 1B decode's largest GEMVs (qkv with its norm, gate/up with swiglu, a 32K-row head; a
+    weight of 12 MiB and more) run the persistent streaming kernel, early launched, against NumPy."""
+    from kiln.backends.triton.device import programmatic_launch
+    g, dtype = Graph(), "bfloat16"
+    x = g.input("x", (1, 2048), dtype)
+    nw = g.parameter("nw", (2048,), dtype)
+    shapes = {"wqkv": (3072, 2048), "wgu": (16384, 2048), "whead": (32768, 2048)}
+    w = {name: g.parameter(name, shape, dtype) for name, shape in shapes.items()}
+    r = g.input("r", (1, 3072), dtype)
+    g.output("qkv", g.fused_linear(x, w["wqkv"], None, r, nw, None, norm="rms_norm", eps=1e-5))
+    g.output("mlp", g.fused_linear(x, w["wgu"], None, None, nw, None, activation="swiglu", norm="rms_norm"))
+    g.output("head", g.fused_linear(x, w["whead"], None, None, nw, None, norm="rms_norm"))
+    params = {name: randn(rng, shape, dtype, 2048 ** -0.5) for name, shape in shapes.items()}
+    params["nw"] = (1 + 0.1 * rng.standard_normal(2048)).astype(params["wqkv"].dtype)
+    ex = check(g, {"x": randn(rng, (1, 2048), dtype), "r": randn(rng, (1, 3072), dtype)}, params)
+    gemvs = [launch.fn for launch in ex.program.launches if "[gemv]" in launch.label]
+    assert len(gemvs) == 3 and all(fn.cfg.get("STREAM") for fn in gemvs), ex.describe()
+    assert all(fn.pdl == programmatic_launch() for fn in gemvs)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cublas_path_with_generated_epilogue(rng, dtype):
     g = Graph()

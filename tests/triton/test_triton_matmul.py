@@ -65,12 +65,16 @@ def test_transformer_block_patterns_fuse_into_matmuls(rng, dtype):
     assert ("+cast" in ex.describe()) == (dtype != "float32")   # float32: the optimizer drops the no-op cast
 
 
-@pytest.mark.parametrize("rows,k", [(1, 37), (3, 37), (8, 37), (1, 29), (3, 29), (2, 100)])
-def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows, k):
+@pytest.mark.parametrize("rows,k,variant", [(1, 37, "blocks"), (3, 37, "blocks"), (8, 37, "blocks"),
+                                            (1, 29, "blocks"), (3, 29, "blocks"), (2, 100, "blocks"),
+                                            (1, 37, "stream"), (3, 29, "stream"), (2, 100, "stream")])
+def test_decode_rows_stream_the_weight_through_the_gemv(rng, monkeypatch, rows, k, variant):
     """A few rows of one product (decode) run the weight-streaming GEMV (kernels/gemv.py) with every
     fused prologue and epilogue, K not a multiple of its block (37: two 32-wide chunks, the norm
     statistics read first; 100: four, each loaded a chunk ahead; 29: one chunk, the statistics from
-    the tile itself); 9 rows go back to the GEMM."""
+    the tile itself); 9 rows go back to the GEMM. "stream": the persistent variant (all of K in one
+    chunk, 2 programs walking 2-wide column blocks, each prefetching the next block's rows)."""
+    monkeypatch.setenv("KILN_GEMV", variant)
     g = Graph()
     dtype = "bfloat16"
     x = g.input("x", (rows, k), dtype)
@@ -91,6 +95,8 @@ def test_decode_rows_stream_the_weight_through_the_gemv(rng, rows, k):
               "bias": randn(rng, (10,), dtype), "nw": randn(rng, (k,), dtype), "nb": randn(rng, (k,), dtype)}
     ex = check(g, {"x": randn(rng, (rows, k), dtype), "r": randn(rng, (rows, 10), dtype)}, params)
     assert ex.describe().count("[gemv]") == 6, ex.describe()
+    gemvs = [launch.fn for launch in ex.program.launches if "[gemv]" in launch.label]
+    assert all(bool(fn.cfg.get("STREAM")) == (variant == "stream") for fn in gemvs)
 
     g9 = Graph()
     g9.output("y", g9.linear(g9.input("x", (9, k), dtype), g9.parameter("w", (10, k), dtype)))

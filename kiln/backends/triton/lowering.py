@@ -624,7 +624,8 @@ class Lowering:
             k = Gemv(M, n_out, K, dtype, norm=norm, eps=eps, unit_offset=unit, has_bias=bias is not None,
                      activation=activation, has_residual=residual is not None, round_out=cast_out is not None,
                      has_norm_bias=nb is not None,
-                     early_launch=programmatic_launch() and bop.storage.kind in ("param", "static", "const"))
+                     early_launch=programmatic_launch() and bop.storage.kind in ("param", "static", "const"),
+                     num_sms=self.num_sms)
             scratch = None
         else:
             k = mm_k.Matmul(M, n_out, K, bt, dtype, norm=norm, eps=eps, unit_offset=unit,
