@@ -4,9 +4,10 @@ from HBM), so launch gaps and programmatic dependent launch count as they do in 
 
 For each decode matmul of a model shape (batch 1 by default) it prints the best configurations,
 kiln's default, and cuBLAS (torch.matmul, no fusion), in microseconds per launch and as a
-fraction of copy bandwidth.
+fraction of copy bandwidth. `--stream` also times the persistent variant (all of K in one chunk)
+at the given numbers of programs per SM.
 
-    python bench/gemv_sweep.py --models 1b,135m [--rows 1] [--quick] [--json out.json]
+    python bench/gemv_sweep.py --models 1b,135m [--rows 1] [--quick] [--stream 1,2,4,8] [--json out.json]
 """
 
 from __future__ import annotations
