@@ -174,16 +174,8 @@ def _gemv_stream_kernel(a, b, c, bias, res, nw, nb,
         y_up = y
         if GATED:
             y_up = tl.sum(x * u.to(tl.float32)[None, :, :], 2)
-        nmask = rn < N
-        cmask = mmask[:, None] & nmask[None, :]
-        if HAS_BIAS:
-            y += tl.load(bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        y = tm.epilogue_activation(y, y_up, ACT, GATED)
-        if HAS_RES:
-            y += tl.load(res + rm[:, None].to(tl.int64) * srm + rn[None, :] * srn, mask=cmask, other=0.0).to(tl.float32)
-        if ROUND:
-            y = y.to(DOT_DTYPE).to(tl.float32)
-        tl.store(c + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, y.to(c.dtype.element_ty), mask=cmask)
+        _finish_block(y, y_up, c, bias, res, rm, rn, mmask, rn < N, scm, scn, srm, srn,
+                      HAS_BIAS, ACT, GATED, HAS_RES, ROUND, DOT_DTYPE)
         w = w_next
         u = u_next
 
@@ -258,25 +250,17 @@ class Gemv:
         a, b, c = _2d(a), _2d(b), _2d(c)
         res = _2d(residual) if residual is not None else c
         cfg = self.cfg
-        if cfg.get("STREAM"):
-            launch(_gemv_stream_kernel, self.grid,
-                   a, b, c, bias if bias is not None else c, res,
-                   norm_weight if norm_weight is not None else c, norm_bias if norm_bias is not None else c,
-                   self.M, self.N, self.K,
-                   a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-                   res.stride(0), res.stride(1), self.N, self.eps,
-                   BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], early_launch=self.pdl,
-                   **self.flags)
-            return
-        launch(_gemv_kernel, self.grid,
+        # the persistent kernel always holds all of K in one chunk; the block kernel says whether it does
+        kernel, chunk = (_gemv_stream_kernel, {}) if cfg.get("STREAM") else \
+            (_gemv_kernel, {"ONE_CHUNK": self.K <= cfg["BK"]})
+        launch(kernel, self.grid,
                a, b, c, bias if bias is not None else c, res,
                norm_weight if norm_weight is not None else c, norm_bias if norm_bias is not None else c,
                self.M, self.N, self.K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                res.stride(0), res.stride(1), self.N, self.eps,
-               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], ONE_CHUNK=self.K <= cfg["BK"], num_warps=cfg["num_warps"],
-               early_launch=self.pdl,
-               **self.flags)
+               BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"], early_launch=self.pdl,
+               **chunk, **self.flags)
 
 
 def _2d(t: torch.Tensor) -> torch.Tensor:
