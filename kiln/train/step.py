@@ -44,12 +44,7 @@ def add_update(g: Graph, params: dict[str, Value], grads: dict[str, Value], opti
     parameter and state entry."""
     lr = g.input(LR, (), "float64")
     step = g.input(STEP, (), "float64")
-    sq = [g.cast(g.sum(g.mul(d, d)), dtype="float64") if d.dtype.name != "float64" else g.sum(g.mul(d, d))
-          for d in grads.values()]
-    total = sq[0]
-    for s in sq[1:]:
-        total = g.add(total, s)
-    norm = g.sqrt(total)
+    norm = g.sqrt(g.sum_squares(list(grads.values())))
     g.output(GRAD_NORM, norm)
     if clip_norm is not None:  # torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6))
         coef = g.minimum(g.div(g.scalar(float(clip_norm), "float64"), g.add(norm, g.scalar(1e-6, "float64"))),

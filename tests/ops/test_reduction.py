@@ -7,7 +7,7 @@ import torch
 import kiln
 from harness import FLOATS, INTS, check, rand, run_op
 
-TESTED_OPS = {"sum", "mean", "max", "min", "argmax", "softmax", "log_softmax"}
+TESTED_OPS = {"sum", "mean", "max", "min", "argmax", "softmax", "log_softmax", "sum_squares"}
 
 REDUCERS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 DTYPES = {"sum": FLOATS + INTS, "mean": FLOATS, "max": FLOATS + INTS, "min": FLOATS + INTS}
@@ -37,6 +37,22 @@ def test_sum_of_many_half_values_accumulates_wide(rng):
     """4096 bfloat16 ones sum to 4096 exactly; a bfloat16 accumulator would stall at 256."""
     x = np.ones((4096,), kiln.as_dtype("bfloat16").np_dtype)
     assert float(run_op("sum", [x])) == 4096.0
+
+
+@pytest.mark.parametrize("dtypes", [("float64",), ("float32",), ("float64", "float32"),
+                                    ("bfloat16", "float16", "float32")])
+def test_sum_squares_of_many_tensors(dtypes, rng):
+    """A float64 scalar: every element of every tensor squared and summed (a gradient norm's square)."""
+    shapes = [(3, 4), (7,), (1,), (2, 1, 5)]
+    xs = [rand(rng, shape, dtypes[i % len(dtypes)]) for i, shape in enumerate(shapes)]
+    check("sum_squares", [xs], lambda ts: sum((t.double() ** 2).sum() for t in ts), out_dtype="float64",
+          rtol=1e-12 if dtypes == ("float64",) else 1e-6)   # float32 accumulation within a tensor
+
+
+def test_sum_squares_names_an_integer_input():
+    g = kiln.Graph()
+    with pytest.raises(kiln.GraphError, match=r"sum_squares.*xs\[1\].*float"):
+        g.sum_squares([g.input("a", (3,), "float32"), g.input("b", (3,), "int32")])
 
 
 @pytest.mark.parametrize("op", ["mean"])

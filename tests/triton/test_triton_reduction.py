@@ -118,3 +118,22 @@ def test_a_full_reduction_of_a_large_tensor_splits(rng):
     ex = check(g, {"x": randn(rng, (600, 300))})
     labels = [launch.label for launch in ex.program.launches]
     assert any(label.startswith("sum [") and "splits]" in label for label in labels), labels
+
+
+def test_sum_squares_of_many_tensors_in_two_launches(rng):
+    """The gradient norm's reduction: tensors of three dtypes and sizes around a program's 128
+    elements (the interpreter's block), one of them a transposed view (copied contiguous first),
+    as one Launch (a partial-sums kernel per dtype, then the total) against float64 NumPy."""
+    g = Graph()
+    specs = [((1,), "float32"), ((127,), "bfloat16"), ((128,), "float32"), ((129,), "float32"),
+             ((3, 100), "bfloat16"), ((2, 3), "float64"), ((40, 9), "float32")]
+    xs = [g.input(f"x{i}", shape, dt) for i, (shape, dt) in enumerate(specs)]
+    xs[-1] = g.transpose(xs[-1], perm=[1, 0])
+    g.output("s", g.sum_squares(xs))
+    feeds = {f"x{i}": randn(rng, shape, dt) for i, (shape, dt) in enumerate(specs)}
+    ex = check(g, feeds)
+    labels = [launch.label for launch in ex.program.launches]
+    assert labels.count("sum_squares [7 tensors]") == 1, labels
+    want = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in feeds.values())
+    got = ex.run({ex.plan.inputs[n][0]: v for n, v in feeds.items()}, {})["s"]
+    assert got.dtype == np.float64 and float(got) == pytest.approx(want, rel=1e-6)

@@ -35,6 +35,7 @@ from .kernels import matmul as mm_k
 from .kernels.gemv import Gemv
 from .kernels import reduction as red_k
 from .kernels.pointwise import MultiTensorPointwise, PointwiseExpr, PointwiseKernel, Ref
+from .kernels.sum_squares import SumSquares
 
 ALIGN = 256
 
@@ -467,6 +468,12 @@ class Lowering:
         split = f" [{k.chunks} chunks]" if k.chunks > 1 else f" [{k.splits} splits]" if k.splits > 1 else ""
         self._emit("reduction", op + split, k,
                    (x, out, *self._scratch(k.scratch())))
+
+    def _op_sum_squares(self, i, s):
+        xs = [self._contiguous(self.vals[v]) for v in s.inputs[0]]
+        out = self._out(s.outputs[0])
+        k = SumSquares([x.meta for x in xs])
+        self._emit("reduction", f"sum_squares [{len(xs)} tensors]", k, (xs, out, *self._scratch(k.scratch())))
 
     def _op_sum(self, i, s):
         return self._reduce(s, "sum")

@@ -1,9 +1,10 @@
-"""Reductions over axes (sum, mean, max, min, argmax), row-wise softmax / log_softmax, and the
-row-wise softmax cross-entropy (a reduction over the class axis)."""
+"""Reductions over axes (sum, mean, max, min, argmax), row-wise softmax / log_softmax, the
+row-wise softmax cross-entropy (a reduction over the class axis), and the sum of squares of many
+tensors (a global gradient norm's square)."""
 
 from __future__ import annotations
 
-from ..dtypes import accumulation_dtype, bool_, int64
+from ..dtypes import accumulation_dtype, bool_, float64, int64
 from ..errors import GraphError
 from ..op_spec import OpSpec, register_op
 from ..shapes import norm_axes, norm_axis, reduced_shape
@@ -26,6 +27,20 @@ def _reduce(name):
 
 for _n in ("sum", "mean", "max", "min"):
     register_op(OpSpec(_n, "reduction", ("x",), _reduce(_n), attrs={"axes": None, "keepdims": False}))
+
+
+def _sum_squares(types, attrs):
+    (xs,) = types
+    for i, x in enumerate(xs):
+        expect_float("sum_squares", f"xs[{i}]", x)
+    return tt((), float64)
+
+
+# one op, not a sum(x * x) per tensor added up: a backend reduces every tensor in one launch (the
+# gradient norm of a training step reads all its gradients) and materializes no squares
+register_op(OpSpec("sum_squares", "reduction", ("*xs",), _sum_squares, differentiable=False,
+                   doc="the sum of the squares of every element of every x as a float64 scalar (float32 "
+                       "accumulation within a tensor, float64 for float64 tensors and across tensors)"))
 
 
 def _argmax(types, attrs):
