@@ -148,6 +148,36 @@ def child_train(o: dict) -> dict:
             "compile_s": plan_bind + first - again, "graphs": _graph_rows([("train step", step._fused)])}
 
 
+def cuda_graphs(workload: str, tiny: bool, prompt: int = 128, new: int = 32) -> list:
+    """The graphs a workload compiles for cuda, built as the public API builds them: the pair's
+    greedy prefill and self-feeding decode (cache rounded up to 64), or the AdamW training step."""
+    from kiln.models.llama import LlamaGraphs
+    from kiln.runtime.language_model import _feed_itself, _select_greedy
+
+    cfg = _config(tiny)
+    if workload == "pair":
+        graphs = LlamaGraphs(cfg, "bfloat16")
+        cache_len = -(-(prompt + new) // 64) * 64
+        pre = graphs.prefill_graph(1, prompt, last_only=True, cache_len=cache_len)
+        _select_greedy(pre)
+        dec = graphs.decode_graph(1, cache_len)
+        _select_greedy(dec)
+        _feed_itself(dec, (), None)
+        return [pre, dec]
+    sys.path.insert(0, HERE)
+    import train as T
+
+    from kiln.train import AdamW
+    from kiln.train.step import _updates_as_states, build_step_graph, state_name
+    batch, seq = (2, 16) if tiny else (8, 512)
+    g = T.kiln_loss_graph(cfg, batch, seq, "mixed")
+    opt = AdamW(lr=T.LR)
+    names = [n for n, v in g.parameters.items() if v.dtype.is_float]
+    step = build_step_graph(g, opt, trainable=names)
+    _updates_as_states(step, names + [state_name(s, n) for n in names for s in opt.slots])
+    return [step]
+
+
 def child_sm90(o: dict) -> dict:
     """Plan for cuda and compile every Triton kernel for sm_90 (compile only), no GPU."""
     sys.path.insert(0, HERE)
@@ -157,32 +187,9 @@ def child_sm90(o: dict) -> dict:
     from kiln.backends.triton import compile_workers, kernels_on_disk
     from kiln.backends.triton.precompile import PrecompileStats, compile_threads, precompile, start_triton_key
     from kiln.compile import compile_graph
-    from kiln.models.llama import LlamaGraphs
-    from kiln.runtime.language_model import _feed_itself, _select_greedy
 
     C.install()
-    cfg = _config(o["tiny"])
-    if o["workload"] == "pair":
-        graphs = LlamaGraphs(cfg, "bfloat16")
-        cache_len = -(-(o["prompt"] + o["new"]) // 64) * 64
-        pre = graphs.prefill_graph(1, o["prompt"], last_only=True, cache_len=cache_len)
-        _select_greedy(pre)
-        dec = graphs.decode_graph(1, cache_len)
-        _select_greedy(dec)
-        _feed_itself(dec, (), None)
-        todo = [pre, dec]
-    else:
-        import train as T
-
-        from kiln.train import AdamW
-        from kiln.train.step import _updates_as_states, build_step_graph, state_name
-        batch, seq = (2, 16) if o["tiny"] else (8, 512)
-        g = T.kiln_loss_graph(cfg, batch, seq, "mixed")
-        opt = AdamW(lr=T.LR)
-        names = [n for n, v in g.parameters.items() if v.dtype.is_float]
-        step = build_step_graph(g, opt, trainable=names)
-        _updates_as_states(step, names + [state_name(s, n) for n in names for s in opt.slots])
-        todo = [step]
+    todo = cuda_graphs(o["workload"], o["tiny"], o["prompt"], o["new"])
     start_triton_key()
     out = {"plan_bind_s": 0.0, "first_run_s": 0.0, "graphs": []}
     bound = []
