@@ -127,6 +127,19 @@ def _finish_block(y, y_up, c, bias, res, rm, rn, mmask, nmask, scm, scn, srm, sr
 
 
 @triton.jit
+def _weight_rows(b, rn, rk, kmask, N, sbk, sbn, up_off, GATED: tl.constexpr):
+    """Weight rows `rn` (all of K), and for a gated layer the matching rows of the up half (else
+    the same tile); rows past N load as zeros."""
+    mask = (rn < N)[:, None] & kmask[None, :]
+    row = rn[:, None].to(tl.int64)
+    w = tl.load(b + row * sbn + rk[None, :] * sbk, mask=mask, other=0.0)
+    u = w
+    if GATED:
+        u = tl.load(b + (row + up_off) * sbn + rk[None, :] * sbk, mask=mask, other=0.0)
+    return w, u
+
+
+@triton.jit
 def _gemv_stream_kernel(a, b, c, bias, res, nw, nb,
                         M, N, K,
                         sam, sak, sbk, sbn, scm, scn, srm, srn,
@@ -148,12 +161,7 @@ def _gemv_stream_kernel(a, b, c, bias, res, nw, nb,
     rb = tl.arange(0, BN)
     mmask = rm < M
     kmask = rk < K
-    rn = pid * BN + rb
-    wmask = (rn < N)[:, None] & kmask[None, :]
-    w = tl.load(b + rn[:, None].to(tl.int64) * sbn + rk[None, :] * sbk, mask=wmask, other=0.0)
-    u = w
-    if GATED:
-        u = tl.load(b + (rn[:, None].to(tl.int64) + up_off) * sbn + rk[None, :] * sbk, mask=wmask, other=0.0)
+    w, u = _weight_rows(b, pid * BN + rb, rk, kmask, N, sbk, sbn, up_off, GATED)
     if PDL:
         gdc_wait()
     x = tl.load(a + rm[:, None].to(tl.int64) * sam + rk[None, :] * sak, mask=mmask[:, None] & kmask[None, :], other=0.0)
@@ -163,13 +171,8 @@ def _gemv_stream_kernel(a, b, c, bias, res, nw, nb,
     x = x.to(tl.float32)[:, None, :]                                 # [BM, 1, BK]
     for t in range(pid, tl.cdiv(N, BN), step):
         rn = t * BN + rb
-        nxt = rn + step * BN                                         # the next block's rows, in flight meanwhile
-        nxt_mask = (nxt < N)[:, None] & kmask[None, :]
-        w_next = tl.load(b + nxt[:, None].to(tl.int64) * sbn + rk[None, :] * sbk, mask=nxt_mask, other=0.0)
-        u_next = w_next
-        if GATED:
-            u_next = tl.load(b + (nxt[:, None].to(tl.int64) + up_off) * sbn + rk[None, :] * sbk, mask=nxt_mask,
-                             other=0.0)
+        # the next block's rows, in flight while this one is reduced
+        w_next, u_next = _weight_rows(b, rn + step * BN, rk, kmask, N, sbk, sbn, up_off, GATED)
         y = tl.sum(x * w.to(tl.float32)[None, :, :], 2)             # [BM, BN]
         y_up = y
         if GATED:

@@ -332,6 +332,14 @@ def _torch_of(dt: DType) -> torch.dtype:
 MULTI_TENSOR_BLOCK = 1024
 
 
+def block_table(numels: list[int], per_program: int) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-tensor launch's programs: for each, the tensor it works on (int32) and its first
+    element (int64), `per_program` elements apiece, tensor after tensor."""
+    tensor = [t for t, n in enumerate(numels) for _ in range(0, n, per_program)]
+    start = [b for n in numels for b in range(0, n, per_program)]
+    return np.asarray(tensor, np.int32), np.asarray(start, np.int64)
+
+
 class MultiTensorPointwise:
     """One launch of one pointwise expression over many independent sets of flat tensors (the
     optimizer update of every parameter): a table of block -> (set, start) and one pointer table
@@ -361,9 +369,8 @@ class MultiTensorPointwise:
         self.fn = cache.kernel("pointwise", key, lambda: generate_source(
             expr, (1,), in_strides, [(1,)] * len(out_dtypes), out_dtypes, True, multi=True))
         self.block = MULTI_TENSOR_BLOCK if not interpreting() else 4096
-        sets = [s for s, n in enumerate(self.numels) for _ in range(0, n, self.block)]
-        starts = [b for n in self.numels for b in range(0, n, self.block)]
-        self._blocks = (np.asarray(sets, np.int32), np.asarray(starts, np.int64), np.asarray(self.numels, np.int64))
+        sets, starts = block_table(self.numels, self.block)
+        self._blocks = (sets, starts, np.asarray(self.numels, np.int64))
         self.grid = (len(sets),)
         self._tables = None
 

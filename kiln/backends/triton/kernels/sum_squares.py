@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ..device import interpreting
 from .launch import launch
+from .pointwise import block_table
 
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
 
@@ -61,10 +62,7 @@ class SumSquares:
         for dtype in dict.fromkeys(m.dtype for m in metas):
             idx = [i for i, m in enumerate(metas) if m.dtype == dtype]
             numels = [metas[i].numel() for i in idx]
-            tensor = [k for k, n in enumerate(numels) for _ in range(0, n, per_program)]
-            start = [b for n in numels for b in range(0, n, per_program)]
-            self.groups[dtype] = (idx, np.asarray(tensor, np.int32), np.asarray(start, np.int64),
-                                  np.asarray(numels, np.int64))
+            self.groups[dtype] = (idx, *block_table(numels, per_program), np.asarray(numels, np.int64))
         self.programs = sum(len(g[1]) for g in self.groups.values())
         self._tables = None
 
