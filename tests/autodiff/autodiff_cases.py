@@ -216,6 +216,17 @@ def t_softmax_cross_entropy_backward(logits, labels, lse, dloss, dlse, ignore_in
     return torch.exp(logits - lse[..., None]) * row[..., None] - target * d[..., None]
 
 
+def t_rms_norm_backward(x, w, dy, eps=1e-6, add_unit_offset=False, weight_grad=False):
+    """torch's own VJP of F.rms_norm (torch.func: composes with the transforms the tests apply)."""
+    def norm(x, w):
+        weight = None if w is None else (1 + w) if add_unit_offset else w
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    if w is None:
+        return torch.func.vjp(lambda x: norm(x, None), x)[1](dy)[0]
+    dx, dw = torch.func.vjp(norm, x, w)[1](dy)
+    return (dx, dw) if weight_grad else dx
+
+
 def make_cross_entropy(shape, ignore_index=-100, backward=False, dlse=True):
     """logits [*shape], labels with the first row ignored (and, for the backward, the true lse and
     random cotangents)."""
@@ -408,6 +419,12 @@ CASES: list[Case] = [
     Case("softmax_cross_entropy_backward", [None] * 5, lambda *a: t_softmax_cross_entropy_backward(*a, 1, 0.3),
          {"ignore_index": 1, "label_smoothing": 0.3}, "smoothing_dlse",
          make=make_cross_entropy((4, 6), 1, backward=True)),
+    Case("rms_norm_backward", [Fl((2, 3, 5)), Fl((5,)), Fl((2, 3, 5))],
+         lambda x, w, dy: t_rms_norm_backward(x, w, dy, weight_grad=True), {"weight_grad": True}),
+    Case("rms_norm_backward", [Fl((3, 5)), Fl((5,)), Fl((3, 5))],
+         lambda x, w, dy: t_rms_norm_backward(x, w, dy, 1e-5, True), {"eps": 1e-5, "add_unit_offset": True},
+         "unit_offset_dx_only"),
+    Case("rms_norm_backward", [Fl((3, 5)), None, Fl((3, 5))], t_rms_norm_backward, {}, "plain"),
     # fused
     Case("fused_linear", [Fl((2, 3, 4)), Fl((5, 4)), Fl((5,)), Fl((2, 3, 5)), Fl((4,))],
          lambda x, w, b, r, nw: t_fused_linear(x, w, b, r, nw, norm="rms_norm", activation="silu", eps=1e-6),

@@ -1,13 +1,15 @@
-"""layer_norm, rms_norm (incl. Gemma's add_unit_offset) and group_norm against torch."""
+"""layer_norm, rms_norm (incl. Gemma's add_unit_offset), rms_norm's fused backward and group_norm
+against torch."""
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 import kiln
 from harness import FLOATS, check, rand
 
-TESTED_OPS = {"layer_norm", "rms_norm", "group_norm"}
+TESTED_OPS = {"layer_norm", "rms_norm", "rms_norm_backward", "group_norm"}
 
 SHAPES = [(5,), (2, 3, 8), (1, 1, 4), (3, 1)]
 
@@ -46,6 +48,28 @@ def test_rms_norm(dtype, shape, weight, unit_offset, eps, rng):
             tw = 1.0 + tw  # Gemma stores w - 1 and scales by (1 + w), in float32
         return F.rms_norm(t, (d,), tw, eps=eps)
     check("rms_norm", [x, w], ref, eps=eps, add_unit_offset=unit_offset)
+
+
+@pytest.mark.parametrize("weight", ["none", "weight", "weight_grad", "unit_offset_grad"])
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 8), (7, 1)])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_rms_norm_backward_matches_torch_autograd(dtype, shape, weight, rng):
+    """dx (and dweight) against torch's autograd of F.rms_norm, in float32 for half inputs;
+    the weight is 1 + noise so that it matters, dy is random."""
+    d = shape[-1]
+    x, dy = rand(rng, shape, dtype), rand(rng, shape, dtype)
+    w = None if weight == "none" else (1 + 0.5 * rand(rng, (d,), "float64")).astype(x.dtype)
+    unit_offset, weight_grad = weight == "unit_offset_grad", weight.endswith("grad")
+
+    def ref(tx, tw, tdy):
+        with torch.enable_grad():
+            tx = tx.clone().requires_grad_()
+            leaves = [tx] + ([tw.clone().requires_grad_()] if weight_grad else [])
+            scale = None if tw is None else (1 + leaves[-1] if unit_offset else leaves[-1]) if weight_grad else \
+                (1 + tw if unit_offset else tw)
+            grads = torch.autograd.grad(F.rms_norm(tx, (d,), scale, eps=1e-5), leaves, tdy)
+        return tuple(grads) if weight_grad else grads[0]
+    check("rms_norm_backward", [x, w, dy], ref, eps=1e-5, add_unit_offset=unit_offset, weight_grad=weight_grad)
 
 
 @pytest.mark.parametrize("affine", [False, True])

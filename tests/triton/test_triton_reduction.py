@@ -137,3 +137,22 @@ def test_sum_squares_of_many_tensors_in_two_launches(rng):
     want = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in feeds.values())
     got = ex.run({ex.plan.inputs[n][0]: v for n, v in feeds.items()}, {})["s"]
     assert got.dtype == np.float64 and float(got) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rms_norm_backward_rows_spread_over_programs(rng, dtype):
+    """rms_norm's fused backward: 300 rows over the programs (several rows each, their dweight
+    partials summed by a second launch), with a weight, Gemma's unit offset, and none."""
+    g = Graph()
+    x = g.input("x", (3, 100, 24), dtype)
+    dy = g.input("dy", (3, 100, 24), dtype)
+    w = g.parameter("w", (24,), dtype)
+    dx, dw = g.rms_norm_backward(x, w, dy, eps=1e-5, weight_grad=True)
+    g.output("dx", dx)
+    g.output("dw", dw)
+    g.output("dx_gemma", g.rms_norm_backward(x, w, dy, eps=1e-6, add_unit_offset=True))
+    g.output("dx_plain", g.rms_norm_backward(x, None, dy))
+    ex = check(g, {"x": randn(rng, (3, 100, 24), dtype, 2.0), "dy": randn(rng, (3, 100, 24), dtype)},
+               {"w": randn(rng, (24,), dtype)})
+    assert not ex.stats()["fallbacks"]
+    assert [launch.label for launch in ex.program.launches].count("rms_norm_backward") == 3

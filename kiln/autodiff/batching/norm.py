@@ -1,4 +1,5 @@
-"""Norms batch directly over x (group_norm folds the batch axis into N); batched weights unroll."""
+"""Norms batch directly over x (group_norm folds the batch axis into N); batched weights unroll,
+as does rms_norm_backward (its weight gradient sums over every row, the batch's too)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ def _group_norm(g, node, args, flags, b):
         return unrolled(g, node, args, flags, b)
     x = fold(g, args[0], True, b, node.inputs[0].shape[0])
     return [unfold(g, emit(g, "group_norm", [x] + args[1:], node.attrs)[0], b)]
+
+
+@batch_rule("rms_norm_backward")
+def _rms_norm_backward(g, node, args, flags, b):
+    return unrolled(g, node, args, flags, b)

@@ -1,14 +1,16 @@
 """Derivatives of the backward-pass ops of kiln.ir.ops.grad (needed for higher orders).
 
 The scatter-adds are linear in src and transpose back into their gathers; attention_lse and
-attention_backward are handled in `attention.py`; softmax_cross_entropy_backward goes through its
-decomposition into primitives (second order only: it materializes the probabilities).
+attention_backward are handled in `attention.py`; softmax_cross_entropy_backward and
+rms_norm_backward go through their decompositions into primitives (second order only: the former
+materializes the probabilities).
 """
 
 from __future__ import annotations
 
 from ..registry import decomposition, jvp_rule, vjp_rule
 from ._util import downcast, graph_of, upcast
+from .norm import rms_norm_backward_terms
 from .reduction import cross_entropy_valid
 
 
@@ -45,3 +47,9 @@ def _softmax_cross_entropy_backward_decomposed(g, inputs, attrs):
     if e:
         target = target * (1.0 - e) + e / classes
     return [downcast(g, p * col(row) - target * col(d), logits.dtype)]
+
+
+@decomposition("rms_norm_backward")
+def _rms_norm_backward_decomposed(g, inputs, attrs):
+    x, w, dy = inputs
+    return rms_norm_backward_terms(g, x, w, dy, attrs["eps"], attrs["add_unit_offset"], attrs["weight_grad"])

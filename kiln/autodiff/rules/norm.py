@@ -1,7 +1,9 @@
-"""Derivatives of layer_norm, rms_norm and group_norm, composed from primitives.
+"""Derivatives of layer_norm, rms_norm and group_norm.
 
-Statistics are recomputed from x (nothing but x is saved); half inputs are differentiated
-in float32 and rounded once, like their kernels.
+rms_norm's VJP is the fused rms_norm_backward op (one pass over x and dy; its decomposition,
+`rms_norm_backward_terms`, is the same math in primitives); the others are composed from
+primitives. Statistics are recomputed from x (nothing but x is saved); half inputs are
+differentiated in float32 and rounded once, like their kernels.
 """
 
 from __future__ import annotations
@@ -41,10 +43,30 @@ def _effective_weight(g, w, unit_offset):
     return w + 1.0 if unit_offset else w
 
 
+def rms_norm_backward_terms(g, x, w, dy, eps, add_unit_offset, weight_grad):
+    """rms_norm_backward in primitives: [dx] or [dx, dweight], each in its input's dtype."""
+    xf, ct = upcast(g, x), upcast(g, dy)
+    xhat, rstd = _rms_stats(g, xf, eps)
+    w_eff = _effective_weight(g, upcast(g, w), add_unit_offset)
+    d_xhat = ct * w_eff if w_eff is not None else ct
+    out = [downcast(g, _ln_dx(g, d_xhat, xhat, rstd, center=False), x.dtype)]
+    if weight_grad:
+        out.append(downcast(g, _sum_except_last(g, ct * xhat), w.dtype))
+    return out
+
+
 @vjp_rule("layer_norm", "rms_norm")
 def _last_axis_norm_vjp(node, cts, needs):
     g = graph_of(node)
     x = node.inputs[0]
+    if node.op == "rms_norm" and needs[0]:
+        w = node.inputs[1]
+        weight_grad = bool(len(needs) > 1 and needs[1])
+        res = g.rms_norm_backward(x, w, cts[0], eps=node.attrs["eps"], add_unit_offset=node.attrs["add_unit_offset"],
+                                  weight_grad=weight_grad)
+        out = [None] * len(node.inputs)
+        out[:2 if weight_grad else 1] = res if weight_grad else [res]
+        return out
     w = upcast(g, node.inputs[1])
     xf, ct = upcast(g, x), upcast(g, cts[0])
     center = node.op == "layer_norm"

@@ -33,6 +33,7 @@ from .kernels import cross_entropy as xent_k
 from .kernels import layout as layout_k
 from .kernels import matmul as mm_k
 from .kernels.gemv import Gemv
+from .kernels.norm_backward import RmsNormBackward
 from .kernels import reduction as red_k
 from .kernels.pointwise import MultiTensorPointwise, PointwiseExpr, PointwiseKernel, Ref
 from .kernels.sum_squares import SumSquares
@@ -446,6 +447,18 @@ class Lowering:
         k = red_k.Norm(x.meta, rms=rms, eps=s.attrs["eps"], has_residual=False, has_weight=w is not None,
                        has_bias=b is not None, unit_offset=bool(s.attrs.get("add_unit_offset", False)))
         self._emit("reduction", s.op, k, (x, None, w, b, out))
+
+    def _op_rms_norm_backward(self, i, s):
+        x, dy = (self._contiguous(self.vals[v]) for v in (s.inputs[0], s.inputs[2]))
+        w = self.vals[s.inputs[1]] if s.inputs[1] is not None else None
+        outs = [self._out(o) for o in s.outputs]
+        if not outs[0].meta.is_contiguous():
+            raise NotImplementedError("rms_norm_backward into a permuted slot")
+        k = RmsNormBackward(x.meta, eps=s.attrs["eps"], has_weight=w is not None,
+                            add_unit_offset=bool(s.attrs["add_unit_offset"]), weight_grad=bool(s.attrs["weight_grad"]),
+                            num_sms=self.num_sms)
+        dw = outs[1] if len(outs) > 1 else None
+        self._emit("reduction", s.op, k, (x, w, dy, outs[0], dw, *self._scratch(k.scratch())))
 
     def _reduce(self, s, op):
         t = self.types[s.inputs[0]]

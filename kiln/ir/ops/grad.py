@@ -1,6 +1,6 @@
 """Ops that backward passes need and forward models do not: scatter-adds (the transposes of
-gathers), attention with its log-sum-exp saved, plus attention's and softmax cross-entropy's
-fused backwards.
+gathers), attention with its log-sum-exp saved, plus attention's, softmax cross-entropy's and
+rms_norm's fused backwards.
 
 They are ordinary ops (type rules here, kernels per backend, VJP/JVP rules in kiln.autodiff),
 so a training graph is just a graph.
@@ -12,7 +12,7 @@ from ..dtypes import accumulation_dtype
 from ..errors import GraphError
 from ..op_spec import REQUIRED, OpSpec, register_op
 from ..shapes import norm_axis
-from ._rules import expect_int, expect_same_dtype, expect_shape, tt
+from ._rules import expect_float, expect_int, expect_same_dtype, expect_shape, tt
 from .attention import _attention
 from .reduction import CROSS_ENTROPY_ATTRS, check_cross_entropy
 
@@ -118,6 +118,33 @@ register_op(OpSpec(
         "p * (d + dlse) - ((1 - e) onehot(label) + e / V) * d with p = exp(logits - lse) and d = dloss "
         "(0 on rows whose label is ignore_index). dlse is the cotangent of lse (absent: 0), so ignored "
         "rows get zeros. Computed row by row; the probabilities are never stored."))
+
+
+def _rms_norm_backward(types, attrs):
+    op = "rms_norm_backward"
+    x, w, dy = types
+    expect_float(op, "x", x)
+    expect_shape(op, "dy", dy, x.shape)
+    expect_same_dtype(op, {"x": x, "dy": dy})
+    if w is not None:
+        expect_shape(op, "weight", w, (x.shape[-1],))
+        expect_same_dtype(op, {"x": x, "weight": w})
+    if attrs["weight_grad"]:
+        if w is None:
+            raise GraphError(f"op {op!r}: weight_grad needs a weight")
+        return [x, w]
+    return [x]
+
+
+register_op(OpSpec(
+    "rms_norm_backward", "reduction", ("x", "weight?", "dy"), _rms_norm_backward,
+    attrs={"eps": 1e-6, "add_unit_offset": False, "weight_grad": False},
+    num_outputs=lambda attrs: 2 if attrs["weight_grad"] else 1,
+    doc="The gradients of y = rms_norm(x, weight) from dy: dx = rstd * (dy * w - xhat * mean(dy * w * "
+        "xhat)) with xhat = x * rstd (w + 1 with add_unit_offset), and with weight_grad also "
+        "dweight = the sum over every row of dy * xhat. The statistics are recomputed from x, in "
+        "float32 for half inputs, and each result is rounded once: one pass over x and dy instead "
+        "of the eight launches its primitives took."))
 
 
 def _interpolate_backward(types, attrs):

@@ -124,6 +124,20 @@ def _softmax_cross_entropy_backward(logits, labels, lse, dloss, dlse=None, ignor
     return dx.astype(logits.dtype, copy=False)
 
 
+@kernel("rms_norm_backward")
+def _rms_norm_backward(x, weight, dy, eps=1e-6, add_unit_offset=False, weight_grad=False):
+    xf, g = up(x), up(dy)
+    rstd = 1 / np.sqrt(np.square(xf).mean(-1, keepdims=True) + np.asarray(eps, xf.dtype))
+    xhat = xf * rstd
+    w = None if weight is None else up(weight) + 1 if add_unit_offset else up(weight)
+    d_xhat = g * w if w is not None else g
+    dx = (rstd * (d_xhat - xhat * (d_xhat * xhat).mean(-1, keepdims=True))).astype(x.dtype, copy=False)
+    if not weight_grad:
+        return dx
+    dw = (g * xhat).reshape(-1, x.shape[-1]).sum(0)
+    return dx, dw.astype(weight.dtype, copy=False)
+
+
 def _add_along(g: np.ndarray, axis: int, idx: np.ndarray, size: int) -> np.ndarray:
     """out[..., idx[j], ...] += g[..., j, ...] along axis (out has `size` there)."""
     shape = list(g.shape)

@@ -30,13 +30,22 @@ kernel("min")(_reducer(np.min))
 
 @kernel("sum_squares")
 def _sum_squares(xs):
-    """Per tensor one BLAS dot with itself (float32 for float32 and half tensors: no squared copy),
-    the tensors' sums added in float64."""
+    """Float32 sums of squares over rows of 64 elements (float32 for float32 and half tensors:
+    no squared copy), the rows' sums added in float64. One float32 BLAS dot over a 28M-element
+    bfloat16 tensor lost 4e-4 of the sum (its few mantissa bits make float32 rounding one-sided),
+    rows of 64K 3e-6, rows of 64 1e-8, in about the time of one dot."""
     total = 0.0
     for x in xs:
         flat = np.ravel(up(x))
-        total += float(np.dot(flat, flat))
+        whole = flat.size // _ROW * _ROW
+        rows = flat[:whole].reshape(-1, _ROW)
+        total += float(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64))
+        rest = flat[whole:]
+        total += float(np.dot(rest, rest))
     return np.asarray(total, np.float64)
+
+
+_ROW = 64
 
 
 @kernel("argmax")
