@@ -10,12 +10,20 @@ are the optimizer's fused ops; grouping only decides what runs in one launch:
   chain's shape whose other readers all come after it (or that are outputs): they become
   more outputs of the launch (an optimizer update writes the new moments and the parameter
   in one pass); the launch runs at the chain's last step;
+- sibling chains: a pointwise chain and the one launched right after it, of one shape, reading
+  a common operand and neither the other's results, are one launch (the two gradients of a
+  swiglu read gate and dy once) when nothing reads the first's results before the second runs;
 - multi-tensor launches: pointwise chains that compute the same expression (same ops, attributes,
   dtypes and constants; each operand full-size or one element) over independent tensors, such as
   the optimizer update of every parameter, are one launch at the last chain's step, when nothing
   reads any of their results before it (`multi_tensor_groups`);
 - a matmul's cast to float32 (half-precision logits): the launch rounds its result to
   the matmul dtype and stores float32;
+- rms_norm_backward's dx plus the gradient already flowing down the residual stream: the
+  launch adds it and stores the sum (pattern `norm_backward_add`);
+- two ropes by one table launched one after the other (q and k), the second's input ready
+  before the first runs and nothing reading the first's result in between: one launch
+  (pattern `rope_pair`);
 - a decode step's attention with its q/k/v prologue: rope(q), rope(k) written into its
   cache, v written into its cache at the same position, and the attention reading them, when
   both caches are states updated in place (`decode_qkv_groups`); a backend launches them as
@@ -97,14 +105,20 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
         pattern = "single"
         if arch == "pointwise" and len(s.outputs) == 1:
             cast_of = _matmul_cast_source(steps, i, producer, readers, keep, types, groups)
+            norm_of = _norm_backward_add_source(steps, i, producer, readers, keep, types, groups)
             if cast_of is not None:
                 del groups[cast_of]
                 arch, pattern, members = "matmul", "matmul_cast", [cast_of, i]
+            elif norm_of is not None:
+                del groups[norm_of]
+                arch, pattern, members = "reduction", "norm_backward_add", [norm_of, i]
             else:
                 members = _pointwise_chain(steps, i, producer, readers, keep, groups, group_of, types)
                 pattern = "pointwise_chain" if len(members) > 1 else "single"
         groups[i] = (arch, pattern, members)
         group_of.update((m, i) for m in members)
+    _pair_ropes(steps, groups, readers, producer)
+    _merge_siblings(steps, groups, readers, keep, types)
     parts_of = {}
     for parts in multi_tensor_groups(steps, groups, readers, keep, types, constants or {}):
         for members in parts:
@@ -118,6 +132,45 @@ def group_kernels(steps, keep: set[int], types: dict, in_place_states: dict[int,
             steps[m].kernel = len(kernels)
         kernels.append(Kernel(arch, sorted(members), pattern, parts_of.get(last, [])))
     return kernels
+
+
+def _pair_ropes(steps, groups, readers, producer) -> None:
+    """Make each rope and the rope launched right after it, by the same tables, one kernel."""
+    order = sorted(groups)
+    for a_last, b_last in zip(order, order[1:]):
+        if a_last not in groups:
+            continue
+        (_, pat_a, a), (_, pat_b, b) = groups[a_last], groups[b_last]
+        if pat_a != "single" or pat_b != "single" or steps[a[0]].op != "rope" or steps[b[0]].op != "rope":
+            continue
+        ra, rb = steps[a[0]], steps[b[0]]
+        if ra.inputs[1:] != rb.inputs[1:] or ra.attrs != rb.attrs or _ready(rb.inputs[0], steps, producer) >= a[0] \
+                or any(r < b_last for r in readers.get(ra.outputs[0], ())):
+            continue
+        del groups[a_last]
+        groups[b_last] = ("layout", "rope_pair", [a[0], b[0]])
+
+
+def _merge_siblings(steps, groups, readers, keep, types) -> None:
+    """Merge each pointwise chain into the pointwise chain launched next (see the module doc)."""
+    order = sorted(groups)
+    for a_last, b_last in zip(order, order[1:]):
+        if a_last not in groups:
+            continue
+        (arch_a, pat_a, a), (arch_b, pat_b, b) = groups[a_last], groups[b_last]
+        if arch_a != "pointwise" or arch_b != "pointwise" or {pat_a, pat_b} - {"single", "pointwise_chain"}:
+            continue
+        outs_a = {o for m in a for o in steps[m].outputs}
+        outs_b = {o for m in b for o in steps[m].outputs}
+        shapes = {types[o].shape for o in outs_a | outs_b}
+        ins_a = {v for m in a for v in flat_ids(steps[m].inputs)} - outs_a
+        ins_b = {v for m in b for v in flat_ids(steps[m].inputs)} - outs_b
+        if len(shapes) != 1 or not ins_a & ins_b or ins_b & outs_a or ins_a & outs_b:
+            continue
+        if any(r < b_last for o in outs_a for r in readers.get(o, ()) if r not in a):
+            continue
+        del groups[a_last]
+        groups[b_last] = ("pointwise", "pointwise_chain", sorted(a + b))
 
 
 def multi_tensor_groups(steps, groups, readers, keep, types, constants) -> list[list[list[int]]]:
@@ -194,6 +247,28 @@ def _matmul_cast_source(steps, i, producer, readers, keep, types, groups) -> int
             or readers.get(v) != {i} or v in keep or types[v].dtype.name not in HALF:
         return None
     return j
+
+
+def _norm_backward_add_source(steps, i, producer, readers, keep, types, groups) -> int | None:
+    """The rms_norm_backward step whose dx step i adds to a tensor of its shape and dtype, when
+    nothing else reads dx and nothing reads its dweight before step i (the launch runs there)."""
+    s = steps[i]
+    if s.op != "add" or len(s.inputs) != 2 or s.inputs[0] == s.inputs[1]:
+        return None
+    out_t = types[s.outputs[0]]
+    best = None
+    for v in s.inputs:
+        j = producer.get(v)
+        if j is None or j not in groups or groups[j][2] != [j] or steps[j].op != "rms_norm_backward" \
+                or steps[j].outputs[0] != v or readers.get(v) != {i} or v in keep:
+            continue
+        other = s.inputs[1] if v == s.inputs[0] else s.inputs[0]
+        if types[v] != out_t or types[other] != out_t or producer.get(other) == j:
+            continue
+        if any(r < i for o in steps[j].outputs[1:] for r in readers.get(o, ())):
+            continue
+        best = j if best is None else max(best, j)
+    return best
 
 
 def _pointwise_chain(steps, i, producer, readers, keep, groups, group_of, types) -> list[int]:

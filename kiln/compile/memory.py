@@ -13,6 +13,11 @@ state is computed straight into the state's buffer when nothing reads the old va
 the kernel that computes the new one (a KV cache's `cache_write`, an optimizer update);
 otherwise the executor copies it there at the end of the run. Assignment is a linear scan
 with best-fit over freed blocks.
+
+A concat's inputs that exist only to be concatenated are computed straight into their slices of
+its output (`MemoryPlan.slices`) when their producer can write a strided slot (a pointwise kernel,
+a reshape's copy): the concat's storage then starts at the first such producer, and the concat
+copies only the rest. A training step's q/k/v and gate/up gradients were copied twice otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from kiln.ir import get_op
 
 from .step_inputs import flat_ids
+from .strides import contiguous_strides, reshape_strides
 
 ALIGN = 256  # byte alignment of every slot: what cuBLAS and vectorized GPU loads want
 
@@ -47,6 +53,8 @@ class MemoryPlan:
     value_storage: dict[int, int]         # value id -> owner of the storage it lives in (views included)
     arenas: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
     state_in_place: dict[str, int] = field(default_factory=dict)  # state -> value computed into its buffer
+    slices: dict[int, tuple[int, int]] = field(default_factory=dict)  # value -> (axis, start): its slice of
+                                                                      # the concat output that owns its storage
 
     @property
     def planned_bytes(self) -> int:
@@ -93,6 +101,11 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
             t = types[o]
             storages[o] = Storage(o, t.dtype.name, t.nbytes, i, i)
             value_storage[o] = o
+    slices = _concat_slices(steps, types, kernels, keep, storages) if reuse else {}
+    for v, (owner, start) in slices.items():
+        del storages[v]
+        value_storage[v] = owner
+        storages[owner].start = min(storages[owner].start, start)
     for i, s in enumerate(steps):
         for v in flat_ids(s.inputs):
             st = value_storage.get(v)
@@ -103,7 +116,8 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
         if st is not None:
             storages[st].end = n
     plan = MemoryPlan(storages, value_storage,
-                      state_in_place={storages[vin].state: o for o, vin in in_place.items()})
+                      state_in_place={storages[vin].state: o for o, vin in in_place.items()},
+                      slices={v: _slice_of(steps, types, v, owner) for v, (owner, _) in slices.items()})
     if reuse:
         _assign(steps, plan, types, kernels)
     else:
@@ -114,6 +128,67 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
             st.offset = top
             plan.arenas[st.dtype] = top + _aligned(st.nbytes)
     return plan
+
+
+def _concat_slices(steps, types, kernels, keep, storages) -> dict[int, tuple[int, int]]:
+    """Concat input -> (the concat output, its producer's step), for the inputs computed into their
+    slice: read by the concat alone, not kept, each its own storage, made by a pointwise kernel or
+    by a reshape's copy whose slice takes the reshape's input shape as a view."""
+    producer = {o: i for i, s in enumerate(steps) if s.kind == "compute" for o in s.outputs}
+    readers: dict[int, int] = {}
+    for s in steps:
+        for v in flat_ids(s.inputs):
+            readers[v] = readers.get(v, 0) + 1
+    out: dict[int, tuple[int, int]] = {}
+    owners: set[int] = set()   # concat outputs holding slices: never themselves computed into a slice
+    for c, s in enumerate(steps):
+        if s.op != "concat" or s.kind != "compute" or s.outputs[0] not in storages:
+            continue
+        o = s.outputs[0]
+        if storages[o].state is not None or o in out or \
+                kernels is not None and s.kernel >= 0 and kernels[s.kernel].pattern != "single":
+            continue
+        axis = s.attrs["axis"] % types[o].rank
+        off = 0
+        for v in s.inputs[0]:
+            n = types[v].shape[axis]
+            p = producer.get(v)
+            if p is not None and readers.get(v) == 1 and v not in keep and v in storages and v not in out \
+                    and v not in owners and _writes_strided(steps, types, kernels, p, v, types[o].shape, axis, off):
+                out[v] = (o, p)
+                owners.add(o)
+            off += n
+    return out
+
+
+def _writes_strided(steps, types, kernels, p: int, v: int, shape, axis: int, start: int) -> bool:
+    """Can step p write value v into the slice [start, start + len) along `axis` of a contiguous
+    `shape`?"""
+    s = steps[p]
+    kern = kernels[s.kernel] if kernels is not None and s.kernel >= 0 else None
+    if s.op == "reshape":
+        if kern is not None and kern.pattern != "single":
+            return False
+        sliced = list(shape)
+        sliced[axis] = types[v].shape[axis]
+        return reshape_strides(sliced, contiguous_strides(shape), types[s.inputs[0]].shape) is not None
+    try:
+        pointwise = get_op(s.op).category == "pointwise"
+    except KeyError:
+        return False
+    return pointwise and (kern is None or kern.archetype == "pointwise" and kern.pattern in ("single", "pointwise_chain"))
+
+
+def _slice_of(steps, types, v: int, owner: int) -> tuple[int, int]:
+    """(axis, start) of v's slice of the concat output `owner`."""
+    s = next(s for s in steps if s.op == "concat" and s.outputs[0] == owner)
+    axis = s.attrs["axis"] % types[owner].rank
+    start = 0
+    for u in s.inputs[0]:
+        if u == v:
+            return axis, start
+        start += types[u].shape[axis]
+    raise AssertionError(f"value {v} is not an input of concat {owner}")
 
 
 def _read_end(steps, kernels, i: int, v: int, value_storage) -> int:
@@ -207,14 +282,19 @@ def _assign(steps, plan: MemoryPlan, types, kernels=None) -> None:
     free: dict[str, list[tuple[int, int]]] = {}   # dtype -> sorted (size, offset) free blocks
     blocks: dict[str, dict[int, int]] = {}         # dtype -> offset -> size of free blocks (for merging)
     ends: dict[int, list[Storage]] = {}
+    early: dict[int, list[Storage]] = {}   # concat outputs whose slices are computed before them
     for st in plan.storages.values():
         ends.setdefault(st.end, []).append(st)
+        if st.state is None and st.start >= 0 and st.owner not in steps[st.start].outputs:
+            early.setdefault(st.start, []).append(st)
     for i, s in enumerate(steps):
+        for st in early.pop(i, []):
+            st.offset = _alloc(free, blocks, plan.arenas, st.dtype, _aligned(st.nbytes))
         if s.kind == "compute":
             for o in s.outputs:
                 st = plan.storages.get(o)
-                if st is None:
-                    continue  # computed into a state buffer
+                if st is None or st.offset >= 0:
+                    continue  # computed into a state buffer or a concat's slice, or allocated early
                 donor = _inplace_donor(steps, kernels, o, plan, types, i) if len(s.outputs) == 1 else None
                 if donor is not None:
                     st.offset, st.inplace_of = donor.offset, donor.owner

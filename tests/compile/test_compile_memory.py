@@ -138,3 +138,31 @@ def test_pointwise_chain_runs_in_place_in_one_buffer():
     assert_no_live_overlap(plan)
     assert plan.memory.arenas == {"float32": 64 * 64 * 4}
     assert sum(s.inplace for s in plan.steps) == len(plan.steps) - 1
+
+
+def concat_of_placed_and_copied_inputs():
+    """concat([exp(x), reshape(transpose(z)), tanh(x) (read twice), z], axis=-1), then its use;
+    the first two are computed into their slices, the last two are copied."""
+    g = Graph()
+    x, z = g.input("x", (4, 6)), g.input("z", (4, 6))
+    a = g.exp(x)
+    b = g.reshape(g.transpose(g.reshape(z, shape=[4, 2, 3]), perm=[0, 2, 1]), shape=[4, 6])  # a copy
+    c = g.tanh(x)
+    cat = g.concat([a, b, c, z], axis=-1)
+    g.output("y", g.mul(cat, cat))
+    g.output("c", g.sum(c, axes=[-1]))
+    return g, (a, b, c)
+
+
+def test_a_concats_inputs_are_computed_into_its_slices():
+    g, (a, b, c) = concat_of_placed_and_copied_inputs()
+    plan = build_plan(g)
+    assert_no_live_overlap(plan)
+    assert plan.memory.slices == {a.id: (1, 0), b.id: (1, 6)}
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, 6)).astype(np.float32), "z": rng.standard_normal((4, 6)).astype(np.float32)}
+    cg = kiln.compile(g, optimize=False)
+    for _ in range(2):
+        got, want = cg.run(**feeds), reference_run(g, feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6)

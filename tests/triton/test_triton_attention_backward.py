@@ -209,3 +209,23 @@ def test_attention_backward_training_shape_on_gpu():
         err = np.abs(got[name].astype(np.float64) - w).max() / np.abs(w).max()
         assert err <= TOL["bfloat16"], f"{name}: max error {err:.3g}"
     assert not got["dq"][1, :, :37].any() and not got["dk"][1, :, :37].any()
+
+
+def test_a_differentiated_attention_stores_its_output_with_heads_merged(rng):
+    """attention -> transpose -> reshape (heads merged for the o-projection), differentiated: the
+    output is stored permuted although attention_backward reads it too, so neither the forward's
+    merge nor the backward's weight gradient copies it; gradients as on the NumPy backend."""
+    from kiln.autodiff import grad
+    g = Graph("attn_o")
+    x = g.input("x", (2, 4, 9, 8))   # q depends on a run input, so the step is not folded at load
+    q = g.add(g.parameter("q", (2, 4, 9, 8)), x)
+    k = g.parameter("k", (2, 2, 9, 8))
+    v = g.parameter("v", (2, 2, 9, 8))
+    wo = g.parameter("wo", (6, 32))
+    heads = g.reshape(g.transpose(g.attention(q, k, v, None, causal=True), perm=[0, 2, 1, 3]), shape=[2, 9, 32])
+    g.output("loss", g.sum(g.tanh(g.linear(heads, wo))))
+    params = {n: randn(rng, s) for n, s in (("q", (2, 4, 9, 8)), ("k", (2, 2, 9, 8)), ("v", (2, 2, 9, 8)),
+                                            ("wo", (6, 32)))}
+    ex = check(grad(g), {"x": randn(rng, (2, 4, 9, 8))}, params)
+    assert ex.plan.layouts, "the attention output is not stored permuted"
+    assert not [launch.label for launch in ex.program.launches if launch.label == "reshape"]

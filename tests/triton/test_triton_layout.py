@@ -83,3 +83,37 @@ def test_fallback_ops_match_numpy(rng):
     fb = ex.stats()["fallbacks"]
     assert fb["max_pool2d [host]"] == 1 and fb["conv2d [torch]"] == 1
     assert not ex.cuda_graph   # a host round trip cannot be captured
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_concat_inputs_computed_into_their_slices(rng, dtype):
+    """A two-output pointwise chain and a reshape's copy write straight into their slices of a
+    concat (no copy launch for them); an input read twice and a graph input are still copied."""
+    g = Graph()
+    x, z = g.input("x", (2, 4, 6), dtype), g.input("z", (2, 4, 6), dtype)
+    s = g.sigmoid(x)
+    gate, up = g.mul(x, s), g.mul(z, s)                 # one chain, two outputs
+    moved = g.reshape(g.transpose(g.reshape(z, shape=[2, 4, 2, 3]), perm=[0, 1, 3, 2]), shape=[2, 4, 6])
+    t = g.tanh(z)
+    cat = g.concat([gate, moved, up, t, z], axis=-1)
+    g.output("y", g.mul(cat, cat))
+    g.output("t", g.sum(t, axes=[-1]))
+    ex = check(g, {"x": randn(rng, (2, 4, 6), dtype), "z": randn(rng, (2, 4, 6), dtype)})
+    assert len(ex.plan.memory.slices) == 3
+    assert [launch.label for launch in ex.program.launches].count("concat") == 2
+
+
+def test_q_and_k_ropes_by_one_table_are_one_launch(rng):
+    """rope(q) and rope(k) by the same tables, with a copy of rope(k) in between that the Plan
+    moves after rope(q): one launch over both, equal to the NumPy backend."""
+    g = Graph()
+    q, k = g.input("q", (2, 5, 4, 8)), g.input("k", (2, 5, 2, 8))
+    cos, sin = g.input("cos", (1, 5, 3)), g.input("sin", (1, 5, 3))
+    rk = g.rope(g.transpose(k, perm=[0, 2, 1, 3]), cos, sin)
+    g.output("k_merged", g.reshape(g.transpose(rk, perm=[0, 2, 1, 3]), shape=[2, 5, 16]))   # a copy
+    g.output("q_rot", g.rope(g.transpose(q, perm=[0, 2, 1, 3]), cos, sin))
+    feeds = {"q": randn(rng, (2, 5, 4, 8)), "k": randn(rng, (2, 5, 2, 8)), "cos": randn(rng, (1, 5, 3)),
+             "sin": randn(rng, (1, 5, 3))}
+    ex = check(g, feeds)
+    labels = [launch.label for launch in ex.program.launches]
+    assert labels.count("rope [2 tensors]") == 1 and "rope" not in labels, labels

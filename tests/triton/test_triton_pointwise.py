@@ -101,3 +101,39 @@ def test_one_expression_over_independent_tensors_is_one_launch(rng):
         feeds = {k: randn(rng, v.shape) if k != "lr" else v for k, v in feeds.items()}
         ref = run_both(g, feeds)[0]
         assert_close(cg.run(**feeds), ref)
+
+
+def test_master_weight_casts_of_every_layer_are_one_launch(rng):
+    """Three 'layers' each cast their float32 master weight (a state) to bfloat16 where they use
+    it: the Plan moves the narrowing casts to the front, so they are one multi-tensor launch; the
+    widening cast of an input stays where it is."""
+    from helpers import assert_close, compiled_pair
+    g = Graph()
+    h = g.input("x", (4, 8), "bfloat16")
+    feeds = {"x": randn(rng, (4, 8), "bfloat16")}
+    for i in range(3):
+        w = g.state(f"w{i}", (8, 8), "float32")
+        h = g.tanh(g.linear(h, g.cast(w, dtype="bfloat16")))
+        g.assign(w, w * 0.5)   # an update, as an optimizer's
+    g.output("y", g.cast(h, dtype="float32") + g.cast(g.input("b", (4, 8), "bfloat16"), dtype="float32"))
+    feeds["b"] = randn(rng, (4, 8), "bfloat16")
+    ref_cg, cg = compiled_pair(g)
+    for c in (ref_cg, cg):
+        for i in range(3):
+            c.set_state(f"w{i}", randn(np.random.default_rng(i), (8, 8), "float32", 0.3))
+    for _ in range(2):   # the second run sees the updated weights
+        assert_close(cg.run(**feeds), ref_cg.run(**feeds), floor=2e-2)
+    labels = [launch.label for launch in cg.executor.program.launches]
+    assert labels.count("cast [3 tensors]") == 1 and labels[0] == "cast [3 tensors]", labels
+
+
+def test_sibling_chains_reading_one_operand_are_one_launch(rng):
+    """swiglu's two gradients (d_up = dy * silu(gate), d_gate = dy * up * silu'(gate)) read gate
+    and dy: one launch with both outputs, equal to the NumPy backend."""
+    g = Graph()
+    gate, up, dy = (g.input(n, (6, 10)) for n in ("gate", "up", "dy"))
+    g.output("d_up", dy * g.silu(gate))
+    s = g.sigmoid(gate)
+    g.output("d_gate", dy * up * s * (1.0 + gate * (1.0 - s)))
+    ex = check(g, {n: randn(rng, (6, 10)) for n in ("gate", "up", "dy")})
+    assert len(ex.program.launches) == 1, [launch.label for launch in ex.program.launches]

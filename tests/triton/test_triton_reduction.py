@@ -156,3 +156,24 @@ def test_rms_norm_backward_rows_spread_over_programs(rng, dtype):
                {"w": randn(rng, (24,), dtype)})
     assert not ex.stats()["fallbacks"]
     assert [launch.label for launch in ex.program.launches].count("rms_norm_backward") == 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rms_norm_backward_adds_the_residual_gradient_in_its_launch(rng, dtype):
+    """dx + the residual stream's gradient is one launch (the Plan's norm_backward_add kernel),
+    with and without dweight (whose reader comes first in the graph); a dx read elsewhere too
+    keeps its own add."""
+    g = Graph()
+    x, dy, r = (g.input(n, (3, 50, 24), dtype) for n in ("x", "dy", "r"))
+    w = g.parameter("w", (24,), dtype)
+    dx, dw = g.rms_norm_backward(x, w, dy, eps=1e-5, weight_grad=True)
+    g.output("dw", g.mul(dw, dw))   # read before the add: the Plan moves the add up to the norm
+    g.output("sum", g.add(r, dx))
+    g.output("sum_plain", g.add(g.rms_norm_backward(x, None, dy), r))
+    shared = g.rms_norm_backward(x, w, dy, add_unit_offset=True)
+    g.output("sum_shared", g.add(shared, r))
+    g.output("shared", shared)
+    feeds = {n: randn(rng, (3, 50, 24), dtype) for n in ("x", "dy", "r")}
+    ex = check(g, feeds, {"w": randn(rng, (24,), dtype)})
+    labels = [launch.label for launch in ex.program.launches]
+    assert labels.count("rms_norm_backward+add") == 2 and labels.count("rms_norm_backward") == 1, labels

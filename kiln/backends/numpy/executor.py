@@ -69,6 +69,10 @@ class NumpyExecutor:
                 base = np.ndarray([t.shape[p] for p in perm], t.dtype.np_dtype, buffer=self.arenas[st.dtype],
                                   offset=st.offset)
                 self.slots[vid] = base.transpose([perm.index(i) for i in range(t.rank)])
+        for vid, (axis, start) in plan.memory.slices.items():   # computed into its slice of a concat
+            index = [slice(None)] * plan.types[vid].rank
+            index[axis] = slice(start, start + plan.types[vid].shape[axis])
+            self.slots[vid] = self.slots[plan.memory.value_storage[vid]][tuple(index)]
         for name, vout in plan.memory.state_in_place.items():
             self.slots[vout] = self.state[name]
         self._state_copies = [(self.state[n], vout) for n, (_, vout, _) in plan.states.items()

@@ -486,13 +486,31 @@ def _build_rope(b: StepBinding):
 # ---- layout -----------------------------------------------------------------------------------------------
 
 def _build_reshape(b: StepBinding):
-    out = b.out
-    return lambda x: np.copyto(out.reshape(x.shape), x)
+    view = b.out.view()
+    try:
+        view.shape = b.types[0].shape   # a view of the slot (a concat's slice, say), never a copy
+    except AttributeError:
+        return None
+    return lambda x: np.copyto(view, x)
 
 
 def _build_concat(b: StepBinding):
-    out, axis = b.out, b.attrs.get("axis", 0)
-    return lambda xs: np.concatenate(xs, axis=axis, out=out)
+    """Copies the inputs not already computed into their slices of the slot (the Plan's `slices`)."""
+    out, axis = b.out, b.attrs.get("axis", 0) % b.out.ndim
+    fixed = b.fixed[0] if isinstance(b.fixed[0], list) else [None] * len(b.types[0])
+    parts, start = [], 0
+    for k, (t, a) in enumerate(zip(b.types[0], fixed)):
+        n = t.shape[axis]
+        if not (isinstance(a, np.ndarray) and np.may_share_memory(a, out)):
+            index = [slice(None)] * out.ndim
+            index[axis] = slice(start, start + n)
+            parts.append((k, tuple(index)))
+        start += n
+
+    def run(xs):
+        for k, index in parts:
+            np.copyto(out[index], xs[k])
+    return run
 
 
 def _build_embedding(b: StepBinding):

@@ -167,6 +167,12 @@ class Lowering:
         say), or the state buffer it is computed into."""
         mem = self.plan.memory
         owner = mem.value_storage[vid]
+        if vid in mem.slices:   # computed into its slice of a concat's output
+            axis, start = mem.slices[vid]
+            whole = self._out(owner)
+            op = whole.derive(whole.meta.narrow(axis, start, self.types[vid].shape[axis]))
+            self.vals[vid] = op
+            return op
         pst = mem.storages[owner]
         t = self.types[vid]
         if pst.state is not None:
@@ -235,6 +241,10 @@ class Lowering:
                 self._pointwise_group(k.steps)
             elif k.pattern == "matmul_cast":
                 self._matmul(k.steps[0], steps[k.steps[0]], cast_out=s.outputs[0])
+            elif k.pattern == "norm_backward_add":
+                self._norm_backward_add(k.steps[0], i)
+            elif k.pattern == "rope_pair":
+                self._rope_pair(*k.steps)
             else:
                 self._single(i, s)
         # assigned states not computed in place: copy into the state buffer at the end
@@ -448,17 +458,35 @@ class Lowering:
                        has_bias=b is not None, unit_offset=bool(s.attrs.get("add_unit_offset", False)))
         self._emit("reduction", s.op, k, (x, None, w, b, out))
 
-    def _op_rms_norm_backward(self, i, s):
+    def _op_rms_norm_backward(self, i, s, add=None):
+        """`add`: the Plan's add step after it (pattern norm_backward_add): dx plus its other
+        input is stored as the add's output."""
         x, dy = (self._contiguous(self.vals[v]) for v in (s.inputs[0], s.inputs[2]))
         w = self.vals[s.inputs[1]] if s.inputs[1] is not None else None
         outs = [self._out(o) for o in s.outputs]
+        res = None
+        if add is not None:
+            other = add.inputs[1] if add.inputs[0] == s.outputs[0] else add.inputs[0]
+            res = self._contiguous(self.vals[other])
+            outs[0] = self._out(add.outputs[0])
         if not outs[0].meta.is_contiguous():
             raise NotImplementedError("rms_norm_backward into a permuted slot")
         k = RmsNormBackward(x.meta, eps=s.attrs["eps"], has_weight=w is not None,
                             add_unit_offset=bool(s.attrs["add_unit_offset"]), weight_grad=bool(s.attrs["weight_grad"]),
-                            num_sms=self.num_sms)
+                            has_residual=res is not None, num_sms=self.num_sms)
         dw = outs[1] if len(outs) > 1 else None
-        self._emit("reduction", s.op, k, (x, w, dy, outs[0], dw, *self._scratch(k.scratch())))
+        partial = next(iter(self._scratch(k.scratch())), None)
+        self._emit("reduction", s.op + ("+add" if res is not None else ""), k, (x, w, dy, outs[0], dw, partial, res))
+
+    def _norm_backward_add(self, j: int, i: int) -> None:
+        norm, add = self.plan.steps[j], self.plan.steps[i]
+        try:
+            self._op_rms_norm_backward(j, norm, add)
+        except NotImplementedError:   # rows too long for one block: the norm's fallback, then the add
+            self._steps = (j,)
+            self._single(j, norm)
+            self._steps = (i,)
+            self._pointwise_group([i])
 
     def _reduce(self, s, op):
         t = self.types[s.inputs[0]]
@@ -712,6 +740,25 @@ class Lowering:
         k = layout_k.Rope(tuple(x.meta.shape), cos.meta.shape[2], s.attrs["layout"] == "interleaved")
         self._emit("layout", "rope", k, (x, cos, sin, out))
 
+    def _rope_pair(self, a: int, b: int) -> None:
+        """The Plan's rope_pair kernel: both ropes in one launch (two launches where they differ
+        in shape beyond their heads)."""
+        ra, rb = self.plan.steps[a], self.plan.steps[b]
+        cos, sin = (self.vals[v] for v in ra.inputs[1:])
+        if cos.meta.stride() != sin.meta.stride():
+            cos, sin = self._contiguous(cos), self._contiguous(sin)
+        xa, xb = self.vals[ra.inputs[0]], self.vals[rb.inputs[0]]
+        oa, ob = self._out(ra.outputs[0]), self._out(rb.outputs[0])
+        interleaved = ra.attrs["layout"] == "interleaved"
+        ka, kb = (layout_k.Rope(tuple(x.meta.shape), cos.meta.shape[2], interleaved) for x in (xa, xb))
+        try:
+            k = layout_k.RopePair(ka, kb)
+        except ValueError:
+            self._emit("layout", "rope", ka, (xa, cos, sin, oa))
+            self._emit("layout", "rope", kb, (xb, cos, sin, ob))
+            return
+        self._emit("layout", "rope [2 tensors]", k, (xa, oa, xb, ob, cos, sin))
+
     def _op_embedding(self, i, s):
         ids, w = self.vals[s.inputs[0]], self.vals[s.inputs[1]]
         if w.meta.stride(1) != 1:
@@ -731,7 +778,8 @@ class Lowering:
         for v in s.inputs[0]:
             x = self.vals[v]
             n = x.meta.shape[axis]
-            self._copy(x, out.derive(out.meta.narrow(axis, off, n)), "concat")
+            if v not in self.plan.memory.slices:   # the others were computed into their slices
+                self._copy(x, out.derive(out.meta.narrow(axis, off, n)), "concat")
             off += n
 
     def _op_repeat_interleave(self, i, s):

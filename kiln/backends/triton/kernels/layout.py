@@ -21,11 +21,12 @@ def _pow2(n: int, lo: int = 1) -> int:
 
 
 @triton.jit
-def _rope_kernel(x, cos, sin, out, n_rows, H, S, D, R2,
-                 sxb, sxh, sxs, sxd, scb, scs, scd, sob, soh, sos, sod,
-                 INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
-                 BP: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+def _rope_rows(x, cos, sin, out, block, n_rows, H, S, D, R2,
+               sxb, sxh, sxs, sxd, scb, scs, scd, sob, soh, sos, sod,
+               INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
+               BP: tl.constexpr):
+    """Rows [block * BR, (block + 1) * BR) of x [B, H, S, D] rotated into out."""
+    rows = block * BR + tl.arange(0, BR)
     rmask = rows < n_rows
     s = (rows % S).to(tl.int64)
     bh = rows // S
@@ -54,6 +55,31 @@ def _rope_kernel(x, cos, sin, out, n_rows, H, S, D, R2,
         tl.store(orow + p[None, :] * sod, tl.load(xrow + p[None, :] * sxd, mask=pm, other=0.0), mask=pm)
 
 
+@triton.jit
+def _rope_kernel(x, cos, sin, out, n_rows, H, S, D, R2,
+                 sxb, sxh, sxs, sxd, scb, scs, scd, sob, soh, sos, sod,
+                 INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
+                 BP: tl.constexpr):
+    _rope_rows(x, cos, sin, out, tl.program_id(0), n_rows, H, S, D, R2, sxb, sxh, sxs, sxd, scb, scs, scd,
+               sob, soh, sos, sod, INTERLEAVED, PASS, BR, BH, BP)
+
+
+@triton.jit
+def _rope_pair_kernel(x, out, n_rows, H, sxb, sxh, sxs, sxd, sob, soh, sos, sod,
+                      x2, out2, n_rows2, H2, sxb2, sxh2, sxs2, sxd2, sob2, soh2, sos2, sod2,
+                      cos, sin, S, D, R2, scb, scs, scd, BLOCKS,
+                      INTERLEAVED: tl.constexpr, PASS: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
+                      BP: tl.constexpr):
+    """Two tensors rotated by one table (q and k): the first BLOCKS programs take the first."""
+    pid = tl.program_id(0)
+    if pid < BLOCKS:
+        _rope_rows(x, cos, sin, out, pid, n_rows, H, S, D, R2, sxb, sxh, sxs, sxd, scb, scs, scd,
+                   sob, soh, sos, sod, INTERLEAVED, PASS, BR, BH, BP)
+    else:
+        _rope_rows(x2, cos, sin, out2, pid - BLOCKS, n_rows2, H2, S, D, R2, sxb2, sxh2, sxs2, sxd2, scb, scs, scd,
+                   sob2, soh2, sos2, sod2, INTERLEAVED, PASS, BR, BH, BP)
+
+
 class Rope:
     """x [B, H, S, D] (any strides), cos/sin [B or 1, S, rot/2] -> out [B, H, S, D]."""
 
@@ -70,13 +96,36 @@ class Rope:
         self.interleaved = interleaved
 
     def __call__(self, x, cos, sin, out) -> None:
-        cb = cos.stride(0) if cos.shape[0] > 1 else 0
-        if sin.stride() != cos.stride():
-            raise ValueError("rope: cos and sin must share one layout")
         launch(_rope_kernel, (triton.cdiv(self.n_rows, self.BR),),
             x, cos, sin, out, self.n_rows, self.H, self.S, self.D, self.R2,
-            *x.stride(), cb, cos.stride(1), cos.stride(2), *out.stride(),
+            *x.stride(), *self._table_strides(cos, sin), *out.stride(),
             INTERLEAVED=self.interleaved, PASS=self.PASS, BR=self.BR, BH=self.BH, BP=self.BP, num_warps=4)
+
+    @staticmethod
+    def _table_strides(cos, sin) -> tuple[int, int, int]:
+        if sin.stride() != cos.stride():
+            raise ValueError("rope: cos and sin must share one layout")
+        return cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(1), cos.stride(2)
+
+
+class RopePair:
+    """Two Ropes of one table and head dim (the Plan's rope_pair kernel: q and k) in one launch."""
+
+    archetype = "layout"
+
+    def __init__(self, first: Rope, second: Rope):
+        if (first.S, first.D, first.R2, first.interleaved) != (second.S, second.D, second.R2, second.interleaved):
+            raise ValueError("rope pair: the two ropes differ in sequence, head dim, rotation or layout")
+        self.first, self.second = first, second
+
+    def __call__(self, x, out, x2, out2, cos, sin) -> None:
+        a, b = self.first, self.second
+        blocks = triton.cdiv(a.n_rows, a.BR)
+        launch(_rope_pair_kernel, (blocks + triton.cdiv(b.n_rows, b.BR),),
+            x, out, a.n_rows, a.H, *x.stride(), *out.stride(),
+            x2, out2, b.n_rows, b.H, *x2.stride(), *out2.stride(),
+            cos, sin, a.S, a.D, a.R2, *Rope._table_strides(cos, sin), blocks,
+            INTERLEAVED=a.interleaved, PASS=a.PASS, BR=a.BR, BH=a.BH, BP=a.BP, num_warps=4)
 
 
 @triton.jit

@@ -1,4 +1,5 @@
-"""rms_norm's backward in one pass over x and dy (plus a short column sum for the weight).
+"""rms_norm's backward in one pass over x and dy (plus a short column sum for the weight), with
+the add of the residual stream's gradient as an optional epilogue.
 
 In primitives it took eight launches per norm (the statistics, dx's row mean, a split sum for
 dweight, the casts), 61 norms in a 135M Llama's training step. Here each program owns every
@@ -19,8 +20,8 @@ from .reduction import MAX_SINGLE_BLOCK, _warps, acc_type, next_pow2
 
 
 @triton.jit
-def _rows_kernel(x, w, dy, dx, partial, ROWS, ROWS_PER, D, eps, HAS_W: tl.constexpr, UNIT_OFFSET: tl.constexpr,
-                 WEIGHT_GRAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _rows_kernel(x, w, dy, res, dx, partial, ROWS, ROWS_PER, D, eps, HAS_W: tl.constexpr, UNIT_OFFSET: tl.constexpr,
+                 WEIGHT_GRAD: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK)
@@ -43,7 +44,10 @@ def _rows_kernel(x, w, dy, dx, partial, ROWS, ROWS_PER, D, eps, HAS_W: tl.conste
         else:
             d_xhat = g
         c = tl.sum(d_xhat * xhat, 0) / D
-        tl.store(dx + base + cols, (rstd * (d_xhat - xhat * c)).to(dx.dtype.element_ty), mask=m)
+        d = rstd * (d_xhat - xhat * c)
+        if HAS_RES:   # the gradient already on x (the residual stream's): dx rounds once, then the sum
+            d = d.to(dx.dtype.element_ty).to(ACC) + tl.load(res + base + cols, mask=m, other=0.0).to(ACC)
+        tl.store(dx + base + cols, d.to(dx.dtype.element_ty), mask=m)
         if WEIGHT_GRAD:
             dw += g * xhat
     if WEIGHT_GRAD:
@@ -67,7 +71,7 @@ class RmsNormBackward:
     archetype = "reduction"
 
     def __init__(self, x: torch.Tensor, *, eps: float, has_weight: bool, add_unit_offset: bool, weight_grad: bool,
-                 num_sms: int):
+                 num_sms: int, has_residual: bool = False):
         self.D = x.shape[-1]
         if self.D > MAX_SINGLE_BLOCK:
             raise NotImplementedError(f"rms_norm_backward rows of {self.D} > {MAX_SINGLE_BLOCK}")
@@ -75,7 +79,7 @@ class RmsNormBackward:
         self.block = next_pow2(self.D)
         # a few programs per SM: enough rows each that the weight partials stay small
         self.programs = max(1, min(self.rows, (4 if not interpreting() else 1) * num_sms))
-        self.flags = dict(HAS_W=has_weight, UNIT_OFFSET=add_unit_offset, WEIGHT_GRAD=weight_grad)
+        self.flags = dict(HAS_W=has_weight, UNIT_OFFSET=add_unit_offset, WEIGHT_GRAD=weight_grad, HAS_RES=has_residual)
         self.eps = float(eps)
         self.acc = acc_type(x.dtype)
 
@@ -85,8 +89,10 @@ class RmsNormBackward:
             return []
         return [((self.programs, self.D), torch.float64 if self.acc == tl.float64 else torch.float32)]
 
-    def __call__(self, x, weight, dy, dx, dweight=None, partial=None) -> None:
-        launch(_rows_kernel, (self.programs,), x, weight if weight is not None else x, dy, dx,
+    def __call__(self, x, weight, dy, dx, dweight=None, partial=None, residual=None) -> None:
+        """`residual`: added to dx (with has_residual), which is then stored."""
+        launch(_rows_kernel, (self.programs,), x, weight if weight is not None else x, dy,
+               residual if residual is not None else dy, dx,
                partial if partial is not None else dx, self.rows, triton.cdiv(self.rows, self.programs), self.D, self.eps, BLOCK=self.block, ACC=self.acc,
                num_warps=_warps(self.block), **self.flags)
         if self.flags["WEIGHT_GRAD"]:
