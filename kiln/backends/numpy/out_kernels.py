@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from kiln.compile.strides import reshape_strides
 from kiln.ir import TensorType
 from kiln.ir.ops.fused import GATED_ACTIVATIONS
 
@@ -486,11 +487,13 @@ def _build_rope(b: StepBinding):
 # ---- layout -----------------------------------------------------------------------------------------------
 
 def _build_reshape(b: StepBinding):
-    view = b.out.view()
-    try:
-        view.shape = b.types[0].shape   # a view of the slot (a concat's slice, say), never a copy
-    except AttributeError:
+    """Copies into a view of the slot in x's shape (the slot may be a concat's slice); never into
+    a reshaped copy of it."""
+    out, shape = b.out, b.types[0].shape
+    strides = reshape_strides(out.shape, [st // out.itemsize for st in out.strides], shape)
+    if strides is None:
         return None
+    view = np.lib.stride_tricks.as_strided(out, shape, [st * out.itemsize for st in strides])
     return lambda x: np.copyto(view, x)
 
 
