@@ -102,6 +102,29 @@ def test_sum_squares_of_a_models_gradients_at_real_shapes(rng):
     assert [launch.label for launch in cg.executor.program.launches] == ["sum_squares [7 tensors]"]
 
 
+def test_training_step_norm_backward_and_rope_pair_at_real_shapes(rng):
+    """A 135M training step's fused backward launches at its shapes, bfloat16, against NumPy:
+    rms_norm_backward with dweight and the residual gradient's add (8 x 512 rows of 576, 528
+    programs), and rope(q), rope(k) by one table in one launch (9 and 3 heads of 64)."""
+    g = Graph()
+    x, dy, r = (g.input(n, (8, 512, 576), "bfloat16") for n in ("x", "dy", "r"))
+    w = g.parameter("w", (576,), "bfloat16")
+    dx, dw = g.rms_norm_backward(x, w, dy, eps=1e-5, weight_grad=True)
+    g.output("dw", dw)
+    g.output("dx_sum", g.add(dx, r))
+    q, k = g.input("q", (8, 9, 512, 64), "bfloat16"), g.input("k", (8, 3, 512, 64), "bfloat16")
+    cos, sin = g.input("cos", (8, 512, 32), "bfloat16"), g.input("sin", (8, 512, 32), "bfloat16")
+    g.output("rk", g.rope(k, cos, sin))
+    g.output("rq", g.rope(q, cos, sin))
+    feeds = {n: randn(rng, (8, 512, 576), "bfloat16") for n in ("x", "dy", "r")}
+    feeds.update(q=randn(rng, (8, 9, 512, 64), "bfloat16"), k=randn(rng, (8, 3, 512, 64), "bfloat16"))
+    angles = rng.uniform(0, 6.3, (8, 512, 32))
+    feeds.update(cos=np.cos(angles).astype(feeds["q"].dtype), sin=np.sin(angles).astype(feeds["q"].dtype))
+    ex = check(g, feeds, {"w": (1 + 0.5 * rng.standard_normal(576)).astype(feeds["q"].dtype)})
+    labels = [launch.label for launch in ex.program.launches]
+    assert "rms_norm_backward+add" in labels and "rope [2 tensors]" in labels, labels
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cublas_path_with_generated_epilogue(rng, dtype):
     g = Graph()
