@@ -102,10 +102,10 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
             storages[o] = Storage(o, t.dtype.name, t.nbytes, i, i)
             value_storage[o] = o
     slices = _concat_slices(steps, types, kernels, keep, storages) if reuse else {}
-    for v, (owner, start) in slices.items():
+    for v, (owner, producer, _, _) in slices.items():
         del storages[v]
         value_storage[v] = owner
-        storages[owner].start = min(storages[owner].start, start)
+        storages[owner].start = min(storages[owner].start, producer)
     for i, s in enumerate(steps):
         for v in flat_ids(s.inputs):
             st = value_storage.get(v)
@@ -117,7 +117,7 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
             storages[st].end = n
     plan = MemoryPlan(storages, value_storage,
                       state_in_place={storages[vin].state: o for o, vin in in_place.items()},
-                      slices={v: _slice_of(steps, types, v, owner) for v, (owner, _) in slices.items()})
+                      slices={v: (axis, start) for v, (_, _, axis, start) in slices.items()})
     if reuse:
         _assign(steps, plan, types, kernels)
     else:
@@ -130,9 +130,9 @@ def plan_memory(steps, types: dict, keep: set[int], reuse: bool = True, kernels=
     return plan
 
 
-def _concat_slices(steps, types, kernels, keep, storages) -> dict[int, tuple[int, int]]:
-    """Concat input -> (the concat output, its producer's step), for the inputs computed into their
-    slice: read by the concat alone, not kept, each its own storage, made by a pointwise kernel or
+def _concat_slices(steps, types, kernels, keep, storages) -> dict[int, tuple[int, int, int, int]]:
+    """Concat input -> (the concat output, its producer's step, the axis, its start there), for the
+    inputs computed into their slice: read by the concat alone, not kept, each its own storage, made by a pointwise kernel or
     by a reshape's copy whose slice takes the reshape's input shape as a view."""
     producer = {o: i for i, s in enumerate(steps) if s.kind == "compute" for o in s.outputs}
     readers: dict[int, int] = {}
@@ -154,16 +154,15 @@ def _concat_slices(steps, types, kernels, keep, storages) -> dict[int, tuple[int
             n = types[v].shape[axis]
             p = producer.get(v)
             if p is not None and readers.get(v) == 1 and v not in keep and v in storages and v not in out \
-                    and v not in owners and _writes_strided(steps, types, kernels, p, v, types[o].shape, axis, off):
-                out[v] = (o, p)
+                    and v not in owners and _writes_strided(steps, types, kernels, p, v, types[o].shape, axis):
+                out[v] = (o, p, axis, off)
                 owners.add(o)
             off += n
     return out
 
 
-def _writes_strided(steps, types, kernels, p: int, v: int, shape, axis: int, start: int) -> bool:
-    """Can step p write value v into the slice [start, start + len) along `axis` of a contiguous
-    `shape`?"""
+def _writes_strided(steps, types, kernels, p: int, v: int, shape, axis: int) -> bool:
+    """Can step p write value v into a slice along `axis` of a contiguous `shape`?"""
     s = steps[p]
     kern = kernels[s.kernel] if kernels is not None and s.kernel >= 0 else None
     if s.op == "reshape":
@@ -177,18 +176,6 @@ def _writes_strided(steps, types, kernels, p: int, v: int, shape, axis: int, sta
     except KeyError:
         return False
     return pointwise and (kern is None or kern.archetype == "pointwise" and kern.pattern in ("single", "pointwise_chain"))
-
-
-def _slice_of(steps, types, v: int, owner: int) -> tuple[int, int]:
-    """(axis, start) of v's slice of the concat output `owner`."""
-    s = next(s for s in steps if s.op == "concat" and s.outputs[0] == owner)
-    axis = s.attrs["axis"] % types[owner].rank
-    start = 0
-    for u in s.inputs[0]:
-        if u == v:
-            return axis, start
-        start += types[u].shape[axis]
-    raise AssertionError(f"value {v} is not an input of concat {owner}")
 
 
 def _read_end(steps, kernels, i: int, v: int, value_storage) -> int:

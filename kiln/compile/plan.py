@@ -32,7 +32,7 @@ VIEW_OPS = ("reshape", "transpose", "slice", "split", "broadcast_to")
 PERMUTED_WRITERS = ("attention", "attention_lse")
 # Ops whose kernels on every backend read that output in any layout, so it may be stored permuted
 # for the transpose after it (a training step's attention output, read again by its backward).
-STRIDED_READERS = {"attention_backward"}
+STRIDED_READERS = ("attention_backward",)
 
 
 @dataclass
@@ -111,7 +111,7 @@ def build_plan(graph: Graph, reuse_memory: bool = True) -> Plan:
             x = flat[0]
             others = list(readers[x])
             others.remove(n.op)
-            if n.op == "transpose" and producer_op.get(x) in PERMUTED_WRITERS and set(others) <= STRIDED_READERS \
+            if n.op == "transpose" and producer_op.get(x) in PERMUTED_WRITERS and all(r in STRIDED_READERS for r in others) \
                     and x not in graph_outputs and types[x].rank == len(n.attrs["perm"]):
                 layouts[x] = [p % types[x].rank for p in n.attrs["perm"]]
                 strides[step.outputs[0]] = contiguous_strides(types[step.outputs[0]].shape)
@@ -205,17 +205,7 @@ def _adds_after_norm_backwards(steps: list[Step]) -> list[Step]:
             other = add.inputs[1] if add.inputs[0] == s.outputs[0] else add.inputs[0]
             if position.get(other, -1) < j:
                 after[i] = j
-    if not after:
-        return steps
-    moved = {j: i for i, j in after.items()}
-    out = []
-    for k, s in enumerate(steps):
-        if k in after:
-            continue
-        out.append(s)
-        if k in moved:
-            out.append(steps[moved[k]])
-    return out
+    return _moved_after(steps, {j: [i] for i, j in after.items()})
 
 
 def _ropes_side_by_side(steps: list[Step]) -> list[Step]:
@@ -243,7 +233,7 @@ def _ropes_side_by_side(steps: list[Step]) -> list[Step]:
         key = (tuple(s.inputs[1:]), repr(sorted(s.attrs.items())))
         a = last_rope.get(key)
         last_rope[key] = b
-        if a is None or a in moved or a in {m for ms in moves.values() for m in ms} or b == a + 1:
+        if a is None or a in moved or b == a + 1:
             continue
         chain = views_after(s.inputs[0], a)
         if chain is None:
@@ -251,8 +241,14 @@ def _ropes_side_by_side(steps: list[Step]) -> list[Step]:
         moves[a] = chain + [b]
         moved.update(moves[a])
         last_rope.pop(key)   # paired: the next rope starts a new pair
+    return _moved_after(steps, moves)
+
+
+def _moved_after(steps: list[Step], moves: dict[int, list[int]]) -> list[Step]:
+    """The steps with those of each `moves[k]` taken from where they were to just after step k."""
     if not moves:
         return steps
+    moved = {m for ms in moves.values() for m in ms}
     out = []
     for k, s in enumerate(steps):
         if k in moved:

@@ -93,8 +93,8 @@ class RmsNormBackward:
         """`residual`: added to dx (with has_residual), which is then stored."""
         launch(_rows_kernel, (self.programs,), x, weight if weight is not None else x, dy,
                residual if residual is not None else dy, dx,
-               partial if partial is not None else dx, self.rows, triton.cdiv(self.rows, self.programs), self.D, self.eps, BLOCK=self.block, ACC=self.acc,
-               num_warps=_warps(self.block), **self.flags)
+               partial if partial is not None else dx, self.rows, triton.cdiv(self.rows, self.programs), self.D,
+               self.eps, BLOCK=self.block, ACC=self.acc, num_warps=_warps(self.block), **self.flags)
         if self.flags["WEIGHT_GRAD"]:
             block_d = min(64, self.block)
             launch(_columns_kernel, (triton.cdiv(self.D, block_d),), partial, dweight, self.programs, self.D,
